@@ -1,0 +1,1 @@
+"""blazemesh's trio shell: storage, sockets, discovery, peers, the replica API and the CLI."""
