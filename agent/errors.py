@@ -1,0 +1,21 @@
+"""The exceptions of the agent package."""
+
+
+class AgentError(Exception):
+    """Base class of every exception the agent package raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """Raised for a bad setting or a data directory that cannot be used as asked."""
+
+
+class DataDirLockedError(AgentError):
+    """Raised when another process holds the data directory (only one may open it)."""
+
+
+class StorageError(AgentError):
+    """Raised when the database cannot be read or written: corrupt, full, or too new."""
+
+
+class ReplicaClosedError(AgentError):
+    """Raised when a replica is used after it has been closed."""

@@ -1,0 +1,97 @@
+"""A node's identity: its Ed25519 key pair, kept in the data directory.
+
+The key file holds the 32-byte seed, base64 on the line after a header, and must be
+readable by its owner alone (mode 0600): a key that others could read is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from agent.errors import ConfigError
+from agent.paths import KEY_FILE
+from protocol.ids import node_id_from_public_key, node_id_short, node_id_text
+
+_HEADER = "blazemesh-ed25519-seed-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An Ed25519 key pair and the node id derived from its public key."""
+
+    signing_key: SigningKey
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id_from_public_key(self.public_key)
+
+    @property
+    def text(self) -> str:
+        return node_id_text(self.node_id)
+
+    @property
+    def short(self) -> str:
+        return node_id_short(self.node_id)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self.signing_key.sign(message).signature
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(SigningKey.generate())
+
+
+def create_identity(data_dir: Path) -> Identity:
+    """Generate a key pair and write it to ``data_dir`` (mode 0600); refuse to overwrite."""
+    identity = Identity.generate()
+    path = data_dir / KEY_FILE
+    seed = base64.b64encode(bytes(identity.signing_key)).decode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists: this data directory has an identity") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{_HEADER}\n{seed}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return identity
+
+
+def load_identity(data_dir: Path) -> Identity:
+    """Read the key pair of ``data_dir``, refusing a key file that others can read."""
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no identity in {data_dir}: run `blazemesh init --data-dir {data_dir}` first"
+        ) from None
+    with os.fdopen(fd) as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path} is readable by others (mode {mode:04o}); the private key may be "
+                f"exposed. If it is not, run `chmod 600 {path}`"
+            )
+        lines = f.read(4096).split()
+    if len(lines) != 2 or lines[0] != _HEADER:
+        raise ConfigError(f"{path} is not a blazemesh key file")
+    try:
+        seed = base64.b64decode(lines[1], validate=True)
+    except binascii.Error:
+        raise ConfigError(f"{path} holds a malformed key") from None
+    if len(seed) != 32:
+        raise ConfigError(f"{path} holds a malformed key")
+    return Identity(SigningKey(seed))

@@ -1,0 +1,421 @@
+"""The replica API that apps and the CLI use: open, read, write, query, observe.
+
+    async with open_replica("~/.local/share/blazemesh", create=True) as replica:
+        await replica.put("bugs", "b-1", {"title": "crash on save", "open": True})
+        print(await replica.get("bugs", "b-1"))
+
+A write returns once it is committed to SQLite (durable before visible, docs/design.md).
+Writes are queued to one committer task that applies everything queued in one
+transaction: concurrent writers share commits (group commit). With `Durability.NORMAL`
+the commit runs on the trio thread, capped at `DEFAULT_MAX_BATCH_OPS` ops so it never
+holds the loop long; with `Durability.FULL` it runs in a worker thread, because the fsync
+at its end can take milliseconds. docs/design.md, "Keeping SQLite off the loop", has the
+measurements behind that split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import trio
+
+from agent.errors import ConfigError, ReplicaClosedError, StorageError
+from agent.identity import Identity, create_identity, load_identity
+from agent.observe import DEFAULT_OBSERVER_CAPACITY, Observer, ObserverHub
+from agent.paths import DB_FILE, KEY_FILE, lock_data_dir
+from agent.store import Applied, Durability, Job, LocalWrite, Outcome, Store
+from protocol.codec import decode_change, decode_document
+from protocol.errors import RemoteProtocolError, ValidationError
+from protocol.hlc import DEFAULT_MAX_SKEW_MS
+from protocol.model import (
+    MAX_COLLECTION_BYTES,
+    MAX_OPS_PER_CHANGE,
+    Change,
+    Delete,
+    Fields,
+    Op,
+    Put,
+    Value,
+    validate_name,
+    validate_op,
+)
+
+DEFAULT_MAX_BATCH_OPS = 2_000  # ops per commit: bounds how long one inline commit holds the loop
+CHECKPOINT_EVERY_CHANGES = 4_096  # WAL pages grow with changes; copy them back this often
+QUERY_PAGE_ROWS = 256  # rows read between checkpoints while a query runs
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the Unix epoch: the default wall clock of the HLC."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """A visible record: its key and its fields."""
+
+    collection: str
+    key: str
+    fields: dict[str, Value]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaInfo:
+    """What `Replica.info` reports."""
+
+    node_id: bytes
+    data_dir: Path
+    last_lsn: int
+    changes_held: int
+    collections: dict[str, tuple[int, int]]  # name -> (records, tombstones)
+
+
+class _Pending:
+    __slots__ = ("done", "job", "outcome")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.done = trio.Event()
+        self.outcome: Outcome | StorageError = None
+
+
+class Transaction:
+    """Ops collected inside ``async with replica.transaction()``; they commit as one change.
+
+    A transaction groups writes; it does not isolate reads: `Replica.get` inside it
+    sees committed data, not the ops collected so far.
+    """
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.change: Change | None = None  # set once committed
+
+    def put(self, collection: str, key: str, fields: Fields) -> None:
+        self._add(Put(collection=collection, key=key, fields=dict(fields)))
+
+    def delete(self, collection: str, key: str) -> None:
+        self._add(Delete(collection=collection, key=key))
+
+    def _add(self, op: Op) -> None:
+        if self.change is not None:
+            raise ReplicaClosedError("this transaction has already committed")
+        validate_op(op)
+        if len(self.ops) >= MAX_OPS_PER_CHANGE:
+            raise ValidationError(f"a transaction holds at most {MAX_OPS_PER_CHANGE} ops")
+        self.ops.append(op)
+
+
+class Replica:
+    """One node's replica. Obtain it from `open_replica`; every method is trio-safe."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        identity: Identity,
+        data_dir: Path,
+        max_batch_ops: int,
+    ) -> None:
+        self._store = store
+        self.identity = identity
+        self.data_dir = data_dir
+        self._max_batch_ops = max_batch_ops
+        self._queue: deque[_Pending] = deque()
+        self._work = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closed = False
+        self._hub = ObserverHub(store.last_lsn)
+        self._since_checkpoint = 0
+        self._checkpointing = False
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    @property
+    def durability(self) -> Durability:
+        return self._store.durability
+
+    @property
+    def store(self) -> Store:
+        """The underlying store, for the sync engine; apps use the methods below."""
+        return self._store
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def put(self, collection: str, key: str, fields: Fields) -> Change:
+        """Set ``fields`` on a record (creating it); return the committed change."""
+        return await self.commit([Put(collection=collection, key=key, fields=dict(fields))])
+
+    async def delete(self, collection: str, key: str) -> Change:
+        """Delete a record: its fields written before now vanish everywhere."""
+        return await self.commit([Delete(collection=collection, key=key)])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Collect ops in the block and commit them as one change when it exits cleanly."""
+        tx = Transaction()
+        yield tx
+        if tx.ops:
+            tx.change = await self.commit(tx.ops)
+
+    async def commit(self, ops: Sequence[Op]) -> Change:
+        """Commit ``ops`` as one local change; return it once it is durable.
+
+        If the calling task is cancelled after submitting, the change may still commit.
+        """
+        if not ops:
+            raise ValidationError("a change must hold at least one op")
+        for op in ops:
+            validate_op(op)
+        outcome = await self._submit(LocalWrite(tuple(ops)))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, Applied)
+        return outcome.change
+
+    async def apply_remote(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply changes received from peers; one outcome each (None if already held).
+
+        Changes a rule refuses (a clock too far ahead, say) come back as their
+        `RemoteProtocolError`; the others still apply.
+        """
+        pending = [_Pending(c) for c in changes]
+        await self._enqueue(pending)
+        return [self._result(p) for p in pending]
+
+    async def _submit(self, job: Job) -> Outcome:
+        pending = _Pending(job)
+        await self._enqueue([pending])
+        return self._result(pending)
+
+    async def _enqueue(self, pending: list[_Pending]) -> None:
+        if self._closed:
+            raise ReplicaClosedError("the replica is closed")
+        self._queue.extend(pending)
+        self._idle = trio.Event()
+        self._work.set()
+        for p in pending:
+            await p.done.wait()
+
+    @staticmethod
+    def _result(pending: _Pending) -> Outcome:
+        if isinstance(pending.outcome, StorageError):
+            raise pending.outcome
+        return pending.outcome
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await self._commit_loop(nursery)
+
+    async def _commit_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._work = trio.Event()
+                await self._work.wait()
+            batch = self._take_batch()
+            jobs = [p.job for p in batch]
+            try:
+                if self._store.durability is Durability.FULL:
+                    outcomes = await trio.to_thread.run_sync(self._store.write_batch, jobs)
+                else:
+                    outcomes = self._store.write_batch(jobs)
+            except StorageError as exc:
+                for p in batch:
+                    p.outcome = exc
+                    p.done.set()
+                continue
+            self._store.finish(outcomes)
+            for p, outcome in zip(batch, outcomes, strict=True):
+                p.outcome = outcome
+                p.done.set()
+            applied = [o for o in outcomes if isinstance(o, Applied)]
+            self._hub.publish(applied)
+            self._since_checkpoint += len(applied)
+            if self._since_checkpoint >= CHECKPOINT_EVERY_CHANGES and not self._checkpointing:
+                self._since_checkpoint = 0
+                nursery.start_soon(self._checkpoint)
+            await trio.lowlevel.checkpoint()
+
+    def _take_batch(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        ops = _job_ops(batch[0].job)
+        while self._queue and ops + _job_ops(self._queue[0].job) <= self._max_batch_ops:
+            batch.append(self._queue.popleft())
+            ops += _job_ops(batch[-1].job)
+        return batch
+
+    async def _checkpoint(self) -> None:
+        self._checkpointing = True
+        try:
+            await trio.to_thread.run_sync(self._store.checkpoint)
+        finally:
+            self._checkpointing = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, collection: str, key: str) -> dict[str, Value] | None:
+        """The record's fields, or None if it does not exist or is deleted."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return self._store.get(collection, key)
+
+    async def query(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Value] | None = None,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Visible records of ``collection`` in key order.
+
+        ``where`` keeps records whose fields equal the given values (same type and
+        value); ``prefix`` keeps keys that start with it; ``after`` starts past that key
+        (for paging); ``limit`` caps the result. The whole query reads one snapshot.
+        Filtering reads every record in the key range: there are no secondary indexes.
+        """
+        self._check_open()
+        validate_name("collection", collection, MAX_COLLECTION_BYTES, system=True)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        conditions = [(f, _comparable(v)) for f, v in (where or {}).items()]
+        start, inclusive = prefix, True
+        if after is not None and after >= prefix:
+            start, inclusive = after, False
+        out: list[Record] = []
+        with self._store.scan(collection, start, inclusive=inclusive) as cursor:
+            while limit is None or len(out) < limit:
+                rows = cursor.fetchmany(QUERY_PAGE_ROWS)
+                if not rows:
+                    break
+                for key, doc in rows:
+                    if not key.startswith(prefix):
+                        return out
+                    fields = decode_document(doc)
+                    if all(_comparable(fields.get(f, _ABSENT)) == want for f, want in conditions):
+                        out.append(Record(collection=collection, key=key, fields=fields))
+                        if limit is not None and len(out) >= limit:
+                            return out
+                await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        return out
+
+    def changes_since(self, lsn: int, *, limit: int = 1_000) -> list[tuple[int, Change]]:
+        """Committed changes after log position ``lsn``, oldest first, with their positions."""
+        self._check_open()
+        out = []
+        for position, blob in self._store.log_since(lsn, limit):
+            try:
+                out.append((position, decode_change(blob)))
+            except RemoteProtocolError as exc:
+                raise StorageError(f"log entry {position} is corrupt: {exc}") from None
+        return out
+
+    @contextlib.contextmanager
+    def observe(
+        self, collection: str | None = None, *, capacity: int = DEFAULT_OBSERVER_CAPACITY
+    ) -> Iterator[Observer]:
+        """Observe committed changes (local and remote) from now on, while the block runs."""
+        self._check_open()
+        observer = self._hub.add(collection=collection, capacity=capacity)
+        try:
+            yield observer
+        finally:
+            observer.close()
+
+    def info(self) -> ReplicaInfo:
+        self._check_open()
+        return ReplicaInfo(
+            node_id=self.node_id,
+            data_dir=self.data_dir,
+            last_lsn=self._store.last_lsn,
+            changes_held=self._store.vv.count(),
+            collections=self._store.counts(),
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ReplicaClosedError("the replica is closed")
+
+    async def _drain(self) -> None:
+        self._closed = True
+        await self._idle.wait()
+        self._hub.close_all()
+
+
+_ABSENT = object()
+
+
+def _comparable(value: object) -> object:
+    """A form in which equal means same type and same value (True is not 1, 1 is not 1.0)."""
+    if isinstance(value, list | dict):
+        return msgpack.packb(value, use_bin_type=True)
+    return (type(value), value)
+
+
+def _job_ops(job: Job) -> int:
+    return len(job.ops)
+
+
+@contextlib.asynccontextmanager
+async def open_replica(
+    data_dir: Path | str,
+    *,
+    create: bool = False,
+    durability: Durability = Durability.NORMAL,
+    wall_ms: Callable[[], int] = wall_clock_ms,
+    max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
+    max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
+) -> AsyncIterator[Replica]:
+    """Open the replica in ``data_dir`` for this process alone, until the block exits.
+
+    With ``create=True`` a missing directory and identity are created; otherwise they
+    must exist (``blazemesh init``). Pending writes commit before the block returns.
+    """
+    if max_batch_ops < 1:
+        raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
+
+    def open_files(stack: contextlib.ExitStack) -> Replica:
+        path = Path(data_dir).expanduser()
+        if create:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        elif not path.is_dir():
+            raise ConfigError(
+                f"no data directory at {path}: run `blazemesh init --data-dir {path}`"
+            )
+        stack.enter_context(lock_data_dir(path))
+        has_key = (path / KEY_FILE).exists()
+        identity = create_identity(path) if create and not has_key else load_identity(path)
+        store = Store(
+            path / DB_FILE,
+            node_id=identity.node_id,
+            durability=durability,
+            wall_ms=wall_ms,
+            max_skew_ms=max_skew_ms,
+        )
+        stack.callback(store.close)
+        return Replica(store=store, identity=identity, data_dir=path, max_batch_ops=max_batch_ops)
+
+    with contextlib.ExitStack() as stack:
+        replica = await trio.to_thread.run_sync(open_files, stack)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replica._serve)
+            try:
+                yield replica
+            finally:
+                with trio.CancelScope(shield=True):
+                    await replica._drain()
+                nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: replica.store.checkpoint(truncate=True))

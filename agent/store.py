@@ -1,0 +1,339 @@
+"""The replica's SQLite database: merged records, the change log and the version vector.
+
+`Store` is synchronous and owned by one writer at a time (the replica's committer). A
+batch of writes -- local transactions and remote changes -- is applied in one SQLite
+transaction: for each change the affected records are loaded, merged by `protocol.crdt`,
+and written back together with the change's log entry and the version vector, so a
+change and its effect commit together or not at all (docs/design.md, "Storage").
+
+Reads go through a separate connection and see only committed batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from agent.errors import StorageError
+from agent.schema import migrate
+from protocol.codec import (
+    CODEC_VERSION,
+    decode_document,
+    decode_meta,
+    encode_change,
+    encode_document,
+    encode_meta,
+)
+from protocol.crdt import RecordKey, RecordState, apply_change
+from protocol.errors import ProtocolError, ValidationError
+from protocol.hlc import HybridClock
+from protocol.model import MAX_CHANGE_BYTES, Change, Op, Value
+from protocol.vv import VersionVector
+
+
+class Durability(enum.Enum):
+    """How much a returned write survives (docs/operations.md, "Durability")."""
+
+    NORMAL = "normal"  # survives a crash of the process: WAL, synchronous=NORMAL
+    FULL = "full"  # survives power loss too: synchronous=FULL (an fsync per commit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordUpdate:
+    """A record as a change left it; ``document`` is None when the record is deleted."""
+
+    collection: str
+    key: str
+    document: dict[str, Value] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Applied:
+    """A change that was committed, with its local log position and its visible effect."""
+
+    lsn: int
+    change: Change
+    updates: tuple[RecordUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWrite:
+    """The ops of one local transaction, to be stamped and sequenced by the store."""
+
+    ops: tuple[Op, ...]
+
+
+Job = LocalWrite | Change
+Outcome = Applied | ProtocolError | None  # None: a remote change already held
+
+
+class Store:
+    """The database of one replica. Not thread-safe: one writer, one thread at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        node_id: bytes,
+        durability: Durability,
+        wall_ms: Callable[[], int],
+        max_skew_ms: int,
+    ) -> None:
+        self.path = path
+        self.node_id = node_id
+        self.durability = durability
+        self._wall_ms = wall_ms
+        self._writer = self._connect()
+        self._reader = self._connect()
+        try:
+            migrate(self._writer)
+            self._check_owner()
+            self.vv = self._load_vv()
+            last_hlc = self._meta("hlc", 0)
+            assert isinstance(last_hlc, int)
+            self.clock = HybridClock(last=last_hlc, max_skew_ms=max_skew_ms)
+            self._last_lsn: int = (
+                self._writer.execute("SELECT max(lsn) FROM log").fetchone()[0] or 0
+            )
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StorageError(f"cannot open {path}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._next_seq = self.vv.max_seq(node_id) + 1
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {self.durability.name}")
+        db.execute("PRAGMA busy_timeout = 5000")
+        # Checkpoints run off the trio thread (`checkpoint`), never inside a commit.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        return db
+
+    def _check_owner(self) -> None:
+        owner = self._meta("node_id", None)
+        if owner is None:
+            with self._transaction():
+                self._set_meta("node_id", self.node_id)
+                self._set_meta("codec_version", CODEC_VERSION)
+        elif owner != self.node_id:
+            raise StorageError(f"{self.path} belongs to another node identity")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write_batch(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Apply every job in one transaction and return one outcome per job.
+
+        A local write becomes a change with the next seq and fresh HLC stamps; a remote
+        change already held is a no-op (None); a job the rules refuse gets its error and
+        the others go on. If SQLite fails, nothing is committed and `StorageError` is
+        raised. Call `finish` with the outcomes once the batch has returned.
+        """
+        next_seq = self._next_seq
+        try:
+            return self._write_batch(jobs)
+        except sqlite3.Error as exc:
+            self._next_seq = next_seq
+            raise StorageError(f"write to {self.path} failed: {exc}") from exc
+
+    def _write_batch(self, jobs: Sequence[Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        states: dict[RecordKey, RecordState] = {}
+        dirty: set[RecordKey] = set()
+        added: dict[bytes, set[int]] = {}
+        log_rows: list[tuple[int, bytes, int, int, bytes]] = []
+        lsn = self._last_lsn
+        with self._transaction():
+            for job in jobs:
+                try:
+                    change, blob = self._admit(job, added)
+                except ProtocolError as exc:
+                    outcomes.append(exc)
+                    continue
+                if change is None:
+                    outcomes.append(None)
+                    continue
+                for op in change.ops:
+                    rk = (op.collection, op.key)
+                    if rk not in states:
+                        states[rk] = self._load_state(rk)
+                touched = apply_change(change, states)
+                dirty |= touched
+                lsn += 1
+                log_rows.append((lsn, change.origin, change.seq, change.hlc, blob))
+                added.setdefault(change.origin, set()).add(change.seq)
+                updates = tuple(
+                    RecordUpdate(collection=c, key=k, document=states[c, k].document())
+                    for c, k in dict.fromkeys((op.collection, op.key) for op in change.ops)
+                    if (c, k) in touched
+                )
+                outcomes.append(Applied(lsn=lsn, change=change, updates=updates))
+            self._save(states, dirty, log_rows, added)
+        self._last_lsn = lsn
+        return outcomes
+
+    def _admit(self, job: Job, added: dict[bytes, set[int]]) -> tuple[Change | None, bytes]:
+        """Stamp a local write, or check a remote change; return it and its log encoding."""
+        if isinstance(job, LocalWrite):
+            change = Change(
+                origin=self.node_id,
+                seq=self._next_seq,
+                hlc=self.clock.tick(self._wall_ms(), width=len(job.ops)),
+                ops=job.ops,
+            )
+            blob = encode_change(change)
+            if len(blob) > MAX_CHANGE_BYTES:
+                raise ValidationError(
+                    f"the transaction is {len(blob)} bytes encoded; the limit is {MAX_CHANGE_BYTES}"
+                )
+            self._next_seq += 1
+            return change, blob
+        if job.dot in self.vv or job.seq in added.get(job.origin, ()):
+            return None, b""
+        self.clock.receive(job.hlc + len(job.ops) - 1, self._wall_ms())
+        return job, encode_change(job)
+
+    def _load_state(self, rk: RecordKey) -> RecordState:
+        row = self._writer.execute(
+            "SELECT doc, meta FROM records WHERE collection = ? AND key = ?", rk
+        ).fetchone()
+        if row is None:
+            return RecordState()
+        doc, meta = row
+        try:
+            return decode_meta(meta, None if doc is None else decode_document(doc))
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+            raise StorageError(f"record {rk[0]}/{rk[1]} in {self.path} is corrupt: {exc}") from None
+
+    def _save(
+        self,
+        states: dict[RecordKey, RecordState],
+        dirty: set[RecordKey],
+        log_rows: list[tuple[int, bytes, int, int, bytes]],
+        added: dict[bytes, set[int]],
+    ) -> None:
+        db = self._writer
+        rows = []
+        for rk in dirty:
+            state = states[rk]
+            document = state.document()
+            doc = None if document is None else encode_document(document)
+            rows.append((rk[0], rk[1], doc, encode_meta(state)))
+        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
+        db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
+        vv_rows = []
+        for origin, seqs in added.items():
+            merged = VersionVector.from_parts(
+                {origin: self.vv.base(origin)}, {origin: self.vv.extras(origin) | seqs}
+            )
+            extra = sorted(merged.extras(origin))
+            vv_rows.append((origin, merged.base(origin), msgpack.packb(extra) if extra else None))
+        db.executemany("INSERT OR REPLACE INTO vv VALUES (?, ?, ?)", vv_rows)
+        if log_rows:
+            self._set_meta("hlc", self.clock.last)
+
+    def finish(self, outcomes: Sequence[Outcome]) -> None:
+        """Fold a returned batch's new dots into the in-memory version vector.
+
+        Kept apart from `write_batch` so that, when a batch runs in a worker thread, the
+        vector is only ever changed on the thread that reads it.
+        """
+        for outcome in outcomes:
+            if isinstance(outcome, Applied):
+                self.vv.add(outcome.change.origin, outcome.change.seq)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def checkpoint(self, *, truncate: bool = False) -> None:
+        """Copy the WAL back into the database file; call it off the trio thread."""
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA wal_checkpoint({mode})")
+        finally:
+            db.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, collection: str, key: str) -> dict[str, Value] | None:
+        """The committed document of a record, or None if it is absent or deleted."""
+        row = self._reader.execute(
+            "SELECT doc FROM records WHERE collection = ? AND key = ?", (collection, key)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return decode_document(row[0])
+
+    @contextlib.contextmanager
+    def scan(self, collection: str, start: str, *, inclusive: bool) -> Iterator[sqlite3.Cursor]:
+        """A cursor over ``(key, doc)`` of visible records from ``start`` on, in key order.
+
+        The cursor reads one snapshot from its own connection, so a caller may page
+        through it across trio checkpoints and still never see half a change.
+        """
+        db = self._connect()
+        try:
+            op = ">=" if inclusive else ">"
+            yield db.execute(
+                f"SELECT key, doc FROM records WHERE collection = ? AND key {op} ? "
+                "AND doc IS NOT NULL ORDER BY key",
+                (collection, start),
+            )
+        finally:
+            db.close()
+
+    def log_since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order."""
+        return self._reader.execute(
+            "SELECT lsn, change FROM log WHERE lsn > ? ORDER BY lsn LIMIT ?", (lsn, limit)
+        ).fetchall()
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per collection: (visible records, deleted records still held as tombstones)."""
+        rows = self._reader.execute(
+            "SELECT collection, count(doc), count(*) - count(doc) FROM records GROUP BY collection"
+        ).fetchall()
+        return {c: (live, dead) for c, live, dead in rows}
+
+    @property
+    def last_lsn(self) -> int:
+        return self._last_lsn
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def _meta(self, name: str, default: object) -> object:
+        row = self._writer.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    def _set_meta(self, name: str, value: object) -> None:
+        self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def _load_vv(self) -> VersionVector:
+        bases: dict[bytes, int] = {}
+        extras: dict[bytes, list[int]] = {}
+        for origin, base, extra in self._writer.execute("SELECT origin, base, extra FROM vv"):
+            bases[origin] = base
+            if extra is not None:
+                extras[origin] = msgpack.unpackb(extra)
+        return VersionVector.from_parts(bases, extras)

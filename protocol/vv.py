@@ -1,0 +1,149 @@
+"""Version vectors over dots, with out-of-order arrivals.
+
+A replica's knowledge is the set of dots ``(origin, seq)`` it holds. Per origin it is
+stored as a contiguous prefix ``1..base`` plus the few seqs above it that arrived early
+(changes can overtake each other across different paths). Gaps close as the missing
+changes arrive and the prefix absorbs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from protocol.errors import LocalProtocolError
+
+Dot = tuple[bytes, int]
+SeqRange = tuple[int, int]  # inclusive: (first, last)
+
+
+class VersionVector:
+    """A mutable set of dots, compact when arrivals are in order."""
+
+    __slots__ = ("_base", "_extra")
+
+    def __init__(self) -> None:
+        self._base: dict[bytes, int] = {}
+        self._extra: dict[bytes, set[int]] = {}
+
+    @classmethod
+    def from_parts(
+        cls, bases: Mapping[bytes, int], extras: Mapping[bytes, Iterable[int]]
+    ) -> VersionVector:
+        """Build a vector from per-origin prefixes and early seqs (normalised on the way in)."""
+        vv = cls()
+        for origin, base in bases.items():
+            if base < 0:
+                raise LocalProtocolError(f"negative base {base} in version vector")
+            if base:
+                vv._base[origin] = base
+        for origin, seqs in extras.items():
+            for seq in seqs:
+                vv.add(origin, seq)
+        return vv
+
+    def copy(self) -> VersionVector:
+        other = VersionVector()
+        other._base = dict(self._base)
+        other._extra = {o: set(s) for o, s in self._extra.items()}
+        return other
+
+    def __contains__(self, dot: Dot) -> bool:
+        origin, seq = dot
+        return seq <= self._base.get(origin, 0) or seq in self._extra.get(origin, ())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VersionVector):
+            return NotImplemented
+        return self._base == other._base and self._extra == other._extra
+
+    def __repr__(self) -> str:
+        return f"VersionVector(base={self._base!r}, extra={self._extra!r})"
+
+    def add(self, origin: bytes, seq: int) -> bool:
+        """Record the dot; return False if it was already held."""
+        if seq < 1:
+            raise LocalProtocolError(f"seq must be >= 1, got {seq}")
+        base = self._base.get(origin, 0)
+        if seq <= base:
+            return False
+        extra = self._extra.get(origin)
+        if seq != base + 1:
+            if extra is None:
+                self._extra[origin] = {seq}
+                return True
+            if seq in extra:
+                return False
+            extra.add(seq)
+            return True
+        base = seq
+        if extra:
+            while base + 1 in extra:
+                base += 1
+                extra.discard(base)
+            if not extra:
+                del self._extra[origin]
+        self._base[origin] = base
+        return True
+
+    def origins(self) -> set[bytes]:
+        return set(self._base) | set(self._extra)
+
+    def base(self, origin: bytes) -> int:
+        """The length of the contiguous prefix held for ``origin``."""
+        return self._base.get(origin, 0)
+
+    def extras(self, origin: bytes) -> frozenset[int]:
+        """The seqs above the prefix held for ``origin``."""
+        return frozenset(self._extra.get(origin, ()))
+
+    def max_seq(self, origin: bytes) -> int:
+        """The greatest seq held for ``origin`` (0 if none)."""
+        extra = self._extra.get(origin)
+        return max(extra) if extra else self._base.get(origin, 0)
+
+    def count(self) -> int:
+        """How many dots the vector holds."""
+        return sum(self._base.values()) + sum(len(s) for s in self._extra.values())
+
+    def bases(self) -> dict[bytes, int]:
+        return dict(self._base)
+
+    def extra_items(self) -> dict[bytes, frozenset[int]]:
+        return {o: frozenset(s) for o, s in self._extra.items()}
+
+
+def missing(have: VersionVector, peer: VersionVector) -> list[tuple[bytes, SeqRange]]:
+    """The dots ``have`` holds that ``peer`` lacks, as inclusive per-origin seq ranges.
+
+    Ranges come sorted by origin, then seq, each maximal. The cost grows with the number
+    of early seqs on either side, not with the number of missing dots.
+    """
+    out: list[tuple[bytes, SeqRange]] = []
+    for origin in sorted(have.origins()):
+        floor = peer.base(origin)
+        holes = sorted(s for s in peer.extras(origin) if s > floor)
+        for first, last in _ranges_above(have, origin, floor):
+            for hole in holes:
+                if hole > last:
+                    break
+                if hole >= first:
+                    if hole > first:
+                        out.append((origin, (first, hole - 1)))
+                    first = hole + 1
+            if first <= last:
+                out.append((origin, (first, last)))
+    return out
+
+
+def _ranges_above(vv: VersionVector, origin: bytes, floor: int) -> list[SeqRange]:
+    """The seqs ``vv`` holds for ``origin`` above ``floor``, as sorted maximal ranges."""
+    ranges: list[SeqRange] = []
+    base = vv.base(origin)
+    if base > floor:
+        ranges.append((floor + 1, base))
+    for seq in sorted(s for s in vv.extras(origin) if s > floor):
+        if ranges and ranges[-1][1] == seq - 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
