@@ -409,13 +409,19 @@ async def open_replica(
 
     with contextlib.ExitStack() as stack:
         replica = await trio.to_thread.run_sync(open_files, stack)
+        # The caller's exception is carried past the nursery so that it comes out as
+        # itself, not wrapped in an ExceptionGroup (the background tasks never raise).
+        body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(replica._serve)
             try:
                 yield replica
-            finally:
-                with trio.CancelScope(shield=True):
-                    await replica._drain()
-                nursery.cancel_scope.cancel()
+            except BaseException as exc:
+                body_error = exc
+            with trio.CancelScope(shield=True):
+                await replica._drain()
+            nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(lambda: replica.store.checkpoint(truncate=True))

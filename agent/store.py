@@ -89,25 +89,26 @@ class Store:
         self.node_id = node_id
         self.durability = durability
         self._wall_ms = wall_ms
-        self._writer = self._connect()
-        self._reader = self._connect()
-        try:
-            migrate(self._writer)
-            self._check_owner()
-            self.vv = self._load_vv()
-            last_hlc = self._meta("hlc", 0)
-            assert isinstance(last_hlc, int)
-            self.clock = HybridClock(last=last_hlc, max_skew_ms=max_skew_ms)
-            self._last_lsn: int = (
-                self._writer.execute("SELECT max(lsn) FROM log").fetchone()[0] or 0
-            )
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise StorageError(f"cannot open {path}: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
+        with contextlib.ExitStack() as undo:
+            try:
+                self._writer = self._connect()
+                undo.callback(self._writer.close)
+                self._reader = self._connect()
+                undo.callback(self._reader.close)
+                migrate(self._writer)
+                self._check_owner()
+                self.vv = self._load_vv()
+                last_hlc = self._meta("hlc", 0)
+                assert isinstance(last_hlc, int)
+                self.clock = HybridClock(last=last_hlc, max_skew_ms=max_skew_ms)
+                self._last_lsn: int = (
+                    self._writer.execute("SELECT max(lsn) FROM log").fetchone()[0] or 0
+                )
+            except sqlite3.DatabaseError as exc:
+                raise StorageError(f"cannot open {path}: {exc}") from None
+            undo.pop_all()
         self._next_seq = self.vv.max_seq(node_id) + 1
+        self.commits = 0  # transactions committed since opening: group commit shows here
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -181,6 +182,7 @@ class Store:
                 )
                 outcomes.append(Applied(lsn=lsn, change=change, updates=updates))
             self._save(states, dirty, log_rows, added)
+        self.commits += 1
         self._last_lsn = lsn
         return outcomes
 
@@ -305,9 +307,7 @@ class Store:
 
     def log_since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order."""
-        return self._reader.execute(
-            "SELECT lsn, change FROM log WHERE lsn > ? ORDER BY lsn LIMIT ?", (lsn, limit)
-        ).fetchall()
+        return _log_since(self._reader, lsn, limit)
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per collection: (visible records, deleted records still held as tombstones)."""
@@ -337,3 +337,39 @@ class Store:
             if extra is not None:
                 extras[origin] = msgpack.unpackb(extra)
         return VersionVector.from_parts(bases, extras)
+
+
+def _log_since(db: sqlite3.Connection, lsn: int, limit: int) -> list[tuple[int, bytes]]:
+    return db.execute(
+        "SELECT lsn, change FROM log WHERE lsn > ? ORDER BY lsn LIMIT ?", (lsn, limit)
+    ).fetchall()
+
+
+class LogReader:
+    """Read-only access to another process's change log, for following it.
+
+    SQLite has no cross-process change notification; `changed` is the cheap test
+    (``PRAGMA data_version``) a follower polls between reads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise StorageError(f"no database at {path}")
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._version = -1
+
+    def close(self) -> None:
+        self._db.close()
+
+    def last_lsn(self) -> int:
+        lsn: int = self._db.execute("SELECT coalesce(max(lsn), 0) FROM log").fetchone()[0]
+        return lsn
+
+    def since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
+        return _log_since(self._db, lsn, limit)
+
+    def changed(self) -> bool:
+        """Whether another connection has committed since the last call."""
+        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._version = version != self._version, version
+        return changed

@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent.errors import DataDirLockedError, ReplicaClosedError
+from agent.replica import Replica, open_replica
+from agent.store import Applied, Durability
+from protocol.errors import ClockSkewError, ValidationError
+from protocol.hlc import pack
+from protocol.model import MAX_VALUE_BYTES, Change, Delete, Put
+
+OTHER = b"\x07" * 16
+
+
+def remote(seq: int, hlc: int, *ops: Put | Delete, origin: bytes = OTHER) -> Change:
+    return Change(origin=origin, seq=seq, hlc=hlc, ops=ops)
+
+
+async def test_put_get_delete(replica: Replica) -> None:
+    assert await replica.get("bugs", "b1") is None
+    change = await replica.put("bugs", "b1", {"title": "crash", "open": True})
+    assert change.origin == replica.node_id
+    assert change.seq == 1
+    assert await replica.get("bugs", "b1") == {"title": "crash", "open": True}
+    await replica.put("bugs", "b1", {"open": False})
+    assert await replica.get("bugs", "b1") == {"title": "crash", "open": False}
+    await replica.delete("bugs", "b1")
+    assert await replica.get("bugs", "b1") is None
+    await replica.put("bugs", "b1", {"title": "again"})
+    assert await replica.get("bugs", "b1") == {"title": "again"}
+
+
+async def test_every_value_type_round_trips(replica: Replica) -> None:
+    fields = {
+        "none": None,
+        "bool": True,
+        "int": -(1 << 63),
+        "float": 2.5,
+        "str": "zürich ☃",
+        "bytes": b"\x00\xff",
+        "list": [1, "two", [3.0]],
+        "map": {"a": {"b": [None]}},
+    }
+    await replica.put("c", "k", fields)
+    assert await replica.get("c", "k") == fields
+
+
+async def test_transaction_is_one_change_and_ordered(replica: Replica) -> None:
+    async with replica.transaction() as tx:
+        tx.put("bugs", "b1", {"a": 1})
+        tx.delete("bugs", "b1")
+        tx.put("bugs", "b1", {"b": 2})
+        tx.put("bugs", "b2", {"c": 3})
+        tx.put("bugs", "b3", {"d": 4})
+        tx.delete("bugs", "b3")
+    assert tx.change is not None
+    assert tx.change.seq == 1
+    assert len(tx.change.ops) == 6
+    assert await replica.get("bugs", "b1") == {"b": 2}
+    assert await replica.get("bugs", "b2") == {"c": 3}
+    assert await replica.get("bugs", "b3") is None
+    assert replica.info().changes_held == 1
+
+
+async def test_transaction_that_raises_commits_nothing(replica: Replica) -> None:
+    async def failing_transaction() -> None:
+        async with replica.transaction() as tx:
+            tx.put("bugs", "b1", {"a": 1})
+            raise RuntimeError("app bug")
+
+    with pytest.raises(RuntimeError):
+        await failing_transaction()
+    assert await replica.get("bugs", "b1") is None
+    assert replica.info().changes_held == 0
+
+
+async def test_query_filters_prefix_after_limit(replica: Replica) -> None:
+    for i in range(10):
+        await replica.put("t", f"k{i}", {"even": i % 2 == 0, "n": i})
+    await replica.put("t", "other", {"even": True})
+    await replica.put("u", "k0", {"even": True})
+    await replica.delete("t", "k4")
+    keys = [r.key for r in await replica.query("t", where={"even": True}, prefix="k")]
+    assert keys == ["k0", "k2", "k6", "k8"]
+    assert [r.key for r in await replica.query("t", prefix="k", after="k6")] == ["k7", "k8", "k9"]
+    assert [r.key for r in await replica.query("t", limit=2)] == ["k0", "k1"]
+    assert [r.key for r in await replica.query("t", where={"n": 3})] == ["k3"]
+    assert await replica.query("t", where={"missing": None}) == []
+    assert await replica.query("nothing") == []
+
+
+async def test_query_equality_is_type_strict(replica: Replica) -> None:
+    await replica.put("t", "bool", {"v": True})
+    await replica.put("t", "int", {"v": 1})
+    await replica.put("t", "float", {"v": 1.0})
+    await replica.put("t", "list", {"v": [1]})
+    await replica.put("t", "list-bool", {"v": [True]})
+    assert [r.key for r in await replica.query("t", where={"v": 1})] == ["int"]
+    assert [r.key for r in await replica.query("t", where={"v": True})] == ["bool"]
+    assert [r.key for r in await replica.query("t", where={"v": 1.0})] == ["float"]
+    assert [r.key for r in await replica.query("t", where={"v": [1]})] == ["list"]
+
+
+async def test_query_pages_across_many_records(replica: Replica) -> None:
+    async with replica.transaction() as tx:
+        for i in range(1000):
+            tx.put("t", f"k{i:04}", {"i": i})
+    records = await replica.query("t", where={"i": 999})
+    assert [r.key for r in records] == ["k0999"]
+    assert len(await replica.query("t")) == 1000
+
+
+async def test_prefix_scan_handles_keys_beyond_the_bmp(replica: Replica) -> None:
+    for key in ["a", "a\U0010ffff", "a\U0010ffffz", "ab", "b"]:
+        await replica.put("t", key, {})
+    keys = [r.key for r in await replica.query("t", prefix="a\U0010ffff")]
+    assert keys == ["a\U0010ffff", "a\U0010ffffz"]
+
+
+@pytest.mark.parametrize(
+    ("collection", "key", "fields", "message"),
+    [
+        ("", "k", {}, "collection must not be empty"),
+        ("_sys", "k", {}, "reserved"),
+        ("c", "k", {"_f": 1}, "field '_f'"),
+        ("c", "k", {"f": (1, 2)}, "use a list"),
+        ("c", "k", {"f": float("nan")}, "NaN"),
+        ("c", "k", {"f": 1 << 64}, "64 signed bits"),
+        ("c", "k", {"f": b"x" * (MAX_VALUE_BYTES + 1)}, "the limit is"),
+    ],
+)
+async def test_invalid_writes_are_refused_clearly(
+    replica: Replica, collection: str, key: str, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        await replica.put(collection, key, fields)  # type: ignore[arg-type]
+    assert replica.info().changes_held == 0
+
+
+async def test_oversized_transaction_is_refused_and_consumes_no_seq(replica: Replica) -> None:
+    big = b"x" * (MAX_VALUE_BYTES - 16)
+    ops = [Put(collection="c", key=f"k{i}", fields={"blob": big}) for i in range(5)]
+    with pytest.raises(ValidationError, match=r"transaction is \d+ bytes"):
+        await replica.commit(ops)
+    assert (await replica.put("c", "small", {"a": 1})).seq == 1
+    assert await replica.get("c", "k0") is None
+
+
+async def test_bad_job_in_a_batch_does_not_fail_the_others(replica: Replica) -> None:
+    big = b"x" * (MAX_VALUE_BYTES - 16)
+    results: dict[str, object] = {}
+
+    async def write(name: str, n: int) -> None:
+        try:
+            ops = [Put(collection="c", key=f"{name}{i}", fields={"b": big}) for i in range(n)]
+            results[name] = (await replica.commit(ops)).seq
+        except ValidationError as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, "ok-a", 1)
+        nursery.start_soon(write, "too-big", 5)
+        nursery.start_soon(write, "ok-b", 1)
+    assert isinstance(results["too-big"], ValidationError)
+    assert sorted([results["ok-a"], results["ok-b"]]) == [1, 2]  # type: ignore[type-var]
+
+
+async def test_concurrent_writers_share_commits(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True, durability=Durability.FULL) as replica:
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(replica.put, "c", f"k{i}", {"i": i})
+        assert replica.info().changes_held == 8
+        assert replica.store.commits < 8
+
+
+async def test_one_by_one_when_batching_is_off(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True, max_batch_ops=1) as replica:
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(replica.put, "c", f"k{i}", {"i": i})
+        assert replica.store.commits == 8
+
+
+async def test_reopen_keeps_data_seq_and_clock(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True) as replica:
+        first = await replica.put("c", "k", {"a": 1})
+    async with open_replica(tmp_path) as replica:
+        assert await replica.get("c", "k") == {"a": 1}
+        second = await replica.put("c", "k", {"a": 2})
+    assert second.seq == first.seq + 1
+    assert second.hlc > first.hlc
+
+
+async def test_clock_never_goes_back_after_a_wall_clock_jump(tmp_path: Path) -> None:
+    now = [pack(10_000_000, 0) >> 16]
+    async with open_replica(tmp_path, create=True, wall_ms=lambda: now[0]) as replica:
+        first = await replica.put("c", "k", {"a": 1})
+        now[0] -= 5_000
+        second = await replica.put("c", "k", {"a": 2})
+    assert second.hlc > first.hlc
+    async with open_replica(tmp_path) as replica:
+        assert await replica.get("c", "k") == {"a": 2}
+
+
+async def test_remote_changes_apply_once_and_merge(replica: Replica) -> None:
+    stamp = pack(1_000, 0)
+    change = remote(1, stamp, Put(collection="c", key="k", fields={"a": "remote"}))
+    outcomes = await replica.apply_remote([change, change])
+    assert isinstance(outcomes[0], Applied)
+    assert outcomes[1] is None  # the same dot twice in one batch
+    assert await replica.apply_remote([change]) == [None]
+    assert await replica.get("c", "k") == {"a": "remote"}
+    await replica.put("c", "k", {"a": "local"})  # the local clock is past the remote stamp
+    assert await replica.get("c", "k") == {"a": "local"}
+    assert replica.info().changes_held == 2
+
+
+async def test_out_of_order_remote_changes_converge(replica: Replica) -> None:
+    c1 = remote(1, pack(1_000, 0), Put(collection="c", key="k", fields={"a": 1}))
+    c2 = remote(2, pack(1_000, 1), Delete(collection="c", key="k"))
+    c3 = remote(3, pack(1_000, 2), Put(collection="c", key="k", fields={"b": 3}))
+    for change in (c3, c1, c2):
+        await replica.apply_remote([change])
+    assert await replica.get("c", "k") == {"b": 3}
+    assert replica.store.vv.base(OTHER) == 3
+
+
+async def test_future_stamp_is_refused_and_the_rest_applies(tmp_path: Path) -> None:
+    now_ms = 50_000_000
+    async with open_replica(tmp_path, create=True, wall_ms=lambda: now_ms) as replica:
+        future = remote(1, pack(now_ms + 61_000, 0), Put(collection="c", key="f", fields={}))
+        fine = remote(
+            1,
+            pack(now_ms + 59_000, 0),
+            Put(collection="c", key="ok", fields={}),
+            origin=b"\x08" * 16,
+        )
+        outcomes = await replica.apply_remote([future, fine])
+        assert isinstance(outcomes[0], ClockSkewError)
+        assert isinstance(outcomes[1], Applied)
+        assert await replica.get("c", "f") is None
+        assert (OTHER, 1) not in replica.store.vv
+
+
+async def test_second_open_of_a_data_dir_is_refused(tmp_path: Path) -> None:
+    async def open_again() -> None:
+        async with open_replica(tmp_path):
+            pass
+
+    async with open_replica(tmp_path, create=True):
+        with pytest.raises(DataDirLockedError, match="in use by another blazemesh process"):
+            await open_again()
+
+
+async def test_closed_replica_refuses_use(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True) as replica:
+        pass
+    with pytest.raises(ReplicaClosedError):
+        await replica.put("c", "k", {})
+    with pytest.raises(ReplicaClosedError):
+        await replica.get("c", "k")
+
+
+async def test_pending_writes_commit_before_close(tmp_path: Path) -> None:
+    async with (
+        trio.open_nursery() as writers,
+        open_replica(tmp_path, create=True, durability=Durability.FULL) as replica,
+    ):
+        for i in range(20):
+            writers.start_soon(replica.put, "c", f"k{i}", {})
+        # Every writer has queued its put; the first batch is in the worker thread.
+        await trio.testing.wait_all_tasks_blocked()
+    async with open_replica(tmp_path) as replica:
+        assert replica.info().collections == {"c": (20, 0)}
+
+
+async def test_changes_since_reads_the_log_in_order(replica: Replica) -> None:
+    for i in range(5):
+        await replica.put("c", f"k{i}", {"i": i})
+    entries = replica.changes_since(2)
+    assert [lsn for lsn, _ in entries] == [3, 4, 5]
+    assert [c.ops[0].key for _, c in entries] == ["k2", "k3", "k4"]
+    assert replica.changes_since(0, limit=2)[-1][0] == 2
+
+
+async def test_info_counts_records_and_tombstones(replica: Replica) -> None:
+    await replica.put("a", "1", {})
+    await replica.put("a", "2", {})
+    await replica.delete("a", "2")
+    await replica.put("b", "1", {})
+    info = replica.info()
+    assert info.collections == {"a": (1, 1), "b": (1, 0)}
+    assert info.changes_held == 4
+    assert info.last_lsn == 4
