@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 import trio
@@ -128,8 +129,10 @@ class Replica:
         self._max_batch_ops = max_batch_ops
         self._queue: deque[_Pending] = deque()
         self._work = trio.Event()
+        self._busy = 0  # write calls in progress; close waits for them
         self._idle = trio.Event()
         self._idle.set()
+        self._nursery: trio.Nursery | None = None
         self._closed = False
         self._hub = ObserverHub(store.last_lsn)
         self._since_checkpoint = 0
@@ -175,7 +178,7 @@ class Replica:
             raise ValidationError("a change must hold at least one op")
         for op in ops:
             validate_op(op)
-        outcome = await self._submit(LocalWrite(tuple(ops)))
+        (outcome,) = await self._write([LocalWrite(tuple(ops))])
         if isinstance(outcome, BaseException):
             raise outcome
         assert isinstance(outcome, Applied)
@@ -187,75 +190,87 @@ class Replica:
         Changes a rule refuses (a clock too far ahead, say) come back as their
         `RemoteProtocolError`; the others still apply.
         """
-        pending = [_Pending(c) for c in changes]
-        await self._enqueue(pending)
-        return [self._result(p) for p in pending]
+        return await self._write(changes)
 
-    async def _submit(self, job: Job) -> Outcome:
-        pending = _Pending(job)
-        await self._enqueue([pending])
-        return self._result(pending)
+    async def _write(self, jobs: Sequence[Job]) -> list[Outcome]:
+        self._check_open()
+        if not self._busy:
+            self._idle = trio.Event()
+        self._busy += 1
+        try:
+            if self._store.durability is Durability.FULL:
+                return await self._write_queued(jobs)
+            # No fsync to wait for: commit right here, a bounded batch at a time.
+            outcomes: list[Outcome] = []
+            queue = deque(jobs)
+            while queue:
+                batch = _take_batch(queue, self._max_batch_ops)
+                outcomes += self._commit(batch)
+                await trio.lowlevel.checkpoint()
+            return outcomes
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
 
-    async def _enqueue(self, pending: list[_Pending]) -> None:
-        if self._closed:
-            raise ReplicaClosedError("the replica is closed")
+    async def _write_queued(self, jobs: Sequence[Job]) -> list[Outcome]:
+        pending = [_Pending(job) for job in jobs]
         self._queue.extend(pending)
-        self._idle = trio.Event()
         self._work.set()
         for p in pending:
             await p.done.wait()
+        outcomes = []
+        for p in pending:
+            if isinstance(p.outcome, StorageError):
+                raise p.outcome
+            outcomes.append(p.outcome)
+        return outcomes
 
-    @staticmethod
-    def _result(pending: _Pending) -> Outcome:
-        if isinstance(pending.outcome, StorageError):
-            raise pending.outcome
-        return pending.outcome
+    def _commit(self, jobs: Sequence[Job]) -> list[Outcome]:
+        outcomes = self._store.write_batch(jobs)
+        self._published(outcomes)
+        return outcomes
+
+    def _published(self, outcomes: list[Outcome]) -> list[Outcome]:
+        self._store.finish(outcomes)
+        applied = [o for o in outcomes if isinstance(o, Applied)]
+        self._hub.publish(applied)
+        self._since_checkpoint += len(applied)
+        if self._since_checkpoint >= CHECKPOINT_EVERY_CHANGES and not self._checkpointing:
+            self._since_checkpoint = 0
+            self._checkpointing = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._checkpoint)
+        return outcomes
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
-            await self._commit_loop(nursery)
+            await self._commit_queued()
 
-    async def _commit_loop(self, nursery: trio.Nursery) -> None:
+    async def _commit_queued(self) -> None:
+        """Group commit for `Durability.FULL`: everything queued shares one fsync."""
         while True:
             if not self._queue:
-                self._idle.set()
                 self._work = trio.Event()
                 await self._work.wait()
-            batch = self._take_batch()
+            batch = _take_batch(self._queue, self._max_batch_ops)
             jobs = [p.job for p in batch]
             try:
-                if self._store.durability is Durability.FULL:
-                    outcomes = await trio.to_thread.run_sync(self._store.write_batch, jobs)
-                else:
-                    outcomes = self._store.write_batch(jobs)
+                outcomes = self._published(
+                    await trio.to_thread.run_sync(self._store.write_batch, jobs)
+                )
             except StorageError as exc:
                 for p in batch:
                     p.outcome = exc
                     p.done.set()
                 continue
-            self._store.finish(outcomes)
             for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
                 p.done.set()
-            applied = [o for o in outcomes if isinstance(o, Applied)]
-            self._hub.publish(applied)
-            self._since_checkpoint += len(applied)
-            if self._since_checkpoint >= CHECKPOINT_EVERY_CHANGES and not self._checkpointing:
-                self._since_checkpoint = 0
-                nursery.start_soon(self._checkpoint)
-            await trio.lowlevel.checkpoint()
-
-    def _take_batch(self) -> list[_Pending]:
-        batch = [self._queue.popleft()]
-        ops = _job_ops(batch[0].job)
-        while self._queue and ops + _job_ops(self._queue[0].job) <= self._max_batch_ops:
-            batch.append(self._queue.popleft())
-            ops += _job_ops(batch[-1].job)
-        return batch
 
     async def _checkpoint(self) -> None:
-        self._checkpointing = True
         try:
             await trio.to_thread.run_sync(self._store.checkpoint)
         finally:
@@ -364,8 +379,21 @@ def _comparable(value: object) -> object:
     return (type(value), value)
 
 
-def _job_ops(job: Job) -> int:
-    return len(job.ops)
+_Item = TypeVar("_Item", "_Pending", Job)
+
+
+def _take_batch(queue: deque[_Item], max_ops: int) -> list[_Item]:
+    """Pop the longest run from ``queue`` within ``max_ops`` ops (always at least one)."""
+    batch = [queue.popleft()]
+    ops = _ops(batch[0])
+    while queue and ops + _ops(queue[0]) <= max_ops:
+        batch.append(queue.popleft())
+        ops += _ops(batch[-1])
+    return batch
+
+
+def _ops(item: _Pending | Job) -> int:
+    return len((item.job if isinstance(item, _Pending) else item).ops)
 
 
 @contextlib.asynccontextmanager

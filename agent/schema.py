@@ -21,15 +21,13 @@ def _v1(db: sqlite3.Connection) -> None:
         "meta BLOB NOT NULL, PRIMARY KEY (collection, key)) WITHOUT ROWID"
     )
     # Every change applied, in local arrival order (``lsn``), to serve peers and watchers.
+    # ``last_stamp`` is the HLC stamp of its last op: replaying the log's tail on open
+    # restores the clock past everything seen (see `agent.store`, "Snapshots").
     db.execute(
         "CREATE TABLE log (lsn INTEGER PRIMARY KEY, origin BLOB NOT NULL, "
-        "seq INTEGER NOT NULL, hlc INTEGER NOT NULL, change BLOB NOT NULL)"
+        "seq INTEGER NOT NULL, last_stamp INTEGER NOT NULL, change BLOB NOT NULL)"
     )
     db.execute("CREATE UNIQUE INDEX log_dot ON log (origin, seq)")
-    # The version vector: a contiguous prefix per origin plus early seqs (msgpack list).
-    db.execute(
-        "CREATE TABLE vv (origin BLOB PRIMARY KEY, base INTEGER NOT NULL, extra BLOB) WITHOUT ROWID"
-    )
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]

@@ -7,6 +7,11 @@ and written back together with the change's log entry and the version vector, so
 change and its effect commit together or not at all (docs/design.md, "Storage").
 
 Reads go through a separate connection and see only committed batches.
+
+Snapshots: the version vector and the clock are not written on every commit (each would
+dirty one more page per commit). Every `SNAPSHOT_EVERY_CHANGES` changes, and at close,
+they are saved in ``meta`` inside a batch's own transaction, with the log position they
+cover; opening replays the log after that position. The log itself is the truth.
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ Job = LocalWrite | Change
 Outcome = Applied | ProtocolError | None  # None: a remote change already held
 
 
+SNAPSHOT_EVERY_CHANGES = 4_096  # bounds the log tail replayed when the store opens
+LOAD_CHUNK_KEYS = 250  # records fetched per SELECT when a batch touches many
+
+
 class Store:
     """The database of one replica. Not thread-safe: one writer, one thread at a time."""
 
@@ -97,15 +106,11 @@ class Store:
                 undo.callback(self._reader.close)
                 migrate(self._writer)
                 self._check_owner()
-                self.vv = self._load_vv()
-                last_hlc = self._meta("hlc", 0)
-                assert isinstance(last_hlc, int)
-                self.clock = HybridClock(last=last_hlc, max_skew_ms=max_skew_ms)
-                self._last_lsn: int = (
-                    self._writer.execute("SELECT max(lsn) FROM log").fetchone()[0] or 0
-                )
+                self._recover(max_skew_ms)
             except sqlite3.DatabaseError as exc:
                 raise StorageError(f"cannot open {path}: {exc}") from None
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise StorageError(f"cannot open {path}: corrupt snapshot ({exc})") from None
             undo.pop_all()
         self._next_seq = self.vv.max_seq(node_id) + 1
         self.commits = 0  # transactions committed since opening: group commit shows here
@@ -128,9 +133,40 @@ class Store:
         elif owner != self.node_id:
             raise StorageError(f"{self.path} belongs to another node identity")
 
+    def _recover(self, max_skew_ms: int) -> None:
+        """Load the last snapshot of vector and clock, then replay the log after it."""
+        snapshot = self._meta("snapshot", None)
+        lsn = clock = 0
+        entries = []
+        if snapshot is not None:
+            assert isinstance(snapshot, bytes)
+            lsn, clock, entries = msgpack.unpackb(snapshot)
+        self.vv = VersionVector.from_parts(
+            {origin: base for origin, base, _ in entries},
+            {origin: extras for origin, _, extras in entries},
+        )
+        self._snapshot_lsn = lsn
+        rows = self._writer.execute(
+            "SELECT lsn, origin, seq, last_stamp FROM log WHERE lsn > ? ORDER BY lsn", (lsn,)
+        )
+        for row_lsn, origin, seq, last_stamp in rows:
+            self.vv.add(origin, seq)
+            clock = max(clock, last_stamp)
+            lsn = row_lsn
+        self._last_lsn: int = lsn
+        self.clock = HybridClock(last=clock, max_skew_ms=max_skew_ms)
+
     def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
+        """Save a snapshot if the log has grown past the last one, and close."""
+        try:
+            if self._last_lsn > self._snapshot_lsn:
+                with self._transaction():
+                    self._save_snapshot(self.vv)
+        except sqlite3.Error:
+            pass  # the snapshot is an optimisation: the log replays on the next open
+        finally:
+            self._reader.close()
+            self._writer.close()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -144,45 +180,60 @@ class Store:
         """
         next_seq = self._next_seq
         try:
-            return self._write_batch(jobs)
+            with self._transaction():
+                outcomes = self._write_batch(jobs)
         except sqlite3.Error as exc:
             self._next_seq = next_seq
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
+        self.commits += 1
+        return outcomes
 
     def _write_batch(self, jobs: Sequence[Job]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        states: dict[RecordKey, RecordState] = {}
-        dirty: set[RecordKey] = set()
+        outcomes: list[Outcome] = [None] * len(jobs)
+        admitted: list[tuple[int, Change, bytes]] = []
         added: dict[bytes, set[int]] = {}
-        log_rows: list[tuple[int, bytes, int, int, bytes]] = []
-        lsn = self._last_lsn
-        with self._transaction():
-            for job in jobs:
-                try:
-                    change, blob = self._admit(job, added)
-                except ProtocolError as exc:
-                    outcomes.append(exc)
-                    continue
-                if change is None:
-                    outcomes.append(None)
-                    continue
-                for op in change.ops:
-                    rk = (op.collection, op.key)
-                    if rk not in states:
-                        states[rk] = self._load_state(rk)
-                touched = apply_change(change, states)
-                dirty |= touched
-                lsn += 1
-                log_rows.append((lsn, change.origin, change.seq, change.hlc, blob))
+        for i, job in enumerate(jobs):
+            try:
+                change, blob = self._admit(job, added)
+            except ProtocolError as exc:
+                outcomes[i] = exc
+                continue
+            if change is not None:
+                admitted.append((i, change, blob))
                 added.setdefault(change.origin, set()).add(change.seq)
-                updates = tuple(
-                    RecordUpdate(collection=c, key=k, document=states[c, k].document())
-                    for c, k in dict.fromkeys((op.collection, op.key) for op in change.ops)
-                    if (c, k) in touched
-                )
-                outcomes.append(Applied(lsn=lsn, change=change, updates=updates))
-            self._save(states, dirty, log_rows, added)
-        self.commits += 1
+        if not admitted:
+            return outcomes
+        states = self._load_states(
+            {(op.collection, op.key) for _, c, _ in admitted for op in c.ops}
+        )
+        documents: dict[RecordKey, dict[str, Value] | None] = {}  # as the batch leaves them
+        log_rows = []
+        lsn = self._last_lsn
+        for i, change, blob in admitted:
+            touched = apply_change(change, states)
+            updates = []
+            for rk in dict.fromkeys((op.collection, op.key) for op in change.ops):
+                if rk in touched:
+                    document = documents[rk] = states[rk].document()
+                    updates.append(RecordUpdate(collection=rk[0], key=rk[1], document=document))
+            lsn += 1
+            last_stamp = change.hlc + len(change.ops) - 1
+            log_rows.append((lsn, change.origin, change.seq, last_stamp, blob))
+            outcomes[i] = Applied(lsn=lsn, change=change, updates=tuple(updates))
+        self._writer.executemany(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
+            [
+                (c, k, None if doc is None else encode_document(doc), encode_meta(states[c, k]))
+                for (c, k), doc in documents.items()
+            ],
+        )
+        self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
+        if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
+            vv = self.vv.copy()
+            for origin, seqs in added.items():
+                for seq in seqs:
+                    vv.add(origin, seq)
+            self._save_snapshot(vv, lsn)
         self._last_lsn = lsn
         return outcomes
 
@@ -207,44 +258,33 @@ class Store:
         self.clock.receive(job.hlc + len(job.ops) - 1, self._wall_ms())
         return job, encode_change(job)
 
-    def _load_state(self, rk: RecordKey) -> RecordState:
-        row = self._writer.execute(
-            "SELECT doc, meta FROM records WHERE collection = ? AND key = ?", rk
-        ).fetchone()
-        if row is None:
-            return RecordState()
-        doc, meta = row
-        try:
-            return decode_meta(meta, None if doc is None else decode_document(doc))
-        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
-            raise StorageError(f"record {rk[0]}/{rk[1]} in {self.path} is corrupt: {exc}") from None
-
-    def _save(
-        self,
-        states: dict[RecordKey, RecordState],
-        dirty: set[RecordKey],
-        log_rows: list[tuple[int, bytes, int, int, bytes]],
-        added: dict[bytes, set[int]],
-    ) -> None:
+    def _load_states(self, keys: set[RecordKey]) -> dict[RecordKey, RecordState]:
+        states = {rk: RecordState() for rk in keys}
         db = self._writer
-        rows = []
-        for rk in dirty:
-            state = states[rk]
-            document = state.document()
-            doc = None if document is None else encode_document(document)
-            rows.append((rk[0], rk[1], doc, encode_meta(state)))
-        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
-        db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
-        vv_rows = []
-        for origin, seqs in added.items():
-            merged = VersionVector.from_parts(
-                {origin: self.vv.base(origin)}, {origin: self.vv.extras(origin) | seqs}
+        ordered = list(keys)
+        for i in range(0, len(ordered), LOAD_CHUNK_KEYS):
+            chunk = ordered[i : i + LOAD_CHUNK_KEYS]
+            where = (
+                "collection = ? AND key = ?"
+                if len(chunk) == 1
+                else "(collection, key) IN (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ")"
             )
-            extra = sorted(merged.extras(origin))
-            vv_rows.append((origin, merged.base(origin), msgpack.packb(extra) if extra else None))
-        db.executemany("INSERT OR REPLACE INTO vv VALUES (?, ?, ?)", vv_rows)
-        if log_rows:
-            self._set_meta("hlc", self.clock.last)
+            sql = f"SELECT collection, key, doc, meta FROM records WHERE {where}"
+            for collection, key, doc, meta in db.execute(sql, [x for rk in chunk for x in rk]):
+                try:
+                    document = None if doc is None else decode_document(doc)
+                    states[collection, key] = decode_meta(meta, document)
+                except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as e:
+                    raise StorageError(
+                        f"record {collection}/{key} in {self.path} is corrupt: {e}"
+                    ) from None
+        return states
+
+    def _save_snapshot(self, vv: VersionVector, lsn: int | None = None) -> None:
+        entries = [(origin, vv.base(origin), sorted(vv.extras(origin))) for origin in vv.origins()]
+        lsn = self._last_lsn if lsn is None else lsn
+        self._set_meta("snapshot", msgpack.packb((lsn, self.clock.last, entries)))
+        self._snapshot_lsn = lsn
 
     def finish(self, outcomes: Sequence[Outcome]) -> None:
         """Fold a returned batch's new dots into the in-memory version vector.
@@ -328,15 +368,6 @@ class Store:
 
     def _set_meta(self, name: str, value: object) -> None:
         self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
-
-    def _load_vv(self) -> VersionVector:
-        bases: dict[bytes, int] = {}
-        extras: dict[bytes, list[int]] = {}
-        for origin, base, extra in self._writer.execute("SELECT origin, base, extra FROM vv"):
-            bases[origin] = base
-            if extra is not None:
-                extras[origin] = msgpack.unpackb(extra)
-        return VersionVector.from_parts(bases, extras)
 
 
 def _log_since(db: sqlite3.Connection, lsn: int, limit: int) -> list[tuple[int, bytes]]:

@@ -179,7 +179,9 @@ async def test_concurrent_writers_share_commits(tmp_path: Path) -> None:
 
 
 async def test_one_by_one_when_batching_is_off(tmp_path: Path) -> None:
-    async with open_replica(tmp_path, create=True, max_batch_ops=1) as replica:
+    async with open_replica(
+        tmp_path, create=True, durability=Durability.FULL, max_batch_ops=1
+    ) as replica:
         async with trio.open_nursery() as nursery:
             for i in range(8):
                 nursery.start_soon(replica.put, "c", f"k{i}", {"i": i})
