@@ -5,12 +5,13 @@
         print(await replica.get("bugs", "b-1"))
 
 A write returns once it is committed to SQLite (durable before visible, docs/design.md).
-Writes are queued to one committer task that applies everything queued in one
-transaction: concurrent writers share commits (group commit). With `Durability.NORMAL`
-the commit runs on the trio thread, capped at `DEFAULT_MAX_BATCH_OPS` ops so it never
-holds the loop long; with `Durability.FULL` it runs in a worker thread, because the fsync
-at its end can take milliseconds. docs/design.md, "Keeping SQLite off the loop", has the
-measurements behind that split.
+With `Durability.NORMAL` a small write (up to `INLINE_MAX_OPS` ops) commits right on the
+trio thread: a thread hop costs more than the commit itself. Everything else -- big
+transactions, batches of remote changes, and every write with `Durability.FULL`, whose
+fsync can take milliseconds -- is queued to one committer task that runs everything
+queued as one transaction in a worker thread, so concurrent writers share commits (group
+commit) and the loop never waits on SQLite. docs/design.md, "Keeping SQLite off the
+loop", has the measurements behind the split.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from protocol.model import (
     validate_op,
 )
 
-DEFAULT_MAX_BATCH_OPS = 2_000  # ops per commit: bounds how long one inline commit holds the loop
+DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
+INLINE_MAX_OPS = 32  # a batch this small commits on the trio thread: ~2 ms at most
 CHECKPOINT_EVERY_CHANGES = 4_096  # WAL pages grow with changes; copy them back this often
 QUERY_PAGE_ROWS = 256  # rows read between checkpoints while a query runs
 
@@ -133,6 +135,7 @@ class Replica:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self._committing = False  # the committer task holds a batch
         self._closed = False
         self._hub = ObserverHub(store.last_lsn)
         self._since_checkpoint = 0
@@ -198,20 +201,24 @@ class Replica:
             self._idle = trio.Event()
         self._busy += 1
         try:
-            if self._store.durability is Durability.FULL:
-                return await self._write_queued(jobs)
-            # No fsync to wait for: commit right here, a bounded batch at a time.
-            outcomes: list[Outcome] = []
-            queue = deque(jobs)
-            while queue:
-                batch = _take_batch(queue, self._max_batch_ops)
-                outcomes += self._commit(batch)
+            if self._inline_ok(sum(len(job.ops) for job in jobs)):
+                outcomes = self._published(self._store.write_batch(jobs))
                 await trio.lowlevel.checkpoint()
-            return outcomes
+                return outcomes
+            return await self._write_queued(jobs)
         finally:
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
+
+    def _inline_ok(self, ops: int) -> bool:
+        """Whether a batch may commit on the trio thread (see the module docstring)."""
+        return (
+            self._store.durability is Durability.NORMAL
+            and ops <= INLINE_MAX_OPS
+            and not self._committing
+            and not self._queue
+        )
 
     async def _write_queued(self, jobs: Sequence[Job]) -> list[Outcome]:
         pending = [_Pending(job) for job in jobs]
@@ -224,11 +231,6 @@ class Replica:
             if isinstance(p.outcome, StorageError):
                 raise p.outcome
             outcomes.append(p.outcome)
-        return outcomes
-
-    def _commit(self, jobs: Sequence[Job]) -> list[Outcome]:
-        outcomes = self._store.write_batch(jobs)
-        self._published(outcomes)
         return outcomes
 
     def _published(self, outcomes: list[Outcome]) -> list[Outcome]:
@@ -250,17 +252,27 @@ class Replica:
             await self._commit_queued()
 
     async def _commit_queued(self) -> None:
-        """Group commit for `Durability.FULL`: everything queued shares one fsync."""
+        """Commit what `_write` queued: everything waiting shares one transaction.
+
+        While a batch runs in the worker thread the store is busy, so a small write that
+        arrives meanwhile cannot take the inline path: it queues here instead (writes
+        never run concurrently).
+        """
         while True:
             if not self._queue:
+                self._committing = False
                 self._work = trio.Event()
                 await self._work.wait()
+            self._committing = True
             batch = _take_batch(self._queue, self._max_batch_ops)
             jobs = [p.job for p in batch]
             try:
-                outcomes = self._published(
-                    await trio.to_thread.run_sync(self._store.write_batch, jobs)
-                )
+                ops = sum(len(job.ops) for job in jobs)
+                if self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS:
+                    outcomes = self._store.write_batch(jobs)
+                else:
+                    outcomes = await trio.to_thread.run_sync(self._store.write_batch, jobs)
+                self._published(outcomes)
             except StorageError as exc:
                 for p in batch:
                     p.outcome = exc
@@ -269,6 +281,7 @@ class Replica:
             for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
                 p.done.set()
+            await trio.lowlevel.checkpoint()
 
     async def _checkpoint(self) -> None:
         try:

@@ -53,7 +53,9 @@ def print_table(figures: list[Figure]) -> None:
         base = "" if f.baseline_value is None else _fmt(f.baseline_value)
         ratio = "" if f.ratio is None else f"{f.ratio:.2f}"
         note = "; ".join(x for x in (f.target, f.baseline) if x)
-        print(f"{f.name:<{width}}  {_fmt(f.value):>12}  {f.unit:<10}  {base:>12}  {ratio:>6}  {note}")
+        print(
+            f"{f.name:<{width}}  {_fmt(f.value):>12}  {f.unit:<10}  {base:>12}  {ratio:>6}  {note}"
+        )
 
 
 def print_json(figures: list[Figure]) -> None:

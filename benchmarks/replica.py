@@ -38,7 +38,7 @@ ORIGIN = bytes(range(16))
 
 def typical_fields(i: int) -> dict[str, object]:
     """The typical op of the issue: a 20-character string, an int, a bool."""
-    return {"title": f"crash on save #{i:06d}", "priority": i % 5, "open": i % 3 != 0}
+    return {"title": f"crash on save {i:06d}", "priority": i % 5, "open": i % 3 != 0}
 
 
 def key(i: int) -> str:
@@ -81,6 +81,7 @@ def run() -> Iterator[Figure]:
     for durability in Durability:
         yield from transactions(durability)
     yield from group_commit()
+    yield from loop_stalls()
     yield from gets()
     yield from remote_apply()
     yield from codec()
@@ -171,13 +172,69 @@ def group_commit() -> Iterator[Figure]:
         )
 
 
+STALL_PROBE_S = 0.001  # the probe task asks to wake this often
+
+
+async def longest_stall(work: object) -> float:
+    """The longest the loop left a 1 ms timer waiting beyond its deadline while ``work`` ran."""
+    worst = 0.0
+    done = trio.Event()
+
+    async def probe() -> None:
+        nonlocal worst
+        while not done.is_set():
+            deadline = trio.current_time() + STALL_PROBE_S
+            await trio.sleep_until(deadline)
+            worst = max(worst, trio.current_time() - deadline)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        assert callable(work)
+        await work()
+        done.set()
+    return worst * 1000
+
+
+def loop_stalls() -> Iterator[Figure]:
+    async def idle() -> None:
+        await trio.sleep(0.5)
+
+    idle_ms = trio.run(longest_stall, idle)
+    for durability in Durability:
+        for d in tmpdir():
+
+            async def writes() -> float:
+                async with open_replica(d, create=True, durability=durability) as r:
+
+                    async def work() -> None:
+                        for t in range(10):
+                            async with r.transaction() as tx:
+                                for i in range(t * TX_OPS, (t + 1) * TX_OPS):
+                                    tx.put("bugs", key(i), typical_fields(i))
+
+                    return await longest_stall(work)
+
+            yield Figure(
+                suite=SUITE,
+                name=f"longest loop stall, 1000-op transactions, {durability.value}",
+                value=trio.run(writes),
+                unit="ms",
+                baseline="the same probe on an idle loop",
+                baseline_value=idle_ms,
+                target="normal commits inline (bounded batch); full commits in a worker thread",
+            )
+
+
 def gets() -> Iterator[Figure]:
     for d in tmpdir():
         db = raw_db(d / "raw.db", Durability.NORMAL)
         raw_upserts(db, 0, GETS)
         select = "SELECT doc FROM records WHERE collection = 'bugs' AND key = ?"
         raw = timed_rate(
-            GETS, lambda: [msgpack.unpackb(db.execute(select, (key(i),)).fetchone()[0]) for i in range(GETS)]
+            GETS,
+            lambda: [
+                msgpack.unpackb(db.execute(select, (key(i),)).fetchone()[0]) for i in range(GETS)
+            ],
         )
         db.close()
 
@@ -207,7 +264,9 @@ def remote_apply() -> Iterator[Figure]:
         db = raw_db(d / "raw.db", Durability.NORMAL)
         raw = timed_rate(
             REMOTE_CHANGES,
-            lambda: [raw_upserts(db, s, REMOTE_BATCH) for s in range(0, REMOTE_CHANGES, REMOTE_BATCH)],
+            lambda: [
+                raw_upserts(db, s, REMOTE_BATCH) for s in range(0, REMOTE_CHANGES, REMOTE_BATCH)
+            ],
         )
         db.close()
 
@@ -269,9 +328,19 @@ def codec() -> Iterator[Figure]:
     batch_bytes = encode_batch(batch)
     plain_batch = packer.pack(
         [
-            {"origin": c.origin, "seq": c.seq, "hlc": c.hlc,
-             "ops": [{"op": "put", "collection": "bugs", "key": c.ops[0].key,
-                      "fields": c.ops[0].fields}]}
+            {
+                "origin": c.origin,
+                "seq": c.seq,
+                "hlc": c.hlc,
+                "ops": [
+                    {
+                        "op": "put",
+                        "collection": "bugs",
+                        "key": c.ops[0].key,
+                        "fields": c.ops[0].fields,
+                    }
+                ],
+            }
             for c in batch
         ]
     )
@@ -291,7 +360,9 @@ def codec() -> Iterator[Figure]:
         value=timed_rate(rounds * 100, lambda: [decode_batch(batch_bytes) for _ in range(rounds)]),
         unit="ops/s",
         baseline="msgpack unpack of the plain dicts",
-        baseline_value=timed_rate(rounds * 100, lambda: [msgpack.unpackb(plain_batch) for _ in range(rounds)]),
+        baseline_value=timed_rate(
+            rounds * 100, lambda: [msgpack.unpackb(plain_batch) for _ in range(rounds)]
+        ),
     )
 
 
@@ -300,5 +371,3 @@ def timed_rate(count: int, fn: object) -> float:
     start = time.perf_counter()
     fn()
     return rate(count, time.perf_counter() - start)
-
-

@@ -3,12 +3,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from agent.errors import StorageError
 from agent.paths import DB_FILE
 from agent.replica import open_replica
 from agent.schema import SCHEMA_VERSION
+from agent.store import SNAPSHOT_EVERY_CHANGES
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -73,3 +75,45 @@ async def test_wal_is_checkpointed_on_close(tmp_path: Path) -> None:
             await replica.put("c", str(i), {"x": "y" * 100})
     wal = tmp_path / (DB_FILE + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def read_snapshot(path: Path) -> bytes | None:
+    db = sqlite3.connect(path / DB_FILE)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE name = 'snapshot'").fetchone()
+        return None if row is None else bytes(row[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("snapshot", ["none", "mid-way"])
+async def test_snapshot_and_log_tail_restore_vector_clock_and_seq(
+    tmp_path: Path, snapshot: str
+) -> None:
+    total = SNAPSHOT_EVERY_CHANGES + 300
+    mid: bytes | None = None
+    async with open_replica(tmp_path, create=True) as replica:
+        async with replica.transaction() as tx:
+            tx.put("c", "first", {})
+        for i in range(1, total):
+            await replica.put("c", f"k{i}", {})
+            if i == SNAPSHOT_EVERY_CHANGES + 10:
+                mid = read_snapshot(tmp_path)
+        vv = replica.store.vv.copy()
+        clock = replica.store.clock.last
+    assert mid is not None
+    assert msgpack.unpackb(mid)[0] == SNAPSHOT_EVERY_CHANGES
+    final = read_snapshot(tmp_path)
+    assert final is not None
+    assert msgpack.unpackb(final)[0] == total  # close saved a snapshot of everything
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    if snapshot == "none":
+        db.execute("DELETE FROM meta WHERE name = 'snapshot'")  # replay the whole log
+    else:
+        db.execute("UPDATE meta SET value = ? WHERE name = 'snapshot'", (mid,))  # replay a tail
+    db.commit()
+    db.close()
+    async with open_replica(tmp_path) as replica:
+        assert replica.store.vv == vv
+        assert replica.store.clock.last == clock
+        assert (await replica.put("c", "next", {})).seq == total + 1
