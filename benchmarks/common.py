@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 
@@ -32,21 +31,18 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds that ``fn()`` took."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def machine() -> str:
-    return f"{platform.machine()} {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.machine()} {platform.system()} {platform.release()}"
+    return f"{system}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def print_table(figures: list[Figure]) -> None:
     print(f"# {machine()}")
     width = max(len(f.name) for f in figures)
-    header = f"{'figure':<{width}}  {'value':>12}  {'unit':<10}  {'baseline':>12}  {'ratio':>6}  target / baseline"
+    header = (
+        f"{'figure':<{width}}  {'value':>12}  {'unit':<10}  {'baseline':>12}  {'ratio':>6}"
+        "  target; baseline"
+    )
     print(header)
     print("-" * len(header))
     for f in figures:
