@@ -201,7 +201,10 @@ async def longest_stall(work: Callable[[], Awaitable[None]]) -> float:
 
 
 def loop_stalls() -> Iterator[Figure]:
-    idle_ms = trio.run(longest_stall, lambda: trio.sleep(0.5))
+    async def idle() -> None:
+        await trio.sleep(0.5)
+
+    idle_ms = trio.run(longest_stall, idle)
     for durability in Durability:
 
         async def ours(replica: Replica) -> float:
