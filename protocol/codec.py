@@ -132,7 +132,7 @@ class ChangeDecoder:
     __slots__ = ("_last", "_name_set", "_names", "_origins")
 
     def __init__(self) -> None:
-        self._names: list[str] = []
+        self._names: list[tuple[str, int]] = []  # (name, UTF-8 bytes): limits differ by kind
         self._name_set: set[str] = set()
         self._origins: list[bytes] = []
         self._last: dict[bytes, tuple[int, int]] = {}  # exactly the origins in the table
@@ -193,11 +193,17 @@ class ChangeDecoder:
         if type(slot) is int:
             if not 0 <= slot < len(self._names):
                 raise DecodeError(f"{kind} reference {slot} is not in the table")
-            return self._names[slot]
+            name, size = self._names[slot]
+            # One table serves every kind: a field name may not come back as a longer collection.
+            if size > max_bytes:
+                raise InvalidRemoteDataError(
+                    f"{kind} reference {slot} is {size} bytes; the limit is {max_bytes}"
+                )
+            return name
         _check_name(kind, slot, max_bytes)
         assert isinstance(slot, str)
         if slot not in self._name_set and len(self._names) < MAX_TABLE_NAMES:
-            self._names.append(slot)
+            self._names.append((slot, len(slot.encode("utf-8"))))
             self._name_set.add(slot)
         return slot
 

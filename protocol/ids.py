@@ -43,7 +43,10 @@ def node_id_short(node_id: bytes) -> str:
 
 def parse_node_id(text: str) -> bytes:
     """Parse the base32 text form of a node id (case-insensitive, dashes ignored)."""
-    cleaned = text.strip().replace("-", "").upper()
+    cleaned = text.strip().replace("-", "")
+    if not cleaned.isascii():  # str.upper() maps U+0131 and U+017F to I and S
+        raise LocalProtocolError(f"not a base32 node id: {text!r}")
+    cleaned = cleaned.upper()
     if len(cleaned) != NODE_ID_TEXT_CHARS:
         raise LocalProtocolError(
             f"a node id is {NODE_ID_TEXT_CHARS} base32 characters, got {len(cleaned)}: {text!r}"

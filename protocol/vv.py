@@ -49,7 +49,7 @@ class VersionVector:
 
     def __contains__(self, dot: Dot) -> bool:
         origin, seq = dot
-        return seq <= self._base.get(origin, 0) or seq in self._extra.get(origin, ())
+        return 0 < seq <= self._base.get(origin, 0) or seq in self._extra.get(origin, ())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VersionVector):
