@@ -170,7 +170,7 @@ class Replica:
         tx = Transaction()
         yield tx
         if tx.ops:
-            tx.change = await self.commit(tx.ops)
+            tx.change = await self._commit_valid(tx.ops)  # validated as they were added
 
     async def commit(self, ops: Sequence[Op]) -> Change:
         """Commit ``ops`` as one local change; return it once it is durable.
@@ -181,6 +181,9 @@ class Replica:
             raise ValidationError("a change must hold at least one op")
         for op in ops:
             validate_op(op)
+        return await self._commit_valid(ops)
+
+    async def _commit_valid(self, ops: Sequence[Op]) -> Change:
         (outcome,) = await self._write([LocalWrite(tuple(ops))])
         if isinstance(outcome, BaseException):
             raise outcome

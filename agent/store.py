@@ -260,25 +260,31 @@ class Store:
 
     def _load_states(self, keys: set[RecordKey]) -> dict[RecordKey, RecordState]:
         states = {rk: RecordState() for rk in keys}
+        by_collection: dict[str, list[str]] = {}
+        for collection, key in keys:
+            by_collection.setdefault(collection, []).append(key)
         db = self._writer
-        ordered = list(keys)
-        for i in range(0, len(ordered), LOAD_CHUNK_KEYS):
-            chunk = ordered[i : i + LOAD_CHUNK_KEYS]
-            where = (
-                "collection = ? AND key = ?"
-                if len(chunk) == 1
-                else "(collection, key) IN (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ")"
-            )
-            sql = f"SELECT collection, key, doc, meta FROM records WHERE {where}"
-            for collection, key, doc, meta in db.execute(sql, [x for rk in chunk for x in rk]):
-                try:
-                    document = None if doc is None else decode_document(doc)
-                    states[collection, key] = decode_meta(meta, document)
-                except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as e:
-                    raise StorageError(
-                        f"record {collection}/{key} in {self.path} is corrupt: {e}"
-                    ) from None
+        for collection, names in by_collection.items():
+            for i in range(0, len(names), LOAD_CHUNK_KEYS):
+                chunk = names[i : i + LOAD_CHUNK_KEYS]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT key, doc, meta FROM records WHERE collection = ? AND key IN ({marks})",
+                    [collection, *chunk],
+                )
+                for key, doc, meta in rows:
+                    states[collection, key] = self._decode_state(collection, key, doc, meta)
         return states
+
+    def _decode_state(
+        self, collection: str, key: str, doc: bytes | None, meta: bytes
+    ) -> RecordState:
+        try:
+            return decode_meta(meta, None if doc is None else decode_document(doc))
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+            raise StorageError(
+                f"record {collection}/{key} in {self.path} is corrupt: {exc}"
+            ) from None
 
     def _save_snapshot(self, vv: VersionVector, lsn: int | None = None) -> None:
         entries = [(origin, vv.base(origin), sorted(vv.extras(origin))) for origin in vv.origins()]

@@ -40,8 +40,8 @@ from protocol.model import (
     Op,
     Put,
     Value,
+    validate_field,
     validate_name,
-    validate_value,
 )
 
 CODEC_VERSION = 1  # exchanged in the hello and kept in the store's metadata
@@ -67,9 +67,15 @@ def unpack(data: bytes, max_bytes: int) -> object:
     if len(data) > max_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, **_UNPACK_LIMITS
+        )
     except _UNPACK_ERRORS as exc:
         raise DecodeError(f"malformed msgpack: {exc}") from None
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise DecodeError(f"msgpack extension type {code} is not part of the protocol")
 
 
 class ChangeEncoder:
@@ -127,7 +133,11 @@ class ChangeEncoder:
 
 
 class ChangeDecoder:
-    """Decodes what a `ChangeEncoder` of the same context produced, checking everything."""
+    """Decodes what a `ChangeEncoder` of the same context produced, checking everything.
+
+    After it raises, its tables may hold part of the bad input: the context is over, and
+    a link that shares one drops (docs/protocol.md, section 6).
+    """
 
     __slots__ = ("_last", "_name_set", "_names", "_origins")
 
@@ -217,7 +227,7 @@ class ChangeDecoder:
             field = self._name(raw[j], "field", MAX_FIELD_BYTES)
             value = raw[j + 1]
             try:
-                validate_value(value, f"field {collection}/{key}.{field}")
+                validate_field(collection, key, field, value)
             except ValidationError as exc:
                 raise InvalidRemoteDataError(str(exc)) from None
             fields[field] = value
@@ -275,27 +285,25 @@ def decode_document(data: bytes) -> dict[str, Value]:
 
 
 def encode_meta(state: RecordState) -> bytes:
-    """The stamps of a record: ``[origins, live, tomb, (name, hlc, origin_ref) * n]``."""
-    origins: dict[bytes, int] = {}
-
-    def ref(origin: bytes) -> int:
-        return origins.setdefault(origin, len(origins))
-
-    body: list[object] = [state.live[0], ref(state.live[1]), state.tomb[0], ref(state.tomb[1])]
-    for name, (_, (hlc, origin)) in state.fields.items():
-        body += (name, hlc, ref(origin))
-    data: bytes = msgpack.packb([list(origins), *body], use_bin_type=True)
+    """The stamps of a record: ``[live_hlc, live_origin, tomb_hlc, tomb_origin, (name,
+    stamp) * n]``, where a field's stamp is nil when it equals ``live`` (the usual case:
+    fields written by the record's latest put) and ``[hlc, origin]`` otherwise."""
+    live = state.live
+    body: list[object] = [live[0], live[1], state.tomb[0], state.tomb[1]]
+    for name, (_, stamp) in state.fields.items():
+        body.append(name)
+        body.append(None if stamp == live else stamp)
+    data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
 
 
 def decode_meta(meta: bytes, document: dict[str, Value] | None) -> RecordState:
     """Rebuild a record's state from its stored metadata and document."""
-    origins, live_hlc, live_ref, tomb_hlc, tomb_ref, *flat = msgpack.unpackb(meta, raw=False)
-    fields: dict[str, tuple[Value, Stamp]] = {}
+    flat = msgpack.unpackb(meta, raw=False)
+    live: Stamp = (flat[0], flat[1])
     values = document or {}
-    for i in range(0, len(flat), 3):
-        name = flat[i]
-        fields[name] = (values[name], (flat[i + 1], origins[flat[i + 2]]))
-    return RecordState(
-        live=(live_hlc, origins[live_ref]), tomb=(tomb_hlc, origins[tomb_ref]), fields=fields
-    )
+    fields: dict[str, tuple[Value, Stamp]] = {}
+    for i in range(4, len(flat), 2):
+        name, stamp = flat[i], flat[i + 1]
+        fields[name] = (values[name], live if stamp is None else (stamp[0], stamp[1]))
+    return RecordState(live=live, tomb=(flat[2], flat[3]), fields=fields)

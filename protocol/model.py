@@ -10,12 +10,9 @@ Every limit below is part of the protocol: a peer that exceeds one is misbehavin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
-
-import msgpack
 
 from protocol.errors import ValidationError
 from protocol.hlc import MAX_STAMP
@@ -73,6 +70,13 @@ class Change:
 
 def validate_name(kind: str, name: object, max_bytes: int, *, system: bool = False) -> None:
     """Check a collection, key or field name; ``kind`` names it in the error."""
+    if (
+        type(name) is str
+        and name.isascii()
+        and 0 < len(name) <= max_bytes
+        and (system or name[0] != RESERVED_PREFIX)
+    ):
+        return
     if not isinstance(name, str):
         raise ValidationError(f"{kind} must be a string, got {type(name).__name__}")
     if not name:
@@ -89,58 +93,98 @@ def validate_name(kind: str, name: object, max_bytes: int, *, system: bool = Fal
         )
 
 
-def validate_value(value: object, where: str) -> None:
-    """Check that ``value`` is a blazemesh value within the size and depth limits."""
-    _check_value(value, where, 0)
-    if isinstance(value, list | dict):
-        size = len(msgpack.packb(value, use_bin_type=True))
-    elif isinstance(value, str):
-        size = len(value.encode("utf-8"))
-    elif isinstance(value, bytes):
-        size = len(value)
-    else:
-        return
+def validate_field(collection: str, key: str, field: str, value: object) -> None:
+    """Check one field's value; errors name it as ``field collection/key.field[...]``."""
+    try:
+        size = encoded_size(value)
+    except _Invalid as exc:
+        raise ValidationError(f"field {collection}/{key}.{field}{exc.path}: {exc.reason}") from None
     if size > MAX_VALUE_BYTES:
-        raise ValidationError(f"{where} is {size} bytes encoded; the limit is {MAX_VALUE_BYTES}")
+        raise ValidationError(
+            f"field {collection}/{key}.{field} is {size} bytes encoded; the limit is "
+            f"{MAX_VALUE_BYTES}"
+        )
 
 
-def _check_value(value: object, where: str, depth: int) -> None:
-    if value is None or isinstance(value, bool | bytes):
-        return
-    if isinstance(value, str):
-        _check_text(value, where)
-        return
-    if isinstance(value, int):
+class _Invalid(Exception):
+    """A value breaks a rule; ``path`` locates the offending part inside it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path = ""
+
+
+def encoded_size(value: object, depth: int = 0) -> int:
+    """The msgpack size of a valid value; raises `_Invalid` for anything that is not one.
+
+    Computed rather than encoded, so that checking a value costs no copy of it.
+    """
+    kind = type(value)
+    if kind is str:
+        assert isinstance(value, str)
+        n = len(value) if value.isascii() else _utf8_length(value)
+        return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
+    if kind is int:
+        assert isinstance(value, int)
+        if -32 <= value < 128:
+            return 1
         if not INT_MIN <= value <= INT_MAX:
-            raise ValidationError(f"{where}: integer {value} does not fit in 64 signed bits")
-        return
-    if isinstance(value, float):
-        if math.isnan(value):
-            raise ValidationError(f"{where}: NaN is not a value (it is not equal to itself)")
-        return
-    if depth >= MAX_VALUE_DEPTH:
-        raise ValidationError(f"{where}: nested deeper than {MAX_VALUE_DEPTH} levels")
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_value(item, f"{where}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
+            raise _Invalid(f"integer {value} does not fit in 64 signed bits")
+        if value > 0:  # uint8, uint16, uint32, uint64
+            return 2 if value < 1 << 8 else 3 if value < 1 << 16 else 5 if value < 1 << 32 else 9
+        # int8, int16, int32, int64
+        return (
+            2
+            if value >= -(1 << 7)
+            else 3
+            if value >= -(1 << 15)
+            else 5
+            if value >= -(1 << 31)
+            else 9
+        )
+    if value is None or kind is bool:
+        return 1
+    if kind is float:
+        assert isinstance(value, float)
+        if value != value:
+            raise _Invalid("NaN is not a value (it is not equal to itself)")
+        return 9
+    if kind is bytes:
+        assert isinstance(value, bytes)
+        n = len(value)
+        return n + (2 if n < 256 else 3 if n < 65536 else 5)
+    if kind is list or kind is dict:
+        assert isinstance(value, list | dict)
+        if depth >= MAX_VALUE_DEPTH:
+            raise _Invalid(f"nested deeper than {MAX_VALUE_DEPTH} levels")
+        n = len(value)
+        size = 1 if n < 16 else 3 if n < 65536 else 5
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                try:
+                    size += encoded_size(item, depth + 1)
+                except _Invalid as exc:
+                    exc.path = f"[{i}]{exc.path}"
+                    raise
+            return size
         for k, item in value.items():
-            if not isinstance(k, str):
-                raise ValidationError(f"{where}: map keys must be strings, got {k!r}")
-            _check_text(k, where)
-            _check_value(item, f"{where}[{k!r}]", depth + 1)
-        return
+            if type(k) is not str:
+                raise _Invalid(f"map keys must be strings, got {k!r}")
+            try:
+                size += encoded_size(k) + encoded_size(item, depth + 1)
+            except _Invalid as exc:
+                exc.path = f"[{k!r}]{exc.path}"
+                raise
+        return size
     hint = " (use a list)" if isinstance(value, tuple) else ""
-    raise ValidationError(f"{where}: {type(value).__name__} is not a storable type{hint}")
+    raise _Invalid(f"{kind.__name__} is not a storable type{hint}")
 
 
-def _check_text(text: str, where: str) -> None:
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(f"{where}: string is not valid UTF-8 (lone surrogate)") from None
+def _utf8_length(text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _Invalid("string is not valid UTF-8 (lone surrogate)") from None
 
 
 def validate_op(op: object, *, system: bool = False) -> None:
@@ -160,14 +204,14 @@ def validate_op(op: object, *, system: bool = False) -> None:
         )
     for name, value in op.fields.items():
         validate_name("field", name, MAX_FIELD_BYTES, system=system)
-        validate_value(value, f"field {op.collection}/{op.key}.{name}")
+        validate_field(op.collection, op.key, name, value)
 
 
 def validate_change(change: Change, *, system: bool = False) -> None:
     """Check a whole change except its encoded size (the codec checks that)."""
     if not isinstance(change.origin, bytes) or len(change.origin) != NODE_ID_BYTES:
         raise ValidationError(f"origin must be a {NODE_ID_BYTES}-byte node id")
-    if not 1 <= change.seq <= MAX_SEQ:
+    if type(change.seq) is not int or not 1 <= change.seq <= MAX_SEQ:
         raise ValidationError(f"seq must be in 1..{MAX_SEQ}, got {change.seq}")
     if not change.ops:
         raise ValidationError("a change must hold at least one op")

@@ -24,9 +24,9 @@ from protocol.model import (
     Put,
     Value,
     validate_change,
+    validate_field,
     validate_name,
     validate_op,
-    validate_value,
 )
 
 from .strategies import changes, values
@@ -133,7 +133,7 @@ def test_name_must_be_a_string(name: object) -> None:
 
 @given(values(max_leaves=20))
 def test_generated_values_are_valid(value: Value) -> None:
-    validate_value(value, "v")
+    validate_field("c", "k", "v", value)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_generated_values_are_valid(value: Value) -> None:
     [None, True, False, 0, INT_MAX, INT_MIN, 1.5, -0.0, math.inf, -math.inf, "", "✓", b"", b"\0"],
 )
 def test_scalars_are_valid(value: Value) -> None:
-    validate_value(value, "v")
+    validate_field("c", "k", "v", value)
     validate_op(put({"f": value}))
 
 
@@ -183,45 +183,49 @@ def test_bool_is_a_value_not_refused_as_int() -> None:
 @pytest.mark.parametrize("as_map", [False, True])
 def test_nesting_limit_is_exact(as_map: bool) -> None:
     # MAX_VALUE_DEPTH containers, one inside the other, and no more.
-    validate_value(nested(MAX_VALUE_DEPTH, as_map=as_map), "v")
-    validate_value(nested(MAX_VALUE_DEPTH - 1, [], as_map=as_map), "v")
+    validate_field("c", "k", "v", nested(MAX_VALUE_DEPTH, as_map=as_map))
+    validate_field("c", "k", "v", nested(MAX_VALUE_DEPTH - 1, [], as_map=as_map))
     for too_deep in (
         nested(MAX_VALUE_DEPTH + 1, as_map=as_map),
         nested(MAX_VALUE_DEPTH, [], as_map=as_map),
         nested(MAX_VALUE_DEPTH, {}, as_map=as_map),
     ):
         with pytest.raises(ValidationError, match=f"nested deeper than {MAX_VALUE_DEPTH} levels"):
-            validate_value(too_deep, "v")
+            validate_field("c", "k", "v", too_deep)
 
 
 def test_deep_nesting_bomb_is_refused_quickly() -> None:
     with pytest.raises(ValidationError, match="nested deeper"):
-        validate_value(nested(100_000), "v")
+        validate_field("c", "k", "v", nested(100_000))
 
 
-def test_value_size_limit_bytes() -> None:
-    validate_value(b"\0" * MAX_VALUE_BYTES, "v")
+def test_value_size_limit_counts_the_encoding_of_bytes() -> None:
+    # bin 32 has a 5-byte header: the payload may be MAX_VALUE_BYTES - 5 bytes.
+    validate_field("c", "k", "v", b"\0" * (MAX_VALUE_BYTES - 5))
     with pytest.raises(
         ValidationError,
         match=rf"^field bugs/k1\.blob is {MAX_VALUE_BYTES + 1} bytes encoded; "
         rf"the limit is {MAX_VALUE_BYTES}$",
     ):
-        validate_op(put({"blob": b"\0" * (MAX_VALUE_BYTES + 1)}))
+        validate_op(put({"blob": b"\0" * (MAX_VALUE_BYTES - 4)}))
 
 
 def test_value_size_limit_text_counts_utf8() -> None:
-    validate_value("x" * MAX_VALUE_BYTES, "v")
+    validate_field("c", "k", "v", "x" * (MAX_VALUE_BYTES - 5))
     with pytest.raises(ValidationError, match=f"is {MAX_VALUE_BYTES + 1} bytes encoded"):
-        validate_value("é" * (MAX_VALUE_BYTES // 2) + "x", "v")
+        validate_field("c", "k", "v", "é" * (MAX_VALUE_BYTES // 2 - 3) + "xx")
 
 
 def test_value_size_limit_containers_count_encoding() -> None:
-    validate_value([b"\0" * (MAX_VALUE_BYTES - 10)], "v")
+    validate_field("c", "k", "v", [b"\0" * (MAX_VALUE_BYTES - 10)])
     with pytest.raises(ValidationError, match="bytes encoded"):
-        validate_value([b"\0" * MAX_VALUE_BYTES], "v")  # the bin header pushes it over
+        validate_field("c", "k", "v", [b"\0" * MAX_VALUE_BYTES])  # the bin header pushes it over
     with pytest.raises(ValidationError, match="bytes encoded"):
-        validate_value(
-            {"a": b"\0" * (MAX_VALUE_BYTES // 2), "b": b"\0" * (MAX_VALUE_BYTES // 2)}, "v"
+        validate_field(
+            "c",
+            "k",
+            "v",
+            {"a": b"\0" * (MAX_VALUE_BYTES // 2), "b": b"\0" * (MAX_VALUE_BYTES // 2)},
         )
 
 
