@@ -299,3 +299,35 @@ async def test_info_counts_records_and_tombstones(replica: Replica) -> None:
     assert info.collections == {"a": (1, 1), "b": (1, 0)}
     assert info.changes_held == 4
     assert info.last_lsn == 4
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+async def test_readers_never_see_half_a_change(tmp_path: Path, durability: Durability) -> None:
+    rounds = 60
+    async with open_replica(tmp_path, create=True, durability=durability) as replica:
+        writes_done = trio.Event()
+
+        async def writer() -> None:
+            for n in range(rounds):
+                async with replica.transaction() as tx:
+                    tx.put("pair", "a", {"n": n})
+                    for i in range(40):  # big enough to commit in the worker thread
+                        tx.put("pad", f"p{i}", {"n": n})
+                    tx.put("pair", "b", {"n": n})
+            writes_done.set()
+
+        async def reader() -> None:
+            seen = 0
+            while not writes_done.is_set():
+                records = await replica.query("pair")
+                if records:
+                    assert records[0].fields == records[1].fields
+                    seen += 1
+                a, b = await replica.get("pair", "a"), await replica.get("pair", "b")
+                assert a is None or b is None or a["n"] <= b["n"]  # b is written after a
+            assert seen > 0
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(writer)
+        assert await replica.get("pair", "a") == {"n": rounds - 1}
