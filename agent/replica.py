@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import msgpack
 import trio
@@ -80,12 +79,15 @@ class ReplicaInfo:
 
 
 class _Pending:
-    __slots__ = ("done", "job", "outcome")
+    """Some jobs of one write call, waiting for the committer."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
+    __slots__ = ("done", "jobs", "ops", "outcomes")
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        self.ops = sum(len(job.ops) for job in jobs)
         self.done = trio.Event()
-        self.outcome: Outcome | StorageError = None
+        self.outcomes: list[Outcome] | StorageError = []
 
 
 class Transaction:
@@ -224,16 +226,15 @@ class Replica:
         )
 
     async def _write_queued(self, jobs: Sequence[Job]) -> list[Outcome]:
-        pending = [_Pending(job) for job in jobs]
+        pending = [_Pending(chunk) for chunk in _chunks(jobs, self._max_batch_ops)]
         self._queue.extend(pending)
         self._work.set()
+        outcomes: list[Outcome] = []
         for p in pending:
             await p.done.wait()
-        outcomes = []
-        for p in pending:
-            if isinstance(p.outcome, StorageError):
-                raise p.outcome
-            outcomes.append(p.outcome)
+            if isinstance(p.outcomes, StorageError):
+                raise p.outcomes
+            outcomes += p.outcomes
         return outcomes
 
     def _published(self, outcomes: list[Outcome]) -> list[Outcome]:
@@ -267,10 +268,13 @@ class Replica:
                 self._work = trio.Event()
                 await self._work.wait()
             self._committing = True
-            batch = _take_batch(self._queue, self._max_batch_ops)
-            jobs = [p.job for p in batch]
+            batch = [self._queue.popleft()]
+            ops = batch[0].ops
+            while self._queue and ops + self._queue[0].ops <= self._max_batch_ops:
+                ops += self._queue[0].ops
+                batch.append(self._queue.popleft())
+            jobs = [job for p in batch for job in p.jobs]
             try:
-                ops = sum(len(job.ops) for job in jobs)
                 if self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS:
                     outcomes = self._store.write_batch(jobs)
                 else:
@@ -278,11 +282,13 @@ class Replica:
                 self._published(outcomes)
             except StorageError as exc:
                 for p in batch:
-                    p.outcome = exc
+                    p.outcomes = exc
                     p.done.set()
                 continue
-            for p, outcome in zip(batch, outcomes, strict=True):
-                p.outcome = outcome
+            start = 0
+            for p in batch:
+                p.outcomes = outcomes[start : start + len(p.jobs)]
+                start += len(p.jobs)
                 p.done.set()
             await trio.lowlevel.checkpoint()
 
@@ -395,21 +401,17 @@ def _comparable(value: object) -> object:
     return (type(value), value)
 
 
-_Item = TypeVar("_Item", "_Pending", Job)
-
-
-def _take_batch(queue: deque[_Item], max_ops: int) -> list[_Item]:
-    """Pop the longest run from ``queue`` within ``max_ops`` ops (always at least one)."""
-    batch = [queue.popleft()]
-    ops = _ops(batch[0])
-    while queue and ops + _ops(queue[0]) <= max_ops:
-        batch.append(queue.popleft())
-        ops += _ops(batch[-1])
-    return batch
-
-
-def _ops(item: _Pending | Job) -> int:
-    return len((item.job if isinstance(item, _Pending) else item).ops)
+def _chunks(jobs: Sequence[Job], max_ops: int) -> list[list[Job]]:
+    """Split ``jobs``, in order, into runs of at most ``max_ops`` ops (each at least one job)."""
+    chunks: list[list[Job]] = []
+    ops = max_ops
+    for job in jobs:
+        if ops + len(job.ops) > max_ops:
+            chunks.append([])
+            ops = 0
+        chunks[-1].append(job)
+        ops += len(job.ops)
+    return chunks
 
 
 @contextlib.asynccontextmanager
