@@ -99,6 +99,11 @@ class ObserverHub:
         self._observers.add(observer)
         return observer
 
+    @property
+    def active(self) -> bool:
+        """Whether anyone observes (if not, commits need not build events)."""
+        return bool(self._observers)
+
     def remove(self, observer: Observer) -> None:
         self._observers.discard(observer)
 

@@ -17,6 +17,7 @@ loop", has the measurements behind the split.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -207,7 +208,9 @@ class Replica:
         self._busy += 1
         try:
             if self._inline_ok(sum(len(job.ops) for job in jobs)):
-                outcomes = self._published(self._store.write_batch(jobs))
+                outcomes = self._published(
+                    self._store.write_batch(jobs, with_updates=self._hub.active)
+                )
                 await trio.lowlevel.checkpoint()
                 return outcomes
             return await self._write_queued(jobs)
@@ -276,9 +279,12 @@ class Replica:
             jobs = [job for p in batch for job in p.jobs]
             try:
                 if self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS:
-                    outcomes = self._store.write_batch(jobs)
+                    outcomes = self._store.write_batch(jobs, with_updates=self._hub.active)
                 else:
-                    outcomes = await trio.to_thread.run_sync(self._store.write_batch, jobs)
+                    write = functools.partial(
+                        self._store.write_batch, with_updates=self._hub.active
+                    )
+                    outcomes = await trio.to_thread.run_sync(write, jobs)
                 self._published(outcomes)
             except StorageError as exc:
                 for p in batch:

@@ -170,25 +170,26 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write_batch(self, jobs: Sequence[Job]) -> list[Outcome]:
+    def write_batch(self, jobs: Sequence[Job], *, with_updates: bool = True) -> list[Outcome]:
         """Apply every job in one transaction and return one outcome per job.
 
         A local write becomes a change with the next seq and fresh HLC stamps; a remote
         change already held is a no-op (None); a job the rules refuse gets its error and
         the others go on. If SQLite fails, nothing is committed and `StorageError` is
         raised. Call `finish` with the outcomes once the batch has returned.
+        ``with_updates=False`` leaves `Applied.updates` empty, for when nobody observes.
         """
         next_seq = self._next_seq
         try:
             with self._transaction():
-                outcomes = self._write_batch(jobs)
+                outcomes = self._write_batch(jobs, with_updates)
         except sqlite3.Error as exc:
             self._next_seq = next_seq
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
         self.commits += 1
         return outcomes
 
-    def _write_batch(self, jobs: Sequence[Job]) -> list[Outcome]:
+    def _write_batch(self, jobs: Sequence[Job], with_updates: bool) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes]] = []
         added: dict[bytes, set[int]] = {}
@@ -206,27 +207,30 @@ class Store:
         states = self._load_states(
             {(op.collection, op.key) for _, c, _ in admitted for op in c.ops}
         )
-        documents: dict[RecordKey, dict[str, Value] | None] = {}  # as the batch leaves them
+        dirty: set[RecordKey] = set()
         log_rows = []
         lsn = self._last_lsn
         for i, change, blob in admitted:
             touched = apply_change(change, states)
-            updates = []
-            for rk in dict.fromkeys((op.collection, op.key) for op in change.ops):
-                if rk in touched:
-                    document = documents[rk] = states[rk].document()
-                    updates.append(RecordUpdate(collection=rk[0], key=rk[1], document=document))
+            dirty |= touched
+            updates: tuple[RecordUpdate, ...] = ()
+            if with_updates:
+                updates = tuple(
+                    RecordUpdate(collection=c, key=k, document=states[c, k].document())
+                    for c, k in dict.fromkeys((op.collection, op.key) for op in change.ops)
+                    if (c, k) in touched
+                )
             lsn += 1
             last_stamp = change.hlc + len(change.ops) - 1
             log_rows.append((lsn, change.origin, change.seq, last_stamp, blob))
-            outcomes[i] = Applied(lsn=lsn, change=change, updates=tuple(updates))
-        self._writer.executemany(
-            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
-            [
-                (c, k, None if doc is None else encode_document(doc), encode_meta(states[c, k]))
-                for (c, k), doc in documents.items()
-            ],
-        )
+            outcomes[i] = Applied(lsn=lsn, change=change, updates=updates)
+        rows = []
+        for c, k in dirty:
+            state = states[c, k]
+            document = state.document()
+            doc = None if document is None else encode_document(document)
+            rows.append((c, k, doc, encode_meta(state)))
+        self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
         self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
