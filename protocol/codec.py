@@ -19,13 +19,14 @@ nothing else escapes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import msgpack
 
 from protocol.crdt import RecordState, Stamp
 from protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
 from protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
-from protocol.ids import NODE_ID_BYTES
+from protocol.ids import NODE_ID_BYTES, PUBLIC_KEY_BYTES
 from protocol.model import (
     MAX_CHANGE_BYTES,
     MAX_COLLECTION_BYTES,
@@ -44,11 +45,14 @@ from protocol.model import (
     validate_name,
 )
 
-CODEC_VERSION = 1  # exchanged in the hello and kept in the store's metadata
+CODEC_VERSION = 1  # the storage encodings' version, kept in the store's metadata
+PROTOCOL_VERSION = 1  # the wire protocol's version, stated in the handshake
 MAX_TABLE_NAMES = 4_096  # interned names per context; later names travel inline
 MAX_TABLE_ORIGINS = 4_096  # interned origins per context; later ones travel inline
 MAX_BATCH_BYTES = MAX_CHANGE_BYTES + (1 << 20)  # one maximal change plus framing room
 MAX_CONTAINER_ITEMS = 1 << 20  # no legitimate array or map of ours is longer
+MAX_IDENTITY_BYTES = 128  # an identity payload is about 104 bytes
+SIGNATURE_BYTES = 64  # Ed25519
 _COUNTER_MASK = (1 << COUNTER_BITS) - 1
 _UNPACK_LIMITS = {
     "max_str_len": MAX_VALUE_BYTES,
@@ -267,6 +271,39 @@ def decode_batch(data: bytes, decoder: ChangeDecoder | None = None) -> list[Chan
         raise DecodeError("a batch is an array of changes")
     dec = decoder or ChangeDecoder()
     return [dec.change(item) for item in items]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityPayload:
+    """What each side of a handshake states: protocol version, Ed25519 key, signature."""
+
+    version: int
+    public_key: bytes
+    signature: bytes
+
+
+def encode_identity(payload: IdentityPayload) -> bytes:
+    """``[version, public_key (bin 32), signature (bin 64)]`` (docs/protocol.md, section 7)."""
+    data: bytes = msgpack.packb(
+        [payload.version, payload.public_key, payload.signature], use_bin_type=True
+    )
+    return data
+
+
+def decode_identity(data: bytes) -> IdentityPayload:
+    """Decode a handshake identity payload; anything malformed raises `DecodeError`."""
+    item = unpack(data, MAX_IDENTITY_BYTES)
+    if (
+        not isinstance(item, list)
+        or len(item) != 3
+        or type(item[0]) is not int
+        or type(item[1]) is not bytes
+        or len(item[1]) != PUBLIC_KEY_BYTES
+        or type(item[2]) is not bytes
+        or len(item[2]) != SIGNATURE_BYTES
+    ):
+        raise DecodeError("an identity payload is [version, 32-byte key, 64-byte signature]")
+    return IdentityPayload(version=item[0], public_key=item[1], signature=item[2])
 
 
 # Record storage: the document (what apps read) and the merge metadata, kept apart so
