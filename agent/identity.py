@@ -10,7 +10,7 @@ import base64
 import binascii
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -18,15 +18,25 @@ from nacl.signing import SigningKey
 from agent.errors import ConfigError
 from agent.paths import KEY_FILE
 from protocol.ids import node_id_from_public_key, node_id_short, node_id_text
+from protocol.noise import KeyPair
+from protocol.session import static_keypair
 
 _HEADER = "blazemesh-ed25519-seed-v1"
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An Ed25519 key pair and the node id derived from its public key."""
+    """An Ed25519 key pair, the node id derived from its public key, and its Noise key pair.
+
+    The Noise static key is the X25519 form of the Ed25519 key (docs/security.md), derived
+    once here rather than on every handshake.
+    """
 
     signing_key: SigningKey
+    noise_keypair: KeyPair = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_keypair", static_keypair(bytes(self.signing_key)))
 
     @property
     def public_key(self) -> bytes:

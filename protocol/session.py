@@ -78,6 +78,19 @@ class IncompatibleVersionError(HandshakeError):
     """Raised when the peer speaks a protocol version this node does not."""
 
 
+class WrongSecretError(HandshakeError):
+    """Raised (by the responder) when the initiator's final message fails under the mesh secret."""
+
+
+class RefusedError(HandshakeError):
+    """Raised (by the initiator) when the responder hangs up instead of confirming: it does not
+    share the mesh secret, or does not admit this node."""
+
+
+class PeerClosedError(HandshakeError):
+    """Raised when the connection ends before the handshake does."""
+
+
 class Record(enum.IntEnum):
     DATA = 0
     CLOSE = 1
@@ -182,7 +195,7 @@ class SecureSession:
         self._outbox.clear()
         return out
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes from the wire; ``b""`` means the connection ended."""
         if self._eof:
             raise LocalProtocolError("receive_data after the end of the connection")
@@ -243,11 +256,13 @@ class SecureSession:
             return Closed(clean=False)
         self._state = _State.FAILED
         if self._inbox:
-            raise HandshakeError("the connection ended in the middle of a message")
-        refused = "the peer ended the handshake"
+            raise PeerClosedError("the connection ended in the middle of a handshake message")
         if state is _State.AWAIT_READY:
-            refused += " (wrong mesh secret, or it does not admit this node)"
-        raise HandshakeError(refused)
+            raise RefusedError(
+                "the peer ended the handshake instead of confirming it: it holds another mesh "
+                "secret, or does not admit this node"
+            )
+        raise PeerClosedError("the peer ended the connection during the handshake")
 
     def _handle(self, message: bytes) -> Event | None:
         if self._state is _State.HANDSHAKE:
@@ -281,7 +296,7 @@ class SecureSession:
             payload = handshake.read_message(message)
         except HandshakeError as exc:
             if not self._initiator and self._identity_sent:  # message 3: the first under the PSK
-                raise HandshakeError(
+                raise WrongSecretError(
                     "the peer does not hold this mesh's secret (wrong mesh secret, or the "
                     f"message was tampered with): {exc}"
                 ) from None

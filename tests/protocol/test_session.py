@@ -19,7 +19,10 @@ from protocol.session import (
     Event,
     IncompatibleVersionError,
     NotAllowedError,
+    PeerClosedError,
+    RefusedError,
     SecureSession,
+    WrongSecretError,
     static_keypair,
 )
 
@@ -115,10 +118,10 @@ def test_wrong_mesh_secret_fails_on_both_sides() -> None:
     a, b = alice.session(True), bob.session(False, psk=b"\x00" * 32)
     pump(a, b)
     pump(b, a)
-    with pytest.raises(HandshakeError, match="wrong mesh secret"):
+    with pytest.raises(WrongSecretError, match="wrong mesh secret"):
         pump(a, b)
     a.receive_data(b"")  # the responder hangs up
-    with pytest.raises(HandshakeError, match="wrong mesh secret"):
+    with pytest.raises(RefusedError, match="another mesh secret"):
         a.next_event()
     assert not a.established
 
@@ -211,7 +214,7 @@ def test_truncated_frame_at_end_of_connection_is_an_error() -> None:
     b.receive_data(first[:-5])
     assert b.next_event() is None  # waiting for the rest
     b.receive_data(b"")
-    with pytest.raises(HandshakeError, match="middle of a message"):
+    with pytest.raises(PeerClosedError, match="middle of a handshake message"):
         b.next_event()
 
 

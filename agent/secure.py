@@ -1,0 +1,258 @@
+"""Secure channels: a Noise XXpsk3 session (`protocol.session`) over any trio stream.
+
+`handshake` turns a connected stream (TCP now, the simulator's streams later) into a
+`SecureStream`, itself a `trio.abc.Stream`, or raises `ChannelError`: the peer proved
+nothing within `HANDSHAKE_TIMEOUT_S`, sent garbage, holds another mesh secret, is not on
+the allowlist, or the connection broke. The stream is closed in every failure case, so a
+peer that connects and then stalls holds nothing past the timeout.
+
+`LinkScopes` gives every live link a cancel scope registered under its peer; revoking a
+node from the allowlist cancels them, which ends the links at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+
+import trio
+
+from agent.errors import AgentError
+from agent.identity import Identity
+from agent.mesh import Mesh
+from protocol.errors import RemoteProtocolError
+from protocol.ids import node_id_short
+from protocol.session import (
+    Closed,
+    Data,
+    Established,
+    IncompatibleVersionError,
+    NotAllowedError,
+    PeerClosedError,
+    RefusedError,
+    SecureSession,
+    WrongSecretError,
+)
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 5.0  # a peer must prove itself within this, or it is cut off
+RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
+
+
+class ChannelError(AgentError, trio.BrokenResourceError):
+    """Raised when a secure channel cannot be set up or breaks.
+
+    ``reason`` is a short machine-readable cause: ``timeout``; ``secret`` (the peer does not
+    hold the mesh secret); ``refused`` (the peer hung up on our proof: it holds another
+    secret or does not admit us); ``not-allowed`` (our allowlist refuses it); ``version``;
+    ``protocol`` (malformed or forged traffic); ``closed`` (the peer went away); ``broken``
+    (the connection failed).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_REASONS: list[tuple[type[RemoteProtocolError], str]] = [
+    (NotAllowedError, "not-allowed"),
+    (IncompatibleVersionError, "version"),
+    (WrongSecretError, "secret"),
+    (RefusedError, "refused"),
+    (PeerClosedError, "closed"),
+]
+
+
+def _reason(exc: RemoteProtocolError) -> str:
+    return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "protocol")
+
+
+async def handshake(
+    stream: trio.abc.Stream,
+    *,
+    initiator: bool,
+    identity: Identity,
+    mesh: Mesh,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+    timeout_s: float = HANDSHAKE_TIMEOUT_S,
+) -> SecureStream:
+    """Authenticate both ends of ``stream`` and return the encrypted stream.
+
+    On any failure ``stream`` is closed and `ChannelError` raised.
+    """
+    session = SecureSession(
+        initiator=initiator,
+        public_key=identity.public_key,
+        sign=identity.sign,
+        keypair=identity.noise_keypair,
+        psk=mesh.secret,
+        random_bytes=random_bytes,
+        allows=mesh.allows,
+    )
+    received: list[bytes] = []
+    try:
+        with trio.fail_after(timeout_s):
+            peer = await _run_handshake(stream, session, received)
+    except BaseException as exc:
+        await trio.aclose_forcefully(stream)
+        _reraise(exc, "the handshake")
+    return SecureStream(stream, session, peer, received)
+
+
+async def _run_handshake(
+    stream: trio.abc.Stream, session: SecureSession, received: list[bytes]
+) -> Established:
+    peer: Established | None = None
+    while True:
+        out = session.data_to_send()
+        if out:
+            await stream.send_all(out)
+        if peer is not None:
+            return peer
+        data = await stream.receive_some(RECEIVE_BYTES)
+        session.receive_data(data)
+        while (event := session.next_event()) is not None:
+            if isinstance(event, Established):
+                peer = event
+            elif isinstance(event, Data):
+                received.append(event.data)  # arrived with the last handshake message
+            else:
+                raise ChannelError("the peer closed during the handshake", reason="closed")
+
+
+def _reraise(exc: BaseException, during: str) -> NoReturn:
+    """Raise ``exc`` as a `ChannelError` if it is a channel failure, else as itself."""
+    if isinstance(exc, trio.TooSlowError):
+        raise ChannelError(f"{during} timed out", reason="timeout") from exc
+    if isinstance(exc, RemoteProtocolError):
+        raise ChannelError(f"{during} failed: {exc}", reason=_reason(exc)) from exc
+    if isinstance(exc, ChannelError) or not isinstance(
+        exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError
+    ):
+        raise exc
+    raise ChannelError(f"the connection broke during {during}: {exc}", reason="broken") from exc
+
+
+class SecureStream(trio.abc.Stream):
+    """An established secure channel to ``peer``: a byte stream, encrypted and authenticated.
+
+    One task may send and one may receive at a time, as for any trio stream.
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        session: SecureSession,
+        peer: Established,
+        received: list[bytes],
+    ) -> None:
+        self._transport = transport
+        self._session = session
+        self.peer = peer
+        self._pending = bytearray(b"".join(received))
+        self._eof = False
+        self._send_busy = False
+        self._receive_busy = False
+
+    @property
+    def peer_id(self) -> bytes:
+        return self.peer.node_id
+
+    def __repr__(self) -> str:
+        return f"<SecureStream to {node_id_short(self.peer_id)}>"
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._send_busy = True
+        try:
+            self._session.send(bytes(data))
+            await self._transport.send_all(self._session.data_to_send())
+        except BaseException as exc:
+            _reraise(exc, "sending")
+        finally:
+            self._send_busy = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receive_busy:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receive_busy = True
+        try:
+            while not self._pending and not self._eof:
+                await self._fill()
+            if max_bytes is None or max_bytes >= len(self._pending):
+                out = bytes(self._pending)
+                self._pending.clear()
+            else:
+                out = bytes(self._pending[:max_bytes])
+                del self._pending[:max_bytes]
+            if not out:
+                await trio.lowlevel.checkpoint()
+            return out
+        except BaseException as exc:
+            _reraise(exc, "receiving")
+        finally:
+            self._receive_busy = False
+
+    async def _fill(self) -> None:
+        self._session.receive_data(await self._transport.receive_some(RECEIVE_BYTES))
+        while (event := self._session.next_event()) is not None:
+            if isinstance(event, Data):
+                self._pending += event.data
+            elif isinstance(event, Closed):
+                if not event.clean:
+                    raise ChannelError(
+                        f"the connection to {node_id_short(self.peer_id)} ended without a close",
+                        reason="closed",
+                    )
+                self._eof = True
+
+    async def aclose(self) -> None:
+        """Send a clean close if the session is still open, then close the connection."""
+        try:
+            if self._session.established:
+                self._session.close()
+                with trio.move_on_after(1):
+                    await self._transport.send_all(self._session.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer is gone already; closing is all that is left
+        finally:
+            await self._transport.aclose()
+
+
+class LinkScopes:
+    """Cancel scopes of live links, by peer: revoking a node cancels its links at once."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._scopes: dict[bytes, set[trio.CancelScope]] = {}
+        self._stop = mesh.on_revoke(self.cancel)
+
+    @contextlib.contextmanager
+    def link(self, node_id: bytes) -> Iterator[trio.CancelScope]:
+        """Run a link's work inside the block: it is cancelled if ``node_id`` is revoked."""
+        scope = trio.CancelScope()
+        scopes = self._scopes.setdefault(node_id, set())
+        scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            scopes.discard(scope)
+            if not scopes:
+                del self._scopes[node_id]
+
+    def cancel(self, node_id: bytes) -> None:
+        """End every live link to ``node_id`` now."""
+        for scope in self._scopes.get(node_id, ()):
+            log.info("dropping link to %s: no longer trusted", node_id_short(node_id))
+            scope.cancel()
+
+    def close(self) -> None:
+        self._stop()

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from agent.identity import Identity
+from agent.mesh import Mesh, new_mesh
+from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, SecureStream, handshake
+from protocol.session import SecureSession
+
+
+def mesh_copy(mesh: Mesh) -> Mesh:
+    return Mesh(name=mesh.name, secret=mesh.secret)
+
+
+async def connect(
+    a: Identity, b: Identity, mesh_a: Mesh, mesh_b: Mesh
+) -> tuple[SecureStream | BaseException, SecureStream | BaseException]:
+    left, right = trio.testing.memory_stream_pair()
+    results: dict[str, SecureStream | BaseException] = {}
+
+    async def side(name: str, stream: trio.abc.Stream, me: Identity, mesh: Mesh) -> None:
+        try:
+            results[name] = await handshake(stream, initiator=name == "a", identity=me, mesh=mesh)
+        except ChannelError as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, a, mesh_a)
+        nursery.start_soon(side, "b", right, b, mesh_b)
+    return results["a"], results["b"]
+
+
+async def test_handshake_and_stream_both_ways() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    a, b = await connect(alice, bob, mesh, mesh_copy(mesh))
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    assert a.peer_id == bob.node_id
+    assert b.peer_id == alice.node_id
+    assert a.peer.handshake_hash == b.peer.handshake_hash
+    payload = bytes(range(256)) * 1000  # several records
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await b.receive_some()
+    assert got == payload
+    await b.send_all(b"reply")
+    assert await a.receive_some() == b"reply"
+    await a.aclose()
+    assert await b.receive_some() == b""  # a clean close is a clean end of stream
+
+
+async def test_wrong_secret_fails_on_both_sides() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    a, b = await connect(alice, bob, new_mesh("lab"), new_mesh("lab"))
+    assert isinstance(a, ChannelError)
+    assert isinstance(b, ChannelError)
+    assert b.reason == "secret"  # the responder checks the proof
+    assert a.reason == "refused"  # the initiator only sees the hang-up
+
+
+async def test_allowlist_refusal_is_named() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    strict = mesh_copy(mesh)
+    strict.trust([Identity.generate().node_id])  # someone else
+    a, b = await connect(alice, bob, mesh, strict)
+    assert isinstance(b, ChannelError)
+    assert b.reason == "not-allowed"
+    assert isinstance(a, ChannelError)  # the initiator sees the refusal, not a dead link
+    assert a.reason == "refused"
+
+
+def valid_first_message(mesh: Mesh) -> bytes:
+    me = Identity.generate()
+    return SecureSession(
+        initiator=True,
+        public_key=me.public_key,
+        sign=me.sign,
+        keypair=me.noise_keypair,
+        psk=mesh.secret,
+        random_bytes=os.urandom,
+    ).data_to_send()
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "slow", "garbage", "hangs-up"])
+async def test_bad_peers_are_cut_off_and_others_are_served(
+    autojump_clock: trio.testing.MockClock, behaviour: str
+) -> None:
+    bob, alice, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    outcomes: dict[str, object] = {}
+
+    async def responder(name: str, stream: trio.abc.Stream) -> None:
+        start = trio.current_time()
+        try:
+            outcomes[name] = await handshake(stream, initiator=False, identity=bob, mesh=mesh)
+        except ChannelError as exc:
+            outcomes[name] = exc
+        outcomes[name + "-took"] = trio.current_time() - start
+
+    async def bad_peer(stream: trio.abc.Stream) -> None:
+        try:
+            if behaviour == "silent":
+                await trio.sleep(60)
+            elif behaviour == "slow":
+                first = valid_first_message(mesh)
+                for i in range(len(first)):  # 50 bytes at one a second: a slowloris
+                    await stream.send_all(first[i : i + 1])
+                    await trio.sleep(1)
+            elif behaviour == "garbage":
+                await stream.send_all(b"\x00\x30" + b"\xff" * 48)
+                await trio.sleep(60)
+            else:
+                await stream.aclose()
+                return
+        except trio.BrokenResourceError:
+            outcomes["bad-peer-cut"] = True
+            return
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"x")  # the responder closed its end
+        outcomes["bad-peer-cut"] = True
+
+    bad_left, bad_right = trio.testing.memory_stream_pair()
+    good_left, good_right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder, "bad", bad_right)
+        nursery.start_soon(bad_peer, bad_left)
+        nursery.start_soon(responder, "good", good_right)
+        good = await handshake(good_left, initiator=True, identity=alice, mesh=mesh_copy(mesh))
+        assert good.peer_id == bob.node_id
+    assert isinstance(outcomes["good"], SecureStream)
+    assert outcomes["good-took"] < 1
+    assert isinstance(outcomes["bad"], ChannelError)
+    assert outcomes["bad-took"] <= HANDSHAKE_TIMEOUT_S
+    expected = {"silent": "timeout", "slow": "timeout", "garbage": "protocol", "hangs-up": "closed"}
+    assert outcomes["bad"].reason == expected[behaviour]
+    assert outcomes.get("bad-peer-cut") or behaviour == "hangs-up"
+
+
+async def test_revoking_a_node_ends_its_live_links_at_once() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    bob_mesh = mesh_copy(mesh)
+    bob_mesh.trust([alice.node_id])
+    a, b = await connect(alice, bob, mesh, bob_mesh)
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    links = LinkScopes(bob_mesh)
+    link_ended = trio.Event()
+
+    async def bobs_link() -> None:
+        try:
+            with links.link(b.peer_id):
+                while await b.receive_some():
+                    pass
+        finally:
+            await b.aclose()
+            link_ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bobs_link)
+        await trio.testing.wait_all_tasks_blocked()
+        assert bob_mesh.revoke(alice.node_id)
+        await link_ended.wait()
+        assert await a.receive_some() == b""  # Bob said goodbye and closed
+    assert not bob_mesh.allows(alice.node_id)
+    _, b2 = await connect(alice, bob, mesh, bob_mesh)
+    assert isinstance(b2, ChannelError)
+    assert b2.reason == "not-allowed"
+    links.close()
+
+
+async def test_receive_after_peer_vanishes_without_close_is_a_channel_error() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    a, b = await connect(alice, bob, mesh, mesh_copy(mesh))
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    await a._transport.aclose()  # the connection dies: no CLOSE record
+    with pytest.raises(ChannelError) as info:
+        await b.receive_some()
+    assert info.value.reason == "closed"
+    assert isinstance(info.value, trio.BrokenResourceError)  # usable as any trio stream
