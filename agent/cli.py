@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,10 +17,9 @@ from typing import NoReturn
 
 import trio
 
-from agent import jsonio
+from agent import cli_mesh, jsonio
 from agent.errors import AgentError, ConfigError
-from agent.identity import create_identity, load_identity
-from agent.paths import DB_FILE, KEY_FILE, default_data_dir
+from agent.paths import DB_FILE, default_data_dir
 from agent.replica import Replica, open_replica
 from agent.store import Durability, LogReader
 from protocol.codec import decode_change
@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(f"database error: {exc}")
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`blazemesh ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code)
 
 
@@ -70,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", parents=[common], help="create the data directory and identity")
-    p.set_defaults(run=cmd_init)
+    cli_mesh.register(sub, common, _data_dir)
 
     p = sub.add_parser("put", parents=[common, writes], help="set fields on a record")
     p.add_argument("collection")
@@ -128,18 +131,6 @@ def _with_replica(
 
 def _durability(args: argparse.Namespace) -> Durability:
     return Durability(args.durability)
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (data_dir / KEY_FILE).exists():
-        identity = load_identity(data_dir)
-        print(f"{data_dir} is already initialised; node {identity.text} ({identity.short})")
-        return 0
-    identity = create_identity(data_dir)
-    print(f"initialised {data_dir}; node {identity.text} ({identity.short})")
-    return 0
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Value]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.identity import create_identity, load_identity
+from agent.identity import Identity, create_identity, load_identity
 from agent.paths import KEY_FILE, default_data_dir
 from protocol.ids import node_id_from_public_key
 
@@ -60,3 +60,12 @@ def test_default_data_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("BLAZEMESH_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", "/xdg")
     assert default_data_dir() == Path("/xdg/blazemesh")
+
+
+def test_noise_key_is_the_x25519_form_of_the_identity_key() -> None:
+    from nacl.bindings import crypto_scalarmult_base, crypto_sign_ed25519_pk_to_curve25519
+
+    identity = Identity.generate()
+    keypair = identity.noise_keypair
+    assert keypair.public == crypto_sign_ed25519_pk_to_curve25519(identity.public_key)
+    assert crypto_scalarmult_base(keypair.private) == keypair.public

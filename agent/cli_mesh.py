@@ -1,0 +1,183 @@
+"""Membership commands: init --mesh, invite, join, trust, rotate-secret."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.errors import ConfigError
+from agent.identity import Identity, create_identity, load_identity
+from agent.mesh import MESH_FILE, Mesh, decode_invite, load_mesh, new_mesh, save_mesh
+from agent.paths import KEY_FILE
+from protocol.errors import LocalProtocolError
+from protocol.ids import node_id_short, node_id_text, parse_node_id
+
+DataDir = Callable[[argparse.Namespace], Path]
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    data_dir: DataDir,
+) -> None:
+    """Add the membership commands to the ``blazemesh`` parser."""
+
+    def bind(run: Callable[[Path, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: run(data_dir(args), args)
+
+    p = sub.add_parser(
+        "init", parents=[common], help="create the data directory, identity and optionally a mesh"
+    )
+    p.add_argument("--mesh", metavar="NAME", help="also start a new mesh of this name")
+    p.set_defaults(run=bind(cmd_init))
+
+    p = sub.add_parser("invite", parents=[common], help="print a join code for this mesh")
+    p.set_defaults(run=bind(cmd_invite))
+
+    p = sub.add_parser("join", parents=[common], help="join the mesh of a join code")
+    p.add_argument("code")
+    p.add_argument("--force", action="store_true", help="leave the current mesh for this one")
+    p.set_defaults(run=bind(cmd_join))
+
+    p = sub.add_parser("trust", parents=[common], help="manage the allowlist of nodes")
+    trust = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = trust.add_parser("add", parents=[common], help="admit nodes (turns allowlist mode on)")
+    t.add_argument("node_ids", nargs="+", metavar="NODE_ID")
+    t.set_defaults(run=bind(cmd_trust_add))
+    t = trust.add_parser("remove", parents=[common], help="stop admitting a node")
+    t.add_argument("node_ids", nargs="+", metavar="NODE_ID")
+    t.set_defaults(run=bind(cmd_trust_remove))
+    t = trust.add_parser("list", parents=[common], help="print the allowlist")
+    t.set_defaults(run=bind(cmd_trust_list))
+    t = trust.add_parser("disable", parents=[common], help="admit every holder of the secret")
+    t.set_defaults(run=bind(cmd_trust_disable))
+
+    p = sub.add_parser(
+        "rotate-secret", parents=[common], help="replace the mesh secret; print the new join code"
+    )
+    p.set_defaults(run=bind(cmd_rotate))
+
+
+def _identity(data_dir: Path) -> Identity:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (data_dir / KEY_FILE).exists():
+        return load_identity(data_dir)
+    return create_identity(data_dir)
+
+
+def _print_code(mesh: Mesh, identity: Identity) -> None:
+    print(mesh.invite(identity.node_id))
+    print(
+        "  This code holds the mesh secret: give it only to devices that should join, and "
+        "run `blazemesh join CODE` on each."
+    )
+
+
+def cmd_init(data_dir: Path, args: argparse.Namespace) -> int:
+    existed = (data_dir / KEY_FILE).exists()
+    identity = _identity(data_dir)
+    state = "is already initialised" if existed else "initialised"
+    print(f"{data_dir} {state}; node {identity.text} ({identity.short})")
+    if args.mesh is None:
+        return 0
+    if (data_dir / MESH_FILE).exists():
+        raise ConfigError(
+            f"{data_dir} already belongs to mesh {load_mesh(data_dir).name!r}: use "
+            "`blazemesh rotate-secret` for a new secret, or `join --force` to move"
+        )
+    mesh = new_mesh(args.mesh)
+    save_mesh(data_dir, mesh)
+    print(f"created mesh {mesh.name!r}. Join code:")
+    _print_code(mesh, identity)
+    return 0
+
+
+def cmd_invite(data_dir: Path, args: argparse.Namespace) -> int:
+    identity = load_identity(data_dir)
+    mesh = load_mesh(data_dir)
+    print(f"join code for mesh {mesh.name!r}:")
+    _print_code(mesh, identity)
+    return 0
+
+
+def cmd_join(data_dir: Path, args: argparse.Namespace) -> int:
+    invite = decode_invite(args.code)
+    identity = _identity(data_dir)
+    if (data_dir / MESH_FILE).exists() and not args.force:
+        current = load_mesh(data_dir)
+        if current.secret != invite.secret:
+            raise ConfigError(
+                f"{data_dir} belongs to mesh {current.name!r}; add --force to leave it for "
+                f"{invite.mesh!r}"
+            )
+    save_mesh(data_dir, Mesh(name=invite.mesh, secret=invite.secret))
+    print(
+        f"joined mesh {invite.mesh!r} (invited by {node_id_short(invite.inviter)}); "
+        f"this node is {identity.text} ({identity.short})"
+    )
+    return 0
+
+
+def _node_ids(texts: list[str]) -> list[bytes]:
+    try:
+        return [parse_node_id(text) for text in texts]
+    except LocalProtocolError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_trust_add(data_dir: Path, args: argparse.Namespace) -> int:
+    mesh = load_mesh(data_dir)
+    was_open = mesh.allowlist is None
+    mesh.trust(_node_ids(args.node_ids))
+    save_mesh(data_dir, mesh)
+    if was_open:
+        print("allowlist mode is on: only listed nodes can connect to this node")
+    print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
+    return 0
+
+
+def cmd_trust_remove(data_dir: Path, args: argparse.Namespace) -> int:
+    mesh = load_mesh(data_dir)
+    missing = [
+        text
+        for text, n in zip(args.node_ids, _node_ids(args.node_ids), strict=True)
+        if not mesh.revoke(n)
+    ]
+    save_mesh(data_dir, mesh)
+    if missing:
+        raise ConfigError(f"not on the allowlist: {', '.join(missing)}")
+    print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
+    return 0
+
+
+def cmd_trust_list(data_dir: Path, args: argparse.Namespace) -> int:
+    mesh = load_mesh(data_dir)
+    if mesh.allowlist is None:
+        print("allowlist mode is off: every holder of the mesh secret can connect")
+        return 0
+    for node_id in sorted(mesh.allowlist):
+        print(f"{node_id_text(node_id)}  ({node_id_short(node_id)})")
+    return 0
+
+
+def cmd_trust_disable(data_dir: Path, args: argparse.Namespace) -> int:
+    mesh = load_mesh(data_dir)
+    mesh.allowlist = None
+    save_mesh(data_dir, mesh)
+    print("allowlist mode is off: every holder of the mesh secret can connect")
+    return 0
+
+
+def cmd_rotate(data_dir: Path, args: argparse.Namespace) -> int:
+    identity = load_identity(data_dir)
+    old = load_mesh(data_dir)
+    mesh = new_mesh(old.name)
+    mesh.allowlist = old.allowlist
+    save_mesh(data_dir, mesh)
+    print(
+        f"mesh {mesh.name!r} has a new secret; devices holding the old one can no longer "
+        "connect to this node. New join code:"
+    )
+    _print_code(mesh, identity)
+    return 0
