@@ -173,6 +173,7 @@ class SecureSession:
         self._transport: NoiseTransport | None = None
         self._state = _State.HANDSHAKE
         self._inbox = bytearray()
+        self._inbox_pos = 0  # where the next unread frame starts in _inbox
         self._outbox = bytearray()
         self._eof = False
         self._sent = 0
@@ -237,15 +238,22 @@ class SecureSession:
     # -- inbound ---------------------------------------------------------------------------
 
     def _next_message(self) -> bytes | None:
-        inbox = self._inbox
-        if len(inbox) < LENGTH_BYTES:
-            return None
-        size = int.from_bytes(inbox[:LENGTH_BYTES], "big")
-        if len(inbox) < LENGTH_BYTES + size:
-            return None
-        message = bytes(inbox[LENGTH_BYTES : LENGTH_BYTES + size])
-        del inbox[: LENGTH_BYTES + size]
-        return message
+        # Frames are read at an offset and the buffer compacted once it is used up, so a
+        # read holding hundreds of small frames costs one pass, not one shift per frame.
+        inbox, pos = self._inbox, self._inbox_pos
+        if len(inbox) - pos >= LENGTH_BYTES:
+            end = pos + LENGTH_BYTES + int.from_bytes(inbox[pos : pos + LENGTH_BYTES], "big")
+            if len(inbox) >= end:
+                message = bytes(inbox[pos + LENGTH_BYTES : end])
+                if end == len(inbox):
+                    inbox.clear()
+                    end = 0
+                self._inbox_pos = end
+                return message
+        if pos:
+            del inbox[:pos]
+            self._inbox_pos = 0
+        return None
 
     def _end_of_input(self) -> Event | None:
         if not self._eof:
@@ -255,7 +263,7 @@ class SecureSession:
         if state is _State.OPEN:
             return Closed(clean=False)
         self._state = _State.FAILED
-        if self._inbox:
+        if len(self._inbox) > self._inbox_pos:
             raise PeerClosedError("the connection ended in the middle of a handshake message")
         if state is _State.AWAIT_READY:
             raise RefusedError(
