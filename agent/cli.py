@@ -19,6 +19,7 @@ import trio
 
 from agent import cli_mesh, jsonio
 from agent.errors import AgentError, ConfigError
+from agent.mesh import MESH_FILE, load_mesh
 from agent.paths import DB_FILE, default_data_dir
 from agent.replica import Replica, open_replica
 from agent.store import Durability, LogReader
@@ -196,10 +197,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     async def body(replica: Replica) -> int:
         info = replica.info()
+        mesh = load_mesh(info.data_dir) if (info.data_dir / MESH_FILE).exists() else None
         summary = {
             "node_id": node_id_text(info.node_id),
             "short_id": node_id_short(info.node_id),
             "data_dir": str(info.data_dir),
+            "mesh": None if mesh is None else mesh.name,
+            "allowlist": None if mesh is None or mesh.allowlist is None else len(mesh.allowlist),
             "changes_held": info.changes_held,
             "last_lsn": info.last_lsn,
             "collections": {
@@ -212,6 +216,15 @@ def cmd_info(args: argparse.Namespace) -> int:
             return 0
         print(f"node       {summary['node_id']} ({summary['short_id']})")
         print(f"data dir   {summary['data_dir']}")
+        if mesh is None:
+            print("mesh       none: `blazemesh init --mesh NAME` or `blazemesh join CODE`")
+        else:
+            admits = (
+                "every holder of the secret"
+                if mesh.allowlist is None
+                else (f"{len(mesh.allowlist)} listed nodes")
+            )
+            print(f"mesh       {mesh.name!r}, admitting {admits}")
         print(f"changes    {info.changes_held} held, log position {info.last_lsn}")
         for name, (live, dead) in sorted(info.collections.items()):
             print(f"collection {name}: {live} records, {dead} tombstones")
