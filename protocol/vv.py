@@ -85,6 +85,44 @@ class VersionVector:
         self._base[origin] = base
         return True
 
+    def add_range(self, origin: bytes, first: int, last: int) -> None:
+        """Record every dot ``(origin, first..last)``."""
+        if first < 1 or last < first:
+            raise LocalProtocolError(f"bad seq range {first}..{last}")
+        base = self._base.get(origin, 0)
+        if first > base + 1:
+            for seq in range(first, last + 1):
+                self.add(origin, seq)
+            return
+        if last <= base:
+            return
+        self._base[origin] = last
+        self._absorb(origin)
+
+    def merge(self, other: VersionVector) -> None:
+        """Add every dot of ``other`` (set union)."""
+        for origin, base in other._base.items():
+            if base > self._base.get(origin, 0):
+                self._base[origin] = base
+                self._absorb(origin)
+        for origin, seqs in other._extra.items():
+            for seq in seqs:
+                self.add(origin, seq)
+
+    def _absorb(self, origin: bytes) -> None:
+        """Fold early seqs that the prefix now reaches into it."""
+        extra = self._extra.get(origin)
+        if not extra:
+            return
+        base = self._base[origin]
+        extra.difference_update([s for s in extra if s <= base])
+        while base + 1 in extra:
+            base += 1
+            extra.discard(base)
+        self._base[origin] = base
+        if not extra:
+            del self._extra[origin]
+
     def origins(self) -> set[bytes]:
         return set(self._base) | set(self._extra)
 

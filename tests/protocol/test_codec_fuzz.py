@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from protocol.codec import (
     MAX_BATCH_BYTES,
-    MAX_CONTAINER_ITEMS,
     ChangeDecoder,
     ChangeEncoder,
     decode_batch,
@@ -21,6 +20,7 @@ from protocol.codec import (
     encode_batch,
     encode_change,
 )
+from protocol.codec.bounds import MAX_CONTAINER_ITEMS
 from protocol.errors import DecodeError, InvalidRemoteDataError, RemoteProtocolError
 from protocol.hlc import MAX_MS
 from protocol.model import (

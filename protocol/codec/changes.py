@@ -1,4 +1,4 @@
-"""The one module where msgpack bytes become blazemesh values, and back.
+"""Changes: the positional encoding with interned names and origins (docs/protocol.md, section 6).
 
 Changes are encoded positionally (docs/protocol.md, "Change encoding")::
 
@@ -19,14 +19,13 @@ nothing else escapes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import msgpack
 
-from protocol.crdt import RecordState, Stamp
+from protocol.codec.bounds import unpack
 from protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
 from protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
-from protocol.ids import NODE_ID_BYTES, PUBLIC_KEY_BYTES
+from protocol.ids import NODE_ID_BYTES
 from protocol.model import (
     MAX_CHANGE_BYTES,
     MAX_COLLECTION_BYTES,
@@ -35,7 +34,6 @@ from protocol.model import (
     MAX_KEY_BYTES,
     MAX_OPS_PER_CHANGE,
     MAX_SEQ,
-    MAX_VALUE_BYTES,
     Change,
     Delete,
     Op,
@@ -45,41 +43,10 @@ from protocol.model import (
     validate_name,
 )
 
-CODEC_VERSION = 1  # the storage encodings' version, kept in the store's metadata
-PROTOCOL_VERSION = 1  # the wire protocol's version, stated in the handshake
 MAX_TABLE_NAMES = 4_096  # interned names per context; later names travel inline
 MAX_TABLE_ORIGINS = 4_096  # interned origins per context; later ones travel inline
 MAX_BATCH_BYTES = MAX_CHANGE_BYTES + (1 << 20)  # one maximal change plus framing room
-MAX_CONTAINER_ITEMS = 1 << 20  # no legitimate array or map of ours is longer
-MAX_IDENTITY_BYTES = 128  # an identity payload is about 104 bytes
-SIGNATURE_BYTES = 64  # Ed25519
 _COUNTER_MASK = (1 << COUNTER_BITS) - 1
-_UNPACK_LIMITS = {
-    "max_str_len": MAX_VALUE_BYTES,
-    "max_bin_len": MAX_VALUE_BYTES,
-    "max_ext_len": 0,  # no msgpack extension types are part of the protocol
-    "max_array_len": MAX_CONTAINER_ITEMS,
-    "max_map_len": MAX_CONTAINER_ITEMS,
-}
-# Everything msgpack.unpackb raises for bad bytes (ExtraData, FormatError and StackError
-# are ValueError subclasses; UnicodeDecodeError too).
-_UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
-
-
-def unpack(data: bytes, max_bytes: int) -> object:
-    """Decode one msgpack object from exactly ``data``, within the codec's bounds."""
-    if len(data) > max_bytes:
-        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
-    try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, **_UNPACK_LIMITS
-        )
-    except _UNPACK_ERRORS as exc:
-        raise DecodeError(f"malformed msgpack: {exc}") from None
-
-
-def _refuse_ext(code: int, data: bytes) -> object:
-    raise DecodeError(f"msgpack extension type {code} is not part of the protocol")
 
 
 class ChangeEncoder:
@@ -271,76 +238,3 @@ def decode_batch(data: bytes, decoder: ChangeDecoder | None = None) -> list[Chan
         raise DecodeError("a batch is an array of changes")
     dec = decoder or ChangeDecoder()
     return [dec.change(item) for item in items]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IdentityPayload:
-    """What each side of a handshake states: protocol version, Ed25519 key, signature."""
-
-    version: int
-    public_key: bytes
-    signature: bytes
-
-
-def encode_identity(payload: IdentityPayload) -> bytes:
-    """``[version, public_key (bin 32), signature (bin 64)]`` (docs/protocol.md, section 7)."""
-    data: bytes = msgpack.packb(
-        [payload.version, payload.public_key, payload.signature], use_bin_type=True
-    )
-    return data
-
-
-def decode_identity(data: bytes) -> IdentityPayload:
-    """Decode a handshake identity payload; anything malformed raises `DecodeError`."""
-    item = unpack(data, MAX_IDENTITY_BYTES)
-    if (
-        not isinstance(item, list)
-        or len(item) != 3
-        or type(item[0]) is not int
-        or type(item[1]) is not bytes
-        or len(item[1]) != PUBLIC_KEY_BYTES
-        or type(item[2]) is not bytes
-        or len(item[2]) != SIGNATURE_BYTES
-    ):
-        raise DecodeError("an identity payload is [version, 32-byte key, 64-byte signature]")
-    return IdentityPayload(version=item[0], public_key=item[1], signature=item[2])
-
-
-# Record storage: the document (what apps read) and the merge metadata, kept apart so
-# that reads decode only the document. Both are this node's own data (docs/design.md).
-
-
-def encode_document(document: dict[str, Value]) -> bytes:
-    data: bytes = msgpack.packb(document, use_bin_type=True)
-    return data
-
-
-def decode_document(data: bytes) -> dict[str, Value]:
-    document = msgpack.unpackb(data, raw=False)
-    assert isinstance(document, dict)
-    return document
-
-
-def encode_meta(state: RecordState) -> bytes:
-    """The stamps of a record: ``[live_hlc, live_origin, tomb_hlc, tomb_origin, (name,
-    stamp) * n]``, where a field's stamp is nil when it equals ``live`` (the usual case:
-    fields written by the record's latest put) and ``[hlc, origin]`` otherwise."""
-    live = state.live
-    body: list[object] = [live[0], live[1], state.tomb[0], state.tomb[1]]
-    for name, (_, stamp) in state.fields.items():
-        body.append(name)
-        body.append(None if stamp == live else stamp)
-    data: bytes = msgpack.packb(body, use_bin_type=True)
-    return data
-
-
-def decode_meta(meta: bytes, document: dict[str, Value] | None) -> RecordState:
-    """Rebuild a record's state from its stored metadata and document."""
-    flat = msgpack.unpackb(meta, raw=False)
-    live: Stamp = (flat[0], flat[1])
-    values = document or {}
-    fields: dict[str, tuple[Value, Stamp]] = {}
-    for i in range(4, len(flat), 2):
-        name, stamp = flat[i], flat[i + 1]
-        fields[name] = (values[name], live if stamp is None else (stamp[0], stamp[1]))
-    return RecordState(live=live, tomb=(flat[2], flat[3]), fields=fields)

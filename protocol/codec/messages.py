@@ -1,0 +1,231 @@
+"""Sync messages: what two nodes say over a link (docs/protocol.md, section 8).
+
+Each message is one msgpack array whose first item is its type; messages follow each
+other on the link's byte stream with no other framing (msgpack delimits itself). CHANGES
+messages encode their changes in one context for the whole life of the link and
+direction, so names and origins are interned once per link.
+
+`MessageEncoder` and `MessageDecoder` hold those contexts. The decoder accepts bytes in
+any chunking and yields whole messages; anything malformed, oversized or out of bounds
+raises `DecodeError` or `InvalidRemoteDataError`, after which the link is over.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+
+from protocol.codec.bounds import UNPACK_ERRORS, UNPACK_LIMITS, refuse_ext
+from protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
+from protocol.errors import DecodeError, InvalidRemoteDataError
+from protocol.ids import NODE_ID_BYTES
+from protocol.model import MAX_SEQ, Change, Value
+from protocol.vv import VersionVector
+
+MAX_MESSAGE_BYTES = MAX_BATCH_BYTES  # the largest message a node will buffer
+MAX_BATCH_CHANGES = 4_096  # changes in one CHANGES message
+MAX_VV_ORIGINS = 65_536  # origins in one version vector: far more nodes than any mesh
+MAX_VV_EXTRAS = 4_096  # early seqs per origin in a version vector
+MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
+
+
+class Kind(enum.IntEnum):
+    HELLO = 0
+    CHANGES = 1
+    ACK = 2
+    SUMMARY = 3
+    PING = 4
+    PONG = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """The first message on a link: who is speaking and what it holds."""
+
+    version: int
+    node_id: bytes
+    vv: VersionVector
+    meta: Mapping[str, Value] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Changes:
+    """Changes the receiver lacks; acknowledged by ``batch`` once applied and committed."""
+
+    batch: int
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """Every CHANGES message up to and including ``batch`` is applied and committed."""
+
+    batch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """The sender's whole version vector, for anti-entropy."""
+
+    vv: VersionVector
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    token: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    token: int
+
+
+Message = Hello | Changes | Ack | Summary | Ping | Pong
+
+
+class MessageEncoder:
+    """Encodes one direction of a link."""
+
+    def __init__(self) -> None:
+        self._changes = ChangeEncoder()
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    def encode(self, message: Message) -> bytes:
+        pack = self._packer.pack
+        if isinstance(message, Changes):
+            # Built from packed parts so that a message is never held twice in memory.
+            item = self._changes.item
+            parts = [
+                self._packer.pack_array_header(3),
+                pack(Kind.CHANGES.value),
+                pack(message.batch),
+                self._packer.pack_array_header(len(message.changes)),
+            ]
+            parts += [pack(item(change)) for change in message.changes]
+            return b"".join(parts)
+        if isinstance(message, Hello):
+            body: list[object] = [
+                Kind.HELLO.value,
+                message.version,
+                message.node_id,
+                _vv_items(message.vv),
+                dict(message.meta),
+            ]
+        elif isinstance(message, Ack):
+            body = [Kind.ACK.value, message.batch]
+        elif isinstance(message, Summary):
+            body = [Kind.SUMMARY.value, _vv_items(message.vv)]
+        elif isinstance(message, Ping):
+            body = [Kind.PING.value, message.token]
+        else:
+            body = [Kind.PONG.value, message.token]
+        data: bytes = pack(body)
+        return data
+
+
+def _vv_items(vv: VersionVector) -> list[object]:
+    """``[origin, base, extras, origin, base, extras, ...]``; extras nil when none."""
+    out: list[object] = []
+    for origin in sorted(vv.origins()):
+        extras = vv.extras(origin)
+        out += (origin, vv.base(origin), sorted(extras) if extras else None)
+    return out
+
+
+class MessageDecoder:
+    """Decodes one direction of a link from bytes in any chunking."""
+
+    def __init__(self) -> None:
+        self._changes = ChangeDecoder()
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            ext_hook=refuse_ext,
+            max_buffer_size=MAX_MESSAGE_BYTES,
+            **UNPACK_LIMITS,
+        )
+
+    def feed(self, data: bytes | bytearray) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise DecodeError(
+                f"a message is larger than the limit of {MAX_MESSAGE_BYTES} bytes"
+            ) from None
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        try:
+            item = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            raise StopIteration from None
+        except UNPACK_ERRORS as exc:
+            raise DecodeError(f"malformed message: {exc}") from None
+        return self._message(item)
+
+    def _message(self, item: object) -> Message:
+        if not isinstance(item, list) or not item or type(item[0]) is not int:
+            raise DecodeError("a message is an array whose first item is its type")
+        kind, n = item[0], len(item)
+        if kind == Kind.CHANGES and n == 3 and isinstance(item[2], list):
+            if len(item[2]) > MAX_BATCH_CHANGES:
+                raise InvalidRemoteDataError(
+                    f"{len(item[2])} changes in one message; the limit is {MAX_BATCH_CHANGES}"
+                )
+            decode = self._changes.change
+            return Changes(batch=_batch(item[1]), changes=[decode(c) for c in item[2]])
+        if kind == Kind.ACK and n == 2:
+            return Ack(batch=_batch(item[1]))
+        if kind in (Kind.PING, Kind.PONG) and n == 2 and type(item[1]) is int:
+            return Ping(token=item[1]) if kind == Kind.PING else Pong(token=item[1])
+        if kind == Kind.SUMMARY and n == 2:
+            return Summary(vv=_vv(item[1]))
+        if kind == Kind.HELLO and n == 5:
+            return _hello(item)
+        raise DecodeError(f"message type {kind} with {n} items is not part of the protocol")
+
+
+def _batch(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_SEQ:
+        raise DecodeError(f"a batch number is a positive integer, got {value!r}")
+    return value
+
+
+def _hello(item: list[object]) -> Hello:
+    _, version, node_id, vv, meta = item
+    if type(version) is not int:
+        raise DecodeError("the hello's version must be an integer")
+    if type(node_id) is not bytes or len(node_id) != NODE_ID_BYTES:
+        raise DecodeError(f"the hello's node id must be {NODE_ID_BYTES} bytes")
+    if not isinstance(meta, dict) or len(msgpack.packb(meta)) > MAX_META_BYTES:
+        raise DecodeError(f"the hello's metadata must be a map of at most {MAX_META_BYTES} bytes")
+    return Hello(version=version, node_id=node_id, vv=_vv(vv), meta=meta)
+
+
+def _vv(items: object) -> VersionVector:
+    if not isinstance(items, list) or len(items) % 3 or len(items) // 3 > MAX_VV_ORIGINS:
+        raise DecodeError("a version vector is [origin, base, extras] * n, within limits")
+    bases: dict[bytes, int] = {}
+    extras: dict[bytes, list[int]] = {}
+    for i in range(0, len(items), 3):
+        origin, base, early = items[i], items[i + 1], items[i + 2]
+        if type(origin) is not bytes or len(origin) != NODE_ID_BYTES or origin in bases:
+            raise DecodeError("a version vector names each 16-byte origin once")
+        if type(base) is not int or not 0 <= base <= MAX_SEQ:
+            raise DecodeError(f"version vector base out of range: {base!r}")
+        bases[origin] = base
+        if early is None:
+            continue
+        if (
+            not isinstance(early, list)
+            or len(early) > MAX_VV_EXTRAS
+            or any(type(s) is not int or not base + 1 < s <= MAX_SEQ for s in early)
+        ):
+            raise DecodeError("version vector extras must be seqs above base + 1, within limits")
+        extras[origin] = early
+    return VersionVector.from_parts(bases, extras)
