@@ -93,19 +93,46 @@ class MessageEncoder:
         self._changes = ChangeEncoder()
         self._packer = msgpack.Packer(use_bin_type=True)
 
-    def encode(self, message: Message) -> bytes:
+    def encode_changes(
+        self, first_batch: int, changes: Sequence[Change], max_bytes: int = MAX_MESSAGE_BYTES
+    ) -> list[tuple[Changes, bytes]]:
+        """CHANGES messages numbered from ``first_batch``, each within ``max_bytes``.
+
+        Every change is encoded exactly once, in order: encoding updates this link's
+        tables, so a change that would overflow one message opens the next.
+        """
         pack = self._packer.pack
-        if isinstance(message, Changes):
-            # Built from packed parts so that a message is never held twice in memory.
-            item = self._changes.item
-            parts = [
-                self._packer.pack_array_header(3),
-                pack(Kind.CHANGES.value),
-                pack(message.batch),
-                self._packer.pack_array_header(len(message.changes)),
-            ]
-            parts += [pack(item(change)) for change in message.changes]
-            return b"".join(parts)
+        messages: list[tuple[Changes, bytes]] = []
+        items: list[bytes] = []
+        members: list[Change] = []
+        size = 0
+        limit = min(max_bytes, MAX_MESSAGE_BYTES) - 32  # headers of the message itself
+        for change in changes:
+            packed = pack(self._changes.item(change))
+            if items and (size + len(packed) > limit or len(items) == MAX_BATCH_CHANGES):
+                messages.append(self._changes_message(first_batch + len(messages), members, items))
+                items, members, size = [], [], 0
+            items.append(packed)
+            members.append(change)
+            size += len(packed)
+        if items:
+            messages.append(self._changes_message(first_batch + len(messages), members, items))
+        return messages
+
+    def _changes_message(
+        self, batch: int, members: list[Change], items: list[bytes]
+    ) -> tuple[Changes, bytes]:
+        head = [
+            self._packer.pack_array_header(3),
+            self._packer.pack(Kind.CHANGES.value),
+            self._packer.pack(batch),
+            self._packer.pack_array_header(len(items)),
+        ]
+        return Changes(batch=batch, changes=members), b"".join(head + items)
+
+    def encode(self, message: Hello | Ack | Summary | Ping | Pong) -> bytes:
+        """Any message but CHANGES (see `encode_changes`)."""
+        pack = self._packer.pack
         if isinstance(message, Hello):
             body: list[object] = [
                 Kind.HELLO.value,

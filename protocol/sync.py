@@ -1,0 +1,381 @@
+"""The sync protocol for one link, sans-IO (docs/protocol.md, section 8).
+
+Theory of operation. Each side of a link keeps, for its peer:
+
+- ``peer_has``: the dots it believes the peer holds: what the peer stated (in its HELLO,
+  then in each SUMMARY), what the peer sent, and what this side has sent it;
+- ``peer_told``: what the peer itself stated, plus what it sent: the truth as of then.
+
+What to send is always ``missing(have, peer_has)``: the local version vector ``have``
+(shared with the store, and grown by every commit, local or remote) minus what the peer
+holds. Catching up after a reconnect, streaming new local writes and forwarding changes
+that arrived from other peers are all that one rule, so none of them can be forgotten:
+a link that has nothing in flight and nothing missing is in sync, and `status` says so.
+
+`plan` names the next ranges to send (marking them as sent); the agent fetches them and
+hands them to `send_changes`. Bytes of CHANGES not yet acknowledged are bounded by the
+window: a slow peer fills its own link's window and then gets nothing more until it
+acknowledges, while every other link carries on. The receiver reports each CHANGES
+message as an `Incoming` event, applies and commits it, then calls `applied`, which
+queues a cumulative ACK.
+
+Every `summary_every_s` each side sends a SUMMARY of its whole vector. The receiver
+resets ``peer_has`` to it (plus what is still unacknowledged), which repairs whatever a
+push missed: a change the peer refused (say, its clock said it came from the future) is
+offered again. `tick` also sends keepalive PINGs, measures round trips from the PONGs,
+declares the link dead when nothing has arrived for `dead_after_s`, and declares it
+stalled when the peer is behind and acknowledges nothing, or ahead and sends nothing, for
+`stall_after_s`: the agent then drops and redials the link, and says why.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from protocol.codec import PROTOCOL_VERSION
+from protocol.codec.messages import (
+    Ack,
+    Changes,
+    Hello,
+    MessageDecoder,
+    MessageEncoder,
+    Ping,
+    Pong,
+    Summary,
+)
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.model import Change, Value
+from protocol.vv import SeqRange, VersionVector, missing
+
+Range = tuple[bytes, SeqRange]
+
+
+class SyncError(RemoteProtocolError):
+    """Raised when a peer breaks the sync protocol: a message out of turn or out of order,
+    a hello naming a node other than the one the channel authenticated."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncConfig:
+    """Limits and timers of a link; both sides need not agree on them."""
+
+    window_bytes: int = 4 << 20  # CHANGES bytes in flight, unacknowledged
+    batch_changes: int = 1_024  # changes per `plan`
+    keepalive_s: float = 1.0  # a PING this often, answered by a PONG
+    dead_after_s: float = 5.0  # silence this long means the link is dead
+    summary_every_s: float = 5.0  # anti-entropy: a SUMMARY this often
+    stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
+
+    def __post_init__(self) -> None:
+        if self.dead_after_s <= self.keepalive_s:
+            raise LocalProtocolError("dead_after_s must exceed keepalive_s")
+        if self.window_bytes < 1 or self.batch_changes < 1:
+            raise LocalProtocolError("window_bytes and batch_changes must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerHello:
+    """The peer's hello: the link is open."""
+
+    node_id: bytes
+    meta: Mapping[str, Value]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incoming:
+    """Changes from the peer: apply and commit them, then call `SyncLink.applied(batch)`."""
+
+    batch: int
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkDown:
+    """The link should be dropped: it is dead, or stalled while behind."""
+
+    reason: str
+
+
+Event = PeerHello | Incoming
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkStatus:
+    """What `blazemesh peers` shows for one link."""
+
+    open: bool
+    rtt_s: float | None
+    last_contact: float
+    behind_in: int  # changes the peer holds that this node lacks
+    behind_out: int  # changes this node holds that the peer lacks (or has not acknowledged)
+    bytes_sent: int
+    bytes_received: int
+    changes_sent: int
+    changes_received: int
+    in_flight_bytes: int
+
+    @property
+    def in_sync(self) -> bool:
+        return self.open and not self.behind_in and not self.behind_out
+
+
+@dataclass(slots=True)
+class _Batch:
+    batch: int
+    size: int
+    dots: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+class SyncLink:
+    """One side of one link. ``have`` is the node's live version vector (read, never written)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        have: VersionVector,
+        now: float,
+        config: SyncConfig | None = None,
+        meta: Mapping[str, Value] | None = None,
+        expect_peer: bytes | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._have = have
+        self._config = config or SyncConfig()
+        self._expect_peer = expect_peer
+        self._encoder = MessageEncoder()
+        self._decoder = MessageDecoder()
+        self._out: list[bytes] = []
+        self.peer_id: bytes | None = None
+        self._peer_has = VersionVector()
+        self._peer_told = VersionVector()
+        self._unacked: deque[_Batch] = deque()
+        self._in_flight = 0
+        self._next_batch = 1  # the number of this side's next CHANGES message
+        self._peer_acked = 0  # the highest of this side's batches the peer acknowledged
+        self._received_batch = 0  # the highest of the peer's batches received
+        self._applied_batch = 0  # ... and applied here
+        self._ack_sent = 0  # ... and acknowledged to the peer
+        self._refused = VersionVector()  # the peer's changes this node refused (see `refused`)
+        self._now = now
+        self._last_received = now
+        self._last_ping = now
+        self._ping_token = 0
+        self._ping_sent: float | None = None
+        self._last_summary = now
+        self._waiting_since = now  # for an ACK, while bytes are in flight
+        self._behind_since: float | None = None
+        self._last_changes = now
+        self.rtt_s: float | None = None
+        self.bytes_sent = self.bytes_received = 0
+        self.changes_sent = self.changes_received = 0
+        hello = Hello(version=PROTOCOL_VERSION, node_id=node_id, vv=have, meta=dict(meta or {}))
+        self._out.append(self._encoder.encode(hello))
+
+    @property
+    def open(self) -> bool:
+        return self.peer_id is not None
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray, now: float) -> None:
+        self._now = self._last_received = now
+        self.bytes_received += len(data)
+        self._decoder.feed(data)
+
+    def next_event(self) -> Event | None:
+        """The next event the received bytes make, or None until more arrive."""
+        for message in self._decoder:
+            if self.peer_id is None:
+                if not isinstance(message, Hello):
+                    raise SyncError(f"expected a hello, got {type(message).__name__}")
+                return self._hello(message)
+            if isinstance(message, Changes):
+                return self._changes(message)
+            if isinstance(message, Ack):
+                self._ack(message.batch)
+            elif isinstance(message, Summary):
+                self._summary(message.vv)
+            elif isinstance(message, Ping):
+                self._out.append(self._encoder.encode(Pong(token=message.token)))
+            elif isinstance(message, Pong):
+                if self._ping_sent is not None and message.token == self._ping_token:
+                    self.rtt_s = self._now - self._ping_sent
+                    self._ping_sent = None
+            else:
+                raise SyncError("a second hello on one link")
+        return None
+
+    def _hello(self, hello: Hello) -> PeerHello:
+        if hello.version != PROTOCOL_VERSION:
+            raise SyncError(f"the peer speaks sync version {hello.version}, not {PROTOCOL_VERSION}")
+        if hello.node_id == self._node_id:
+            raise SyncError("the link leads back to this node")
+        if self._expect_peer is not None and hello.node_id != self._expect_peer:
+            raise SyncError("the hello names another node than the channel authenticated")
+        self.peer_id = hello.node_id
+        self._peer_has.merge(hello.vv)
+        self._peer_told.merge(hello.vv)
+        self._check_behind()
+        return PeerHello(node_id=hello.node_id, meta=hello.meta)
+
+    def _changes(self, message: Changes) -> Incoming:
+        if message.batch != self._received_batch + 1:
+            raise SyncError(f"batch {message.batch} arrived after {self._received_batch}")
+        self._received_batch = message.batch
+        for change in message.changes:
+            self._peer_has.add(change.origin, change.seq)
+            self._peer_told.add(change.origin, change.seq)
+        self.changes_received += len(message.changes)
+        self._last_changes = self._now
+        return Incoming(batch=message.batch, changes=message.changes)
+
+    def _ack(self, batch: int) -> None:
+        if not self._peer_acked <= batch < self._next_batch:
+            raise SyncError(f"ack of batch {batch}, but {self._next_batch - 1} were sent")
+        self._peer_acked = batch
+        while self._unacked and self._unacked[0].batch <= batch:
+            self._in_flight -= self._unacked.popleft().size
+        self._waiting_since = self._now
+
+    def _summary(self, vv: VersionVector) -> None:
+        told = vv.copy()
+        has = vv.copy()
+        for sent in self._unacked:
+            for origin, seq in sent.dots:
+                has.add(origin, seq)
+        self._peer_told, self._peer_has = told, has
+        self._check_behind()
+
+    def _lacking(self) -> list[Range]:
+        """What the peer stated it holds that this node lacks and has not refused."""
+        known = self._have
+        if self._refused.origins():
+            known = known.copy()
+            known.merge(self._refused)
+        return missing(self._peer_told, known)
+
+    def _check_behind(self) -> None:
+        if not self._lacking():
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = self._now
+
+    def applied(self, batch: int) -> None:
+        """The changes of ``batch`` (an `Incoming` event) are committed: acknowledge them."""
+        if batch > self._received_batch:
+            raise LocalProtocolError(f"batch {batch} was never received")
+        self._applied_batch = max(self._applied_batch, batch)
+
+    def refused(self, dots: Sequence[tuple[bytes, int]]) -> None:
+        """This node refused these changes of the peer's (a clock too far ahead, say).
+
+        They are offered again after each SUMMARY, and do not count as lag meanwhile: a
+        change no one here will accept yet must not make the link look stalled.
+        """
+        for origin, seq in dots:
+            self._refused.add(origin, seq)
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def plan(self) -> list[Range]:
+        """The next ranges the peer lacks, within the window; they count as sent from now."""
+        if self.peer_id is None or self._in_flight >= self._config.window_bytes:
+            return []
+        budget = self._config.batch_changes
+        ranges: list[Range] = []
+        for origin, (first, last) in missing(self._have, self._peer_has):
+            last = min(last, first + budget - 1)
+            ranges.append((origin, (first, last)))
+            budget -= last - first + 1
+            if not budget:
+                break
+        for origin, (first, last) in ranges:
+            self._peer_has.add_range(origin, first, last)
+        return ranges
+
+    def send_changes(self, changes: Sequence[Change]) -> None:
+        """Queue ``changes`` (fetched for a `plan`) as CHANGES messages."""
+        if not changes:
+            return
+        if not self._unacked:
+            self._waiting_since = self._now
+        for message, data in self._encoder.encode_changes(self._next_batch, changes):
+            self._out.append(data)
+            dots = [(c.origin, c.seq) for c in message.changes]
+            self._unacked.append(_Batch(batch=message.batch, size=len(data), dots=dots))
+            self._in_flight += len(data)
+            self._next_batch = message.batch + 1
+        self.changes_sent += len(changes)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call."""
+        if self._applied_batch > self._ack_sent:
+            self._out.append(self._encoder.encode(Ack(batch=self._applied_batch)))
+            self._ack_sent = self._applied_batch
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        self.bytes_sent += len(data)
+        return data
+
+    def tick(self, now: float) -> LinkDown | None:
+        """Run the timers: keepalive, anti-entropy, dead-link and stall detection."""
+        self._now = now
+        config = self._config
+        silent = now - self._last_received
+        if silent >= config.dead_after_s:
+            return LinkDown(reason=f"nothing received for {silent:.1f} s")
+        if self.peer_id is None:
+            return None
+        if self._ping_sent is None and now - self._last_ping >= config.keepalive_s:
+            self._ping_token += 1
+            self._ping_sent = self._last_ping = now
+            self._out.append(self._encoder.encode(Ping(token=self._ping_token)))
+        if now - self._last_summary >= config.summary_every_s:
+            self._last_summary = now
+            self._out.append(self._encoder.encode(Summary(vv=self._have)))
+        if self._unacked and now - self._waiting_since >= config.stall_after_s:
+            return LinkDown(
+                reason=f"the peer acknowledged nothing for {now - self._waiting_since:.1f} s "
+                f"with {self._in_flight} bytes in flight"
+            )
+        self._check_behind()
+        if self._behind_since is not None:
+            idle = now - max(self._behind_since, self._last_changes)
+            if idle >= config.stall_after_s:
+                lag = _count(self._lacking())
+                return LinkDown(
+                    reason=f"the peer holds {lag} changes this node lacks but sent none for "
+                    f"{idle:.1f} s"
+                )
+        return None
+
+    def status(self) -> LinkStatus:
+        in_flight = sum(len(b.dots) for b in self._unacked)
+        return LinkStatus(
+            open=self.open,
+            rtt_s=self.rtt_s,
+            last_contact=self._last_received,
+            behind_in=_count(self._lacking()) if self.open else 0,
+            behind_out=(_count(missing(self._have, self._peer_has)) + in_flight)
+            if self.open
+            else 0,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            changes_sent=self.changes_sent,
+            changes_received=self.changes_received,
+            in_flight_bytes=self._in_flight,
+        )
+
+
+def _count(ranges: list[Range]) -> int:
+    return sum(last - first + 1 for _, (first, last) in ranges)
+
+
+def preferred_initiator(a: bytes, b: bytes) -> bytes:
+    """When two nodes dial each other at once, the link the lower node id opened is kept."""
+    return min(a, b)

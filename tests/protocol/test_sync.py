@@ -1,0 +1,305 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.codec.messages import MessageEncoder, Summary
+from protocol.hlc import pack
+from protocol.model import Change, Put
+from protocol.sync import (
+    Incoming,
+    LinkDown,
+    PeerHello,
+    SyncConfig,
+    SyncError,
+    SyncLink,
+    preferred_initiator,
+)
+from protocol.vv import VersionVector
+
+
+class FakeNode:
+    """A node reduced to what sync needs: a version vector and the changes it holds."""
+
+    def __init__(self, name: str) -> None:
+        self.id = name.encode().ljust(16, b"\0")
+        self.vv = VersionVector()
+        self.changes: dict[tuple[bytes, int], Change] = {}
+        self.seq = 0
+
+    def write(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.seq += 1
+            op = Put(collection="c", key=f"{self.id[:1]!r}{self.seq}", fields={"n": self.seq})
+            self.apply([Change(origin=self.id, seq=self.seq, hlc=pack(1000, self.seq), ops=(op,))])
+
+    def apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            if self.vv.add(change.origin, change.seq):
+                self.changes[change.dot] = change
+
+    def fetch(self, ranges: list[tuple[bytes, tuple[int, int]]]) -> list[Change]:
+        return [self.changes[o, s] for o, (a, b) in ranges for s in range(a, b + 1)]
+
+    def link(self, peer: FakeNode | None = None, **config: float) -> SyncLink:
+        return SyncLink(
+            node_id=self.id,
+            have=self.vv,
+            now=0.0,
+            config=SyncConfig(**config) if config else None,  # type: ignore[arg-type]
+            expect_peer=None if peer is None else peer.id,
+        )
+
+
+def deliver(src: SyncLink, dst: SyncLink, dst_node: FakeNode, now: float = 0.0) -> list[object]:
+    """Move src's bytes to dst; apply incoming changes; return dst's events."""
+    data = src.data_to_send()
+    if data:
+        dst.receive_data(data, now)
+    events: list[object] = []
+    while (event := dst.next_event()) is not None:
+        events.append(event)
+        if isinstance(event, Incoming):
+            dst_node.apply(list(event.changes))
+            dst.applied(event.batch)
+    return events
+
+
+def push(link: SyncLink, node: FakeNode) -> None:
+    while ranges := link.plan():
+        link.send_changes(node.fetch(ranges))
+
+
+def settle(pairs: list[tuple[FakeNode, SyncLink, FakeNode, SyncLink]], rounds: int = 20) -> None:
+    for _ in range(rounds):
+        for a, la, b, lb in pairs:
+            push(la, a)
+            push(lb, b)
+            deliver(la, lb, b)
+            deliver(lb, la, a)
+
+
+def test_hello_opens_both_sides() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b), b.link(a)
+    assert deliver(la, lb, b) == [PeerHello(node_id=a.id, meta={})]
+    assert deliver(lb, la, a) == [PeerHello(node_id=b.id, meta={})]
+    assert la.open
+    assert lb.open
+
+
+def test_catch_up_then_stream_then_in_sync() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(2500)  # more than one plan's worth
+    la, lb = a.link(b), b.link(a)
+    settle([(a, la, b, lb)])
+    assert b.vv == a.vv
+    a.write(3)
+    b.write(2)
+    settle([(a, la, b, lb)])
+    assert a.vv == b.vv
+    assert la.status().in_sync
+    assert lb.status().in_sync
+    assert la.status().changes_sent == 2503
+
+
+def test_window_bounds_bytes_in_flight_until_acked() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(300)
+    la, lb = a.link(b, window_bytes=2000, batch_changes=10), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    sent = 0
+    while ranges := la.plan():
+        la.send_changes(a.fetch(ranges))
+        sent += 1
+    assert 1 <= sent < 30  # stopped by the window, not by running out
+    status = la.status()
+    assert status.in_flight_bytes >= 2000
+    assert status.behind_out == 300 - 0  # nothing acknowledged yet
+    deliver(la, lb, b)
+    deliver(lb, la, a)  # the ack frees the window
+    assert la.status().in_flight_bytes == 0
+    assert la.plan()
+
+
+def test_forwarding_along_a_line() -> None:
+    a, b, c = FakeNode("a"), FakeNode("b"), FakeNode("c")
+    ab, ba = a.link(b), b.link(a)
+    bc, cb = b.link(c), c.link(b)
+    a.write(5)
+    c.write(4)
+    settle([(a, ab, b, ba), (b, bc, c, cb)])
+    assert a.vv == b.vv == c.vv
+    assert a.vv.count() == 9
+
+
+def test_no_change_is_sent_twice_on_a_link() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(50)
+    la, lb = a.link(b), b.link(a)
+    settle([(a, la, b, lb)])
+    b_got = lb.status().changes_received
+    a.write(1)
+    settle([(a, la, b, lb)])
+    assert lb.status().changes_received == b_got + 1
+
+
+def test_summary_repairs_a_change_the_peer_refused() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b, dead_after_s=60), b.link(a, dead_after_s=60)
+    settle([(a, la, b, lb)])
+    a.write(3)
+    push(la, a)
+    data = la.data_to_send()
+    lb.receive_data(data, 0.0)
+    event = lb.next_event()
+    assert isinstance(event, Incoming)
+    refused = event.changes[1]
+    b.apply([c for c in event.changes if c is not refused])  # the middle one is refused
+    lb.refused([refused.dot])
+    lb.applied(event.batch)
+    deliver(lb, la, a)
+    assert refused.dot not in b.vv
+    assert la.status().behind_out == 0  # a believes b has everything
+    assert lb.tick(6.0) is None  # b is behind on a refused change: not a stall
+    deliver(lb, la, a, now=6.0)  # b's SUMMARY reaches a
+    push(la, a)
+    deliver(la, lb, b)
+    assert refused.dot in b.vv
+
+
+def test_dead_link_is_detected() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b), b.link(a)
+    settle([(a, la, b, lb)])
+    assert la.tick(4.9) is None
+    down = la.tick(5.0)
+    assert isinstance(down, LinkDown)
+    assert "nothing received" in down.reason
+
+
+def test_keepalives_keep_a_quiet_link_alive_and_measure_rtt() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b), b.link(a)
+    settle([(a, la, b, lb)])
+    now = 0.0
+    for _ in range(40):
+        now += 0.5
+        assert la.tick(now) is None
+        assert lb.tick(now) is None
+        deliver(la, lb, b, now)
+        deliver(lb, la, a, now + 0.01)
+    assert la.status().rtt_s == pytest.approx(0.01)
+
+
+def test_stall_when_the_peer_never_acknowledges() -> None:
+    """b receives a's changes but its applier hangs: pings flow, acks never come."""
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(5)
+    la, lb = a.link(b), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    push(la, a)
+    now, down = 0.0, None
+    while down is None and now < 30:
+        now += 0.5
+        lb.tick(now)
+        data = la.data_to_send()
+        if data:
+            lb.receive_data(data, now)
+        while lb.next_event() is not None:
+            pass  # received, never applied: no ack
+        deliver(lb, la, a, now)
+        down = la.tick(now)
+    assert isinstance(down, LinkDown)
+    assert "acknowledged nothing" in down.reason
+    assert now == pytest.approx(15.0, abs=0.6)
+
+
+def test_stall_when_the_peer_is_ahead_but_sends_nothing() -> None:
+    """a told b it holds 5 changes, then sends only keepalives (its sender is stuck)."""
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(5)
+    la, lb = a.link(b), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    now, down = 0.0, None
+    while down is None and now < 30:
+        now += 0.5
+        la.tick(now)
+        deliver(la, lb, b, now)
+        down = lb.tick(now)
+        deliver(lb, la, a, now)
+    assert isinstance(down, LinkDown)
+    assert "holds 5 changes this node lacks" in down.reason
+    assert now == pytest.approx(15.0, abs=0.6)
+
+
+def test_protocol_violations() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    enc = MessageEncoder()
+    link = b.link(a)
+    link.receive_data(enc.encode(Summary(vv=VersionVector())), 0.0)
+    with pytest.raises(SyncError, match="expected a hello"):
+        link.next_event()
+    link = b.link(FakeNode("z"))
+    link.receive_data(a.link().data_to_send(), 0.0)
+    with pytest.raises(SyncError, match="another node"):
+        link.next_event()
+    link = a.link()
+    link.receive_data(a.link().data_to_send(), 0.0)
+    with pytest.raises(SyncError, match="back to this node"):
+        link.next_event()
+
+
+def test_batches_out_of_order_are_refused() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(1)
+    lb = b.link(a)
+    lb.receive_data(a.link().data_to_send(), 0.0)
+    assert isinstance(lb.next_event(), PeerHello)
+    ((_, skipping_one),) = MessageEncoder().encode_changes(2, list(a.changes.values()))
+    lb.receive_data(skipping_one, 0.0)
+    with pytest.raises(SyncError, match="batch 2 arrived after 0"):
+        lb.next_event()
+
+
+def test_preferred_initiator_is_symmetric() -> None:
+    x, y = b"\x01" * 16, b"\x02" * 16
+    assert preferred_initiator(x, y) == preferred_initiator(y, x) == x
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), nodes=st.integers(2, 5))
+def test_random_graphs_writes_and_chunking_converge(seed: int, nodes: int) -> None:
+    rng = random.Random(seed)
+    fakes = [FakeNode(f"n{i}") for i in range(nodes)]
+    # A random spanning tree plus a few more edges: connected, sometimes with cycles.
+    edges = {(rng.randrange(i), i) for i in range(1, nodes)}
+    edges |= {tuple(sorted(rng.sample(range(nodes), 2))) for _ in range(rng.randint(0, 3))}
+    links = {(i, j): fakes[i].link(fakes[j], batch_changes=rng.randint(1, 20)) for i, j in edges}
+    links |= {(j, i): fakes[j].link(fakes[i]) for i, j in edges}
+    for _ in range(60):
+        node = rng.choice(fakes)
+        node.write(rng.randint(0, 3))
+        i, j = rng.choice(sorted(links))
+        push(links[i, j], fakes[i])
+        data = links[i, j].data_to_send()
+        dst = links[j, i]
+        step = rng.randint(1, 200)
+        for start in range(0, len(data), step):
+            dst.receive_data(data[start : start + step], 0.0)
+            while (event := dst.next_event()) is not None:
+                if isinstance(event, Incoming):
+                    fakes[j].apply(list(event.changes))
+                    dst.applied(event.batch)
+    for _ in range(3 * nodes):
+        for (i, j), link in sorted(links.items()):
+            push(link, fakes[i])
+            deliver(link, links[j, i], fakes[j])
+    assert all(f.vv == fakes[0].vv for f in fakes)
+    assert fakes[0].vv.count() == sum(f.seq for f in fakes)
