@@ -121,6 +121,9 @@ def decode_invite(code: str) -> Invite:
         raw = base64.b32decode(letters + "=" * (-len(letters) % 8))
     except (binascii.Error, ValueError):
         raise ConfigError("the join code has characters that cannot be in one: mistyped?") from None
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != letters:
+        # The last letter carries unused bits: a typo there must not pass as the same code.
+        raise ConfigError("the join code is not one blazemesh wrote: mistyped?")
     body, check = raw[:-CHECKSUM_BYTES], raw[-CHECKSUM_BYTES:]
     expected = hashlib.blake2b(body, digest_size=CHECKSUM_BYTES, person=_CODE_PERSON).digest()
     if len(raw) < 2 + CHECKSUM_BYTES or not secrets.compare_digest(check, expected):

@@ -127,11 +127,13 @@ class Replica:
         identity: Identity,
         data_dir: Path,
         max_batch_ops: int,
+        inline_ops: int,
     ) -> None:
         self._store = store
         self.identity = identity
         self.data_dir = data_dir
         self._max_batch_ops = max_batch_ops
+        self._inline_ops = inline_ops
         self._queue: deque[_Pending] = deque()
         self._work = trio.Event()
         self._busy = 0  # write calls in progress; close waits for them
@@ -139,6 +141,7 @@ class Replica:
         self._idle.set()
         self._nursery: trio.Nursery | None = None
         self._committing = False  # the committer task holds a batch
+        self._commit_listeners: list[Callable[[list[Applied]], None]] = []
         self._closed = False
         self._hub = ObserverHub(store.last_lsn)
         self._since_checkpoint = 0
@@ -223,7 +226,7 @@ class Replica:
         """Whether a batch may commit on the trio thread (see the module docstring)."""
         return (
             self._store.durability is Durability.NORMAL
-            and ops <= INLINE_MAX_OPS
+            and ops <= self._inline_ops
             and not self._committing
             and not self._queue
         )
@@ -244,6 +247,8 @@ class Replica:
         self._store.finish(outcomes)
         applied = [o for o in outcomes if isinstance(o, Applied)]
         self._hub.publish(applied)
+        for listener in self._commit_listeners:
+            listener(applied)
         self._since_checkpoint += len(applied)
         if self._since_checkpoint >= CHECKPOINT_EVERY_CHANGES and not self._checkpointing:
             self._since_checkpoint = 0
@@ -278,7 +283,7 @@ class Replica:
                 batch.append(self._queue.popleft())
             jobs = [job for p in batch for job in p.jobs]
             try:
-                if self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS:
+                if self._store.durability is Durability.NORMAL and ops <= self._inline_ops:
                     outcomes = self._store.write_batch(jobs, with_updates=self._hub.active)
                 else:
                     write = functools.partial(
@@ -303,6 +308,15 @@ class Replica:
             await trio.to_thread.run_sync(self._store.checkpoint)
         finally:
             self._checkpointing = False
+
+    def on_commit(self, listener: Callable[[list[Applied]], None]) -> Callable[[], None]:
+        """Call ``listener(applied)`` synchronously after every commit; return a remover.
+
+        For the sync engine, which must learn of every change (a listener cannot fall
+        behind, so it must not block); apps use `observe`.
+        """
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -377,6 +391,11 @@ class Replica:
         finally:
             observer.close()
 
+    def digest(self) -> str:
+        """A hash of every visible record: equal on two replicas exactly when they agree."""
+        self._check_open()
+        return self._store.digest()
+
     def info(self) -> ReplicaInfo:
         self._check_open()
         return ReplicaInfo(
@@ -429,11 +448,15 @@ async def open_replica(
     wall_ms: Callable[[], int] = wall_clock_ms,
     max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
     max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
+    inline_ops: int = INLINE_MAX_OPS,
 ) -> AsyncIterator[Replica]:
     """Open the replica in ``data_dir`` for this process alone, until the block exits.
 
     With ``create=True`` a missing directory and identity are created; otherwise they
     must exist (``blazemesh init``). Pending writes commit before the block returns.
+    ``inline_ops`` is the largest `Durability.NORMAL` batch committed on the trio thread;
+    deterministic runs (tests on a virtual clock, the simulator) raise it so that no
+    commit ever leaves the thread.
     """
     if max_batch_ops < 1:
         raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
@@ -457,7 +480,13 @@ async def open_replica(
             max_skew_ms=max_skew_ms,
         )
         stack.callback(store.close)
-        return Replica(store=store, identity=identity, data_dir=path, max_batch_ops=max_batch_ops)
+        return Replica(
+            store=store,
+            identity=identity,
+            data_dir=path,
+            max_batch_ops=max_batch_ops,
+            inline_ops=inline_ops,
+        )
 
     with contextlib.ExitStack() as stack:
         replica = await trio.to_thread.run_sync(open_files, stack)

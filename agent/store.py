@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -358,6 +359,27 @@ class Store:
     def log_since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order."""
         return _log_since(self._reader, lsn, limit)
+
+    def changes_in(self, origin: bytes, first: int, last: int) -> list[bytes]:
+        """The encoded changes of ``origin`` with seqs ``first..last`` that the log holds."""
+        return [
+            row[0]
+            for row in self._reader.execute(
+                "SELECT change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (origin, first, last),
+            )
+        ]
+
+    def digest(self) -> str:
+        """BLAKE2b over every visible record in (collection, key) order, as hex."""
+        h = hashlib.blake2b(digest_size=16)
+        rows = self._reader.execute(
+            "SELECT collection, key, doc FROM records WHERE doc IS NOT NULL "
+            "ORDER BY collection, key"
+        )
+        for collection, key, doc in rows:
+            h.update(msgpack.packb((collection, key, doc)))
+        return h.hexdigest()
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per collection: (visible records, deleted records still held as tombstones)."""

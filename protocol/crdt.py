@@ -37,10 +37,11 @@ class RecordState:
         return self.live > self.tomb
 
     def document(self) -> dict[str, Value] | None:
-        """The record as apps see it, or None when it is deleted (or never existed)."""
+        """The record as apps see it (fields in name order, the same on every replica), or
+        None when it is deleted (or never existed)."""
         if not self.visible:
             return None
-        return {name: value for name, (value, _) in self.fields.items()}
+        return {name: value for name, (value, _) in sorted(self.fields.items())}
 
     def put(self, fields: Fields, stamp: Stamp) -> bool:
         """Apply a put at ``stamp``; return whether the state changed."""

@@ -1,0 +1,173 @@
+"""One live link: a `protocol.sync.SyncLink` driven over a stream by four small tasks.
+
+- the reader feeds received bytes to the link and queues incoming batches;
+- the applier applies and commits each batch, in order, then lets the link acknowledge it;
+- the writer sends whatever the link has to say, fetching the changes it plans;
+- the ticker runs the link's timers (keepalives, summaries, dead and stall detection).
+
+Incoming batches wait in a queue that the window bounds: the peer sends no more than
+`SyncConfig.window_bytes` before this side acknowledges, and this side acknowledges only
+what it has committed. Any failure ends the link with a reason, which `run` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from agent.errors import StorageError
+from agent.network import Address, format_address
+from agent.replica import Replica
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.ids import node_id_short
+from protocol.model import Change
+from protocol.sync import Incoming, LinkStatus, PeerHello, Range, SyncLink
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 65_536
+TICK_S = 0.25  # timer resolution of a link: keepalive and timeout checks run this often
+PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
+PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
+
+
+class LinkEnded(Exception):
+    """Raised inside a link's tasks to end it; the message is the reason."""
+
+
+class Link:
+    """A link to one peer over ``stream``; `run` until it ends."""
+
+    def __init__(
+        self,
+        *,
+        stream: trio.abc.Stream,
+        sync: SyncLink,
+        replica: Replica,
+        fetch: Callable[[Sequence[Range]], list[Change]],
+        on_hello: Callable[[Link], None],
+        address: Address,
+        initiated: bool,
+    ) -> None:
+        self.stream = stream
+        self.sync = sync
+        self.address = address
+        self.initiated = initiated
+        self.since = trio.current_time()
+        self._replica = replica
+        self._fetch = fetch
+        self._on_hello = on_hello
+        self._wake = trio.Event()
+        self._incoming_send, self._incoming = trio.open_memory_channel[Incoming](float("inf"))
+        self._scope: trio.CancelScope | None = None
+        self.reason: str | None = None
+
+    @property
+    def peer_id(self) -> bytes | None:
+        return self.sync.peer_id
+
+    @property
+    def name(self) -> str:
+        peer = "?" if self.peer_id is None else node_id_short(self.peer_id)
+        return f"{peer} ({format_address(self.address)})"
+
+    def status(self) -> LinkStatus:
+        return self.sync.status()
+
+    def wake(self) -> None:
+        """Something may be ready to send (a commit, an ack, a timer)."""
+        self._wake.set()
+
+    def end(self, reason: str) -> None:
+        """End the link from outside (it was replaced, or the node is stopping)."""
+        if self.reason is None:
+            self.reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> str:
+        """Drive the link until it ends; close the stream; return why it ended."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                for task in (self._reader, self._applier, self._writer, self._ticker):
+                    nursery.start_soon(self._guard, task)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+        return self.reason or "closed"
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except LinkEnded as exc:
+            self.end(str(exc))
+        except RemoteProtocolError as exc:
+            self.end(f"protocol error: {exc}")
+        except StorageError as exc:
+            self.end(f"storage error: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.end(f"connection lost: {exc}")
+
+    async def _reader(self) -> None:
+        sync = self.sync
+        while True:
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise LinkEnded("the peer closed the link")
+            sync.receive_data(data, trio.current_time())
+            while (event := sync.next_event()) is not None:
+                if isinstance(event, PeerHello):
+                    self._on_hello(self)
+                else:
+                    self._incoming_send.send_nowait(event)
+            self.wake()
+
+    async def _applier(self) -> None:
+        async for batch in self._incoming:
+            outcomes = await self._replica.apply_remote(batch.changes)
+            refused = [
+                change.dot
+                for change, outcome in zip(batch.changes, outcomes, strict=True)
+                if isinstance(outcome, ProtocolError)
+            ]
+            if refused:
+                log.warning(
+                    "refused %d changes from %s: %s",
+                    len(refused),
+                    self.name,
+                    next(o for o in outcomes if isinstance(o, ProtocolError)),
+                )
+                self.sync.refused(refused)
+            self.sync.applied(batch.batch)
+            self.wake()
+
+    async def _writer(self) -> None:
+        sync = self.sync
+        while True:
+            # Plan and fetch without awaiting in between, so that nothing planned is lost.
+            while ranges := sync.plan():
+                sync.send_changes(self._fetch(ranges))
+            data = sync.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+                continue
+            await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _ticker(self) -> None:
+        last_progress = trio.current_time()
+        while True:
+            await trio.sleep(TICK_S)
+            now = trio.current_time()
+            down = self.sync.tick(now)
+            if down is not None:
+                raise LinkEnded(down.reason)
+            self.wake()
+            if now - last_progress >= PROGRESS_EVERY_S and self.sync.open:
+                last_progress = now
+                behind = self.sync.status().behind_in
+                if behind >= PROGRESS_MIN_CHANGES:
+                    log.info("catching up from %s: %d changes to go", self.name, behind)

@@ -1,0 +1,126 @@
+"""The `Network` edge: how a node listens and dials, as a small interface.
+
+`TcpNetwork` is the real one. `MemoryNetwork` connects nodes of one trio run through
+in-memory streams: tests use it, and the simulator's network builds on the same
+interface. Both pass the contract tests in tests/agent/test_network.py.
+
+An address is a ``(host, port)`` pair; a memory network treats it as a name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+import trio.testing
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
+
+
+class Network(Protocol):
+    """Listen for and open reliable byte streams between nodes."""
+
+    async def serve(
+        self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
+    ) -> None:
+        """Accept connections on ``address`` and run ``handler(stream, remote)`` for each,
+        each in its own task, until cancelled. Reports the bound address when ready."""
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        """Open a stream to ``address``; raises `OSError` if nothing listens there."""
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str, default_port: int) -> Address:
+    """``HOST:PORT``, ``HOST`` (default port), or ``[V6]:PORT``; raises `ValueError`."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"no host in address {text!r}")
+    port = int(port_text) if port_text else default_port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
+
+class TcpNetwork:
+    """TCP over the operating system's sockets."""
+
+    async def serve(
+        self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
+    ) -> None:
+        host, port = address
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        bound = listeners[0].socket.getsockname()
+        async with trio.open_nursery() as nursery:
+
+            async def accept_loop(listener: trio.SocketListener) -> None:
+                async with listener:
+                    while True:
+                        stream = await listener.accept()
+                        remote = stream.socket.getpeername()
+                        nursery.start_soon(handler, stream, (remote[0], remote[1]))
+
+            for listener in listeners:
+                nursery.start_soon(accept_loop, listener)
+            task_status.started((bound[0], bound[1]))
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        host, port = address
+        return await trio.open_tcp_stream(host, port)
+
+
+class MemoryNetwork:
+    """Nodes of one trio run, connected by in-memory streams (for tests and simulation).
+
+    ``wrap`` lets a test put something between the two ends, such as a stream that
+    injects faults.
+    """
+
+    def __init__(self, wrap: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None) -> None:
+        self._listeners: dict[Address, tuple[Handler, trio.Nursery]] = {}
+        self._wrap = wrap or (lambda stream: stream)
+        self._ports = 40_000
+
+    async def serve(
+        self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
+    ) -> None:
+        host, port = address
+        if not port:
+            self._ports += 1
+            port = self._ports
+        address = (host, port)
+        if address in self._listeners:
+            raise OSError(f"address {format_address(address)} is already in use")
+        async with trio.open_nursery() as nursery:
+            self._listeners[address] = (handler, nursery)
+            try:
+                task_status.started(address)
+                await trio.sleep_forever()
+            finally:
+                del self._listeners[address]
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        entry = self._listeners.get(address)
+        if entry is None:
+            raise ConnectionRefusedError(f"nothing listens on {format_address(address)}")
+        handler, nursery = entry
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(handler, self._wrap(theirs), ("memory", 0))
+        return self._wrap(ours)

@@ -1,0 +1,278 @@
+"""A node: a replica, its links to peers, and the listeners and dialers that make them.
+
+The node keeps at most one link per peer. Every commit, local or remote, wakes every link,
+whose `SyncLink` then plans what its peer lacks: that one rule streams new writes,
+forwards changes across hops and resumes after reconnects. Recently committed changes
+are kept in memory for the links to send; older ones are read back from the log.
+
+Two nodes that dial each other at once end up with two links. When the second link says
+hello, the node keeps one by a rule both sides evaluate the same way: of two links opened
+by the same side, the newer (the older is likely dead); otherwise the one opened by the
+node with the lower id (`protocol.sync.preferred_initiator`).
+
+Dialers retry with jittered exponential backoff ("full jitter": a uniform delay up to a
+bound that doubles from `backoff_min_s` to `backoff_max_s`, and resets once a link has
+stayed up for `stable_after_s`), drawing from the node's injected RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from agent.identity import Identity
+from agent.link import Link, LinkEnded
+from agent.mesh import Mesh
+from agent.network import Address, Network, format_address
+from agent.replica import Replica
+from agent.secure import ChannelError, LinkScopes, handshake
+from agent.store import Applied
+from protocol.codec import decode_change
+from protocol.ids import node_id_short
+from protocol.model import Change
+from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """How a node connects; every field has a production default."""
+
+    listen: Sequence[Address] = ()
+    peers: Sequence[Address] = ()
+    secure: bool = True  # False only in simulation: links skip the Noise channel
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 30.0
+    stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
+    max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
+    cache_changes: int = 65_536  # recent changes kept in memory for the links to send
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerState:
+    """One link as `blazemesh peers` shows it."""
+
+    node_id: bytes
+    address: Address
+    initiated: bool
+    up_since: float
+    sync: LinkStatus
+
+
+class Node:
+    """One node of a mesh. `run` it in a nursery; it stops when cancelled."""
+
+    def __init__(
+        self,
+        *,
+        replica: Replica,
+        identity: Identity,
+        mesh: Mesh,
+        network: Network,
+        config: NodeConfig | None = None,
+        rng: random.Random | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.replica = replica
+        self.identity = identity
+        self.mesh = mesh
+        self.network = network
+        self.config = config or NodeConfig()
+        self._rng = rng or random.Random()
+        self._random_bytes = random_bytes
+        self._links: dict[bytes, Link] = {}
+        self._link_gone: dict[bytes, trio.Event] = {}
+        self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
+        self._scopes = LinkScopes(mesh)
+        self._handshakes = trio.CapacityLimiter(self.config.max_handshakes)
+        self._nursery: trio.Nursery | None = None
+        self.bound: list[Address] = []
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, dial the static peers, and serve links until cancelled."""
+        stop_listening = self.replica.on_commit(self._committed)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for address in self.config.listen:
+                    bound = await nursery.start(self.network.serve, address, self._accept)
+                    self.bound.append(bound)
+                    log.info("listening on %s", format_address(bound))
+                for address in self.config.peers:
+                    self.dial(address)
+                task_status.started(self.bound)
+        finally:
+            stop_listening()
+            self._scopes.close()
+
+    def dial(self, address: Address) -> None:
+        """Keep a link to ``address`` up from now on (redialling with backoff)."""
+        assert self._nursery is not None, "dial() needs a running node"
+        self._nursery.start_soon(self._dial_forever, address)
+
+    async def _dial_forever(self, address: Address) -> None:
+        bound = self.config.backoff_min_s
+        while True:
+            started = trio.current_time()
+            peer = None
+            try:
+                stream = await self.network.connect(address)
+                peer = await self._serve_link(stream, address, initiated=True)
+            except OSError as exc:
+                log.debug("cannot reach %s: %s", format_address(address), exc)
+            if peer is not None and peer in self._links:
+                # We lost a duplicate to the peer's own link: wait until that one ends.
+                await self._gone(peer).wait()
+                bound = self.config.backoff_min_s
+                continue
+            if trio.current_time() - started >= self.config.stable_after_s:
+                bound = self.config.backoff_min_s
+            await trio.sleep(self._rng.uniform(0, bound))
+            bound = min(bound * 2, self.config.backoff_max_s)
+
+    async def _accept(self, stream: trio.abc.Stream, remote: Address) -> None:
+        await self._serve_link(stream, remote, initiated=False)
+
+    async def _serve_link(
+        self, stream: trio.abc.Stream, address: Address, *, initiated: bool
+    ) -> bytes | None:
+        """Authenticate ``stream``, run a link over it until it ends; return the peer's id."""
+        expect = None
+        if self.config.secure:
+            try:
+                async with self._handshakes:
+                    stream = secure = await handshake(
+                        stream,
+                        initiator=initiated,
+                        identity=self.identity,
+                        mesh=self.mesh,
+                        random_bytes=self._random_bytes,
+                    )
+            except ChannelError as exc:
+                level = (
+                    logging.INFO
+                    if exc.reason in ("timeout", "closed", "broken")
+                    else logging.WARNING
+                )
+                log.log(level, "no link with %s: %s", format_address(address), exc)
+                return None
+            expect = secure.peer_id
+        link = Link(
+            stream=stream,
+            sync=SyncLink(
+                node_id=self.node_id,
+                have=self.replica.store.vv,
+                now=trio.current_time(),
+                config=self.config.sync,
+                expect_peer=expect,
+            ),
+            replica=self.replica,
+            fetch=self.fetch,
+            on_hello=self._hello,
+            address=address,
+            initiated=initiated,
+        )
+        if expect is not None:
+            with self._scopes.link(expect):
+                reason = await link.run()
+        else:
+            reason = await link.run()
+        self._forget(link, reason)
+        return link.peer_id
+
+    def _hello(self, link: Link) -> None:
+        """Register a link whose peer has said hello; end it if another link wins."""
+        peer = link.peer_id
+        assert peer is not None
+        existing = self._links.get(peer)
+        if existing is not None:
+            if self._keep_new(existing, link):
+                existing.end("replaced by a newer link to the same peer")
+            else:
+                raise LinkEnded("a link to this peer already exists")
+        self._links[peer] = link
+        self._link_gone.pop(peer, None)
+        log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
+
+    def _keep_new(self, old: Link, new: Link) -> bool:
+        def opener(link: Link) -> bytes:
+            assert link.peer_id is not None
+            return self.node_id if link.initiated else link.peer_id
+
+        if opener(old) == opener(new):
+            return True
+        assert new.peer_id is not None
+        return opener(new) == preferred_initiator(self.node_id, new.peer_id)
+
+    def _forget(self, link: Link, reason: str) -> None:
+        peer = link.peer_id
+        if peer is None or self._links.get(peer) is not link:
+            log.debug("link %s ended before it opened: %s", link.name, reason)
+            return
+        del self._links[peer]
+        self._gone(peer).set()
+        log.info("link to %s down: %s", link.name, reason)
+
+    def _gone(self, peer: bytes) -> trio.Event:
+        return self._link_gone.setdefault(peer, trio.Event())
+
+    # -- changes -----------------------------------------------------------------------
+
+    def _committed(self, applied: list[Applied]) -> None:
+        cache = self._cache
+        for item in applied:
+            cache[item.change.dot] = item.change
+        while len(cache) > self.config.cache_changes:
+            cache.popitem(last=False)
+        for link in self._links.values():
+            link.wake()
+
+    def fetch(self, ranges: Sequence[Range]) -> list[Change]:
+        """The changes of ``ranges``, from memory if recent, else from the log."""
+        out: list[Change] = []
+        cache = self._cache
+        for origin, (first, last) in ranges:
+            try:
+                out += [cache[origin, seq] for seq in range(first, last + 1)]
+            except KeyError:
+                out += map(decode_change, self.replica.store.changes_in(origin, first, last))
+        return out
+
+    # -- observing ---------------------------------------------------------------------
+
+    def peers(self) -> list[PeerState]:
+        """Every open link, by peer."""
+        return [
+            PeerState(
+                node_id=peer,
+                address=link.address,
+                initiated=link.initiated,
+                up_since=link.since,
+                sync=link.status(),
+            )
+            for peer, link in sorted(self._links.items())
+        ]
+
+    def in_sync(self, peer: bytes) -> bool:
+        """Whether a link to ``peer`` is up and neither side lacks anything of the other's."""
+        link = self._links.get(peer)
+        return link is not None and link.status().in_sync
+
+    def __repr__(self) -> str:
+        return f"<Node {node_id_short(self.node_id)} with {len(self._links)} links>"
