@@ -1,0 +1,106 @@
+"""In-process clusters of real nodes on a memory network, for the sync tests."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from agent.mesh import new_mesh
+from agent.network import MemoryNetwork, Network
+from agent.node import Node, NodeConfig
+from agent.replica import Replica, open_replica
+from protocol.sync import SyncConfig
+
+# Batches small enough to commit on the trio thread: under the autojump clock, a commit in
+# a worker thread would let virtual time run on while it works.
+TEST_SYNC = SyncConfig(batch_changes=32)
+
+
+def address(i: int) -> tuple[str, int]:
+    return (f"node{i}", 7000)
+
+
+class Cluster:
+    """Nodes 0..n-1 with their replicas; ``edges`` say who dials whom."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return [node.replica for node in self.nodes]
+
+    def converged(self) -> bool:
+        first = self.nodes[0].replica.store.vv
+        return all(node.replica.store.vv == first for node in self.nodes[1:])
+
+    async def until_converged(self, timeout_s: float = 120) -> None:
+        """Wait (in virtual time) until every replica holds the same changes."""
+        done = trio.Event()
+
+        def check(_: object) -> None:
+            if self.converged():
+                done.set()
+
+        removers = [node.replica.on_commit(check) for node in self.nodes]
+        try:
+            check(None)
+            with trio.fail_after(timeout_s):
+                await done.wait()
+        finally:
+            for remove in removers:
+                remove()
+
+    def digests(self) -> set[str]:
+        return {node.replica.digest() for node in self.nodes}
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    tmp_path: Path,
+    n: int,
+    edges: Sequence[tuple[int, int]],
+    *,
+    network: Network | None = None,
+    secure: bool = True,
+    seed: int = 0,
+    sync: SyncConfig = TEST_SYNC,
+    wall_ms: Callable[[], int] | None = None,
+) -> AsyncIterator[Cluster]:
+    network = network or MemoryNetwork()
+    mesh = new_mesh("test")
+    async with contextlib.AsyncExitStack() as stack:
+        replicas = []
+        for i in range(n):
+            options = {} if wall_ms is None else {"wall_ms": wall_ms}
+            replicas.append(
+                await stack.enter_async_context(
+                    open_replica(tmp_path / f"n{i}", create=True, inline_ops=10_000, **options)
+                )
+            )
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        nodes = []
+        for i, replica in enumerate(replicas):
+            config = NodeConfig(
+                listen=[address(i)],
+                peers=[address(j) for a, j in edges if a == i],
+                secure=secure,
+                sync=sync,
+            )
+            node = Node(
+                replica=replica,
+                identity=replica.identity,
+                mesh=mesh,
+                network=network,
+                config=config,
+                rng=random.Random(f"{seed}-{i}"),
+            )
+            nodes.append(node)
+        for node in nodes:
+            await nursery.start(node.run)
+        yield Cluster(nodes)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,60 @@
+"""Real nodes syncing over memory streams, on the autojump clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.agent.cluster import cluster
+
+pytestmark = pytest.mark.usefixtures("autojump_clock")
+
+
+async def test_two_nodes_sync_both_ways_and_stay_in_sync(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, [(0, 1)]) as c:
+        a, b = c.replicas
+        for i in range(40):
+            await a.put("c", f"a{i}", {"i": i})
+            await b.put("c", f"b{i}", {"i": i})
+        await c.until_converged()
+        assert await b.get("c", "a39") == {"i": 39}
+        assert await a.get("c", "b0") == {"i": 0}
+        assert len(c.digests()) == 1
+        await trio.sleep(1)  # let the last acknowledgements land
+        for node, other in ((c.nodes[0], c.nodes[1]), (c.nodes[1], c.nodes[0])):
+            assert node.in_sync(other.node_id)
+
+
+@pytest.mark.parametrize("shape", ["line", "triangle"])
+async def test_three_nodes_converge(tmp_path: Path, shape: str) -> None:
+    edges = [(0, 1), (1, 2)] if shape == "line" else [(0, 1), (1, 2), (2, 0)]
+    async with cluster(tmp_path, 3, edges) as c:
+        for i, replica in enumerate(c.replicas):
+            for k in range(20):
+                await replica.put("c", f"n{i}-{k}", {"from": i})
+        await c.until_converged()
+        assert len(c.digests()) == 1
+        assert (await c.replicas[2].query("c", prefix="n0-"))[0].fields == {"from": 0}
+
+
+async def test_concurrent_writes_to_the_same_records_converge(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 3, [(0, 1), (1, 2), (2, 0)]) as c:
+        async with trio.open_nursery() as nursery:
+            for i, replica in enumerate(c.replicas):
+
+                async def writer(replica: object = replica, i: int = i) -> None:
+                    for k in range(30):
+                        key = f"shared{k % 5}"
+                        await replica.put("c", key, {"by": i, "k": k, f"only{i}": True})  # type: ignore[attr-defined]
+                        if k % 7 == i:
+                            await replica.delete("c", f"shared{(k + 1) % 5}")  # type: ignore[attr-defined]
+                        await trio.sleep(0.01)
+
+                nursery.start_soon(writer)
+        await c.until_converged()
+        assert len(c.digests()) == 1
+        docs = [await r.query("c") for r in c.replicas]
+        assert docs[0] == docs[1] == docs[2]
