@@ -15,6 +15,7 @@ from agent.errors import DataDirLockedError
 KEY_FILE = "node.key"
 DB_FILE = "replica.db"
 LOCK_FILE = "lock"
+CONTROL_SOCKET = "agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
 
 
 def default_data_dir() -> Path:

@@ -1,0 +1,81 @@
+"""``blazemesh agent``: run a node on a data directory until SIGINT or SIGTERM.
+
+The agent owns the data directory: it opens the replica, listens for peers, dials the
+static ones, and serves the local control socket (`agent.control`) through which the other
+commands reach it. A bad configuration (no identity, no mesh, a port in use) stops it
+before anything starts, with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from agent import control
+from agent.errors import ConfigError
+from agent.identity import load_identity
+from agent.mesh import load_mesh
+from agent.network import Address, TcpNetwork, format_address
+from agent.node import Node, NodeConfig
+from agent.paths import CONTROL_SOCKET
+from agent.replica import open_replica
+from agent.store import Durability
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7420  # blazemesh's port: unassigned by IANA
+DEFAULT_LISTEN: Address = ("0.0.0.0", DEFAULT_PORT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    data_dir: Path
+    listen: list[Address] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    peers: list[Address] = field(default_factory=list)
+    durability: Durability = Durability.NORMAL
+
+
+async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run until cancelled or signalled; raise `ConfigError` for a bad configuration."""
+    data_dir = config.data_dir
+    if not data_dir.is_dir():
+        raise ConfigError(f"no data directory at {data_dir}: run `blazemesh init --data-dir {data_dir}`")
+    identity = load_identity(data_dir)
+    mesh = load_mesh(data_dir)
+    async with open_replica(data_dir, durability=config.durability) as replica:
+        node = Node(
+            replica=replica,
+            identity=identity,
+            mesh=mesh,
+            network=TcpNetwork(),
+            config=NodeConfig(listen=config.listen, peers=config.peers),
+        )
+        log.info(
+            "node %s (%s) in mesh %r, data in %s", identity.text, identity.short, mesh.name, data_dir
+        )
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(node.run)
+            except OSError as exc:
+                where = ", ".join(format_address(a) for a in config.listen)
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {where}: the port is in use (another agent?); "
+                        "choose another with --listen HOST:PORT"
+                    ) from None
+                raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
+            for peer in config.peers:
+                log.info("static peer %s", format_address(peer))
+            task_status.started(node)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
+    log.info("stopped; links closed, database closed")
