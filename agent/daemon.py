@@ -40,11 +40,15 @@ class AgentConfig:
     durability: Durability = Durability.NORMAL
 
 
-async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_agent(
+    config: AgentConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run until cancelled or signalled; raise `ConfigError` for a bad configuration."""
     data_dir = config.data_dir
     if not data_dir.is_dir():
-        raise ConfigError(f"no data directory at {data_dir}: run `blazemesh init --data-dir {data_dir}`")
+        raise ConfigError(
+            f"no data directory at {data_dir}: run `blazemesh init --data-dir {data_dir}`"
+        )
     identity = load_identity(data_dir)
     mesh = load_mesh(data_dir)
     async with open_replica(data_dir, durability=config.durability) as replica:
@@ -56,7 +60,11 @@ async def run_agent(config: AgentConfig, *, task_status: trio.TaskStatus[Node] =
             config=NodeConfig(listen=config.listen, peers=config.peers),
         )
         log.info(
-            "node %s (%s) in mesh %r, data in %s", identity.text, identity.short, mesh.name, data_dir
+            "node %s (%s) in mesh %r, data in %s",
+            identity.text,
+            identity.short,
+            mesh.name,
+            data_dir,
         )
         async with trio.open_nursery() as nursery:
             try:

@@ -36,7 +36,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def migrate(db: sqlite3.Connection) -> None:
     """Bring the database to `SCHEMA_VERSION`, or refuse one that is newer."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    (version,) = db.execute("PRAGMA user_version").fetchall()[0]
     if version > SCHEMA_VERSION:
         raise StorageError(
             f"the database has schema version {version}; this blazemesh knows up to "

@@ -170,6 +170,10 @@ class SecureStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._send_busy = True
         try:
+            if not self._session.established:
+                raise ChannelError(
+                    f"the channel to {node_id_short(self.peer_id)} is closed", reason="closed"
+                )
             self._session.send(bytes(data))
             await self._transport.send_all(self._session.data_to_send())
         except BaseException as exc:

@@ -23,6 +23,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -331,9 +332,11 @@ class Store:
 
     def get(self, collection: str, key: str) -> dict[str, Value] | None:
         """The committed document of a record, or None if it is absent or deleted."""
-        row = self._reader.execute(
-            "SELECT doc FROM records WHERE collection = ? AND key = ?", (collection, key)
-        ).fetchone()
+        row = first_row(
+            self._reader,
+            "SELECT doc FROM records WHERE collection = ? AND key = ?",
+            (collection, key),
+        )
         if row is None or row[0] is None:
             return None
         return decode_document(row[0])
@@ -395,11 +398,21 @@ class Store:
     # -- metadata -----------------------------------------------------------------------
 
     def _meta(self, name: str, default: object) -> object:
-        row = self._writer.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        row = first_row(self._writer, "SELECT value FROM meta WHERE name = ?", (name,))
         return default if row is None else row[0]
 
     def _set_meta(self, name: str, value: object) -> None:
         self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+
+def first_row(db: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> Any:
+    """The first row of ``sql``, or None, with the statement run to its end.
+
+    ``fetchone()`` would leave the statement active, and with it a read transaction that
+    keeps every WAL checkpoint on the database from completing.
+    """
+    rows = db.execute(sql, params).fetchall()
+    return rows[0] if rows else None
 
 
 def _log_since(db: sqlite3.Connection, lsn: int, limit: int) -> list[tuple[int, bytes]]:
@@ -425,7 +438,9 @@ class LogReader:
         self._db.close()
 
     def last_lsn(self) -> int:
-        lsn: int = self._db.execute("SELECT coalesce(max(lsn), 0) FROM log").fetchone()[0]
+        row = first_row(self._db, "SELECT coalesce(max(lsn), 0) FROM log")
+        assert row is not None
+        lsn: int = row[0]
         return lsn
 
     def since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
@@ -433,6 +448,8 @@ class LogReader:
 
     def changed(self) -> bool:
         """Whether another connection has committed since the last call."""
-        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        row = first_row(self._db, "PRAGMA data_version")
+        assert row is not None
+        version: int = row[0]
         changed, self._version = version != self._version, version
         return changed

@@ -183,3 +183,15 @@ async def test_receive_after_peer_vanishes_without_close_is_a_channel_error() ->
         await b.receive_some()
     assert info.value.reason == "closed"
     assert isinstance(info.value, trio.BrokenResourceError)  # usable as any trio stream
+
+
+async def test_sending_after_the_peer_closed_is_a_channel_error() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    a, b = await connect(alice, bob, mesh, mesh_copy(mesh))
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    await a.aclose()
+    assert await b.receive_some() == b""
+    with pytest.raises(ChannelError) as info:
+        await b.send_all(b"too late")
+    assert info.value.reason == "closed"

@@ -10,10 +10,10 @@ import trio.testing
 
 from tests.agent.cluster import cluster
 
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
-
-async def test_two_nodes_sync_both_ways_and_stay_in_sync(tmp_path: Path) -> None:
+async def test_two_nodes_sync_both_ways_and_stay_in_sync(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     async with cluster(tmp_path, 2, [(0, 1)]) as c:
         a, b = c.replicas
         for i in range(40):
@@ -29,7 +29,9 @@ async def test_two_nodes_sync_both_ways_and_stay_in_sync(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("shape", ["line", "triangle"])
-async def test_three_nodes_converge(tmp_path: Path, shape: str) -> None:
+async def test_three_nodes_converge(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, shape: str
+) -> None:
     edges = [(0, 1), (1, 2)] if shape == "line" else [(0, 1), (1, 2), (2, 0)]
     async with cluster(tmp_path, 3, edges) as c:
         for i, replica in enumerate(c.replicas):
@@ -40,7 +42,9 @@ async def test_three_nodes_converge(tmp_path: Path, shape: str) -> None:
         assert (await c.replicas[2].query("c", prefix="n0-"))[0].fields == {"from": 0}
 
 
-async def test_concurrent_writes_to_the_same_records_converge(tmp_path: Path) -> None:
+async def test_concurrent_writes_to_the_same_records_converge(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     async with cluster(tmp_path, 3, [(0, 1), (1, 2), (2, 0)]) as c:
         async with trio.open_nursery() as nursery:
             for i, replica in enumerate(c.replicas):
