@@ -268,7 +268,7 @@ class SecureSession:
         if state is _State.AWAIT_READY:
             raise RefusedError(
                 "the peer ended the handshake instead of confirming it: it holds another mesh "
-                "secret, or does not admit this node"
+                "secret, does not admit this node, or went away"
             )
         raise PeerClosedError("the peer ended the connection during the handshake")
 
