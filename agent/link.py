@@ -63,6 +63,7 @@ class Link:
         self._incoming_send, self._incoming = trio.open_memory_channel[Incoming](float("inf"))
         self._scope: trio.CancelScope | None = None
         self.reason: str | None = None
+        self.misbehaved = False  # the peer broke the protocol (worth a warning)
 
     @property
     def peer_id(self) -> bytes | None:
@@ -105,6 +106,7 @@ class Link:
         except LinkEnded as exc:
             self.end(str(exc))
         except RemoteProtocolError as exc:
+            self.misbehaved = True
             self.end(f"protocol error: {exc}")
         except StorageError as exc:
             self.end(f"storage error: {exc}")

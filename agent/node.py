@@ -31,7 +31,7 @@ from agent.link import Link, LinkEnded
 from agent.mesh import Mesh
 from agent.network import Address, Network, format_address
 from agent.replica import Replica
-from agent.secure import ChannelError, LinkScopes, handshake
+from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, handshake
 from agent.store import Applied
 from protocol.codec import decode_change
 from protocol.ids import node_id_short
@@ -53,6 +53,7 @@ class NodeConfig:
     backoff_max_s: float = 30.0
     stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
     max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     cache_changes: int = 65_536  # recent changes kept in memory for the links to send
 
 
@@ -163,6 +164,7 @@ class Node:
                         identity=self.identity,
                         mesh=self.mesh,
                         random_bytes=self._random_bytes,
+                        timeout_s=self.config.handshake_timeout_s,
                     )
             except ChannelError as exc:
                 level = (
@@ -221,13 +223,14 @@ class Node:
         return opener(new) == preferred_initiator(self.node_id, new.peer_id)
 
     def _forget(self, link: Link, reason: str) -> None:
+        level = logging.WARNING if link.misbehaved else logging.INFO
         peer = link.peer_id
         if peer is None or self._links.get(peer) is not link:
-            log.debug("link %s ended before it opened: %s", link.name, reason)
+            log.log(level, "link with %s ended before it opened: %s", link.name, reason)
             return
         del self._links[peer]
         self._gone(peer).set()
-        log.info("link to %s down: %s", link.name, reason)
+        log.log(level, "link to %s down: %s", link.name, reason)
 
     def _gone(self, peer: bytes) -> trio.Event:
         return self._link_gone.setdefault(peer, trio.Event())
