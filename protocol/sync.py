@@ -67,6 +67,8 @@ class SyncConfig:
     dead_after_s: float = 5.0  # silence this long means the link is dead
     summary_every_s: float = 5.0  # anti-entropy: a SUMMARY this often
     stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
+    receive_limit_bytes: int = 8 << 20  # CHANGES received, not yet applied: a peer past this
+    # ignores flow control (an honest sender stays within its window, 4 MiB by default)
 
     def __post_init__(self) -> None:
         if self.dead_after_s <= self.keepalive_s:
@@ -159,6 +161,8 @@ class SyncLink:
         self._applied_batch = 0  # ... and applied here
         self._ack_sent = 0  # ... and acknowledged to the peer
         self._refused = VersionVector()  # the peer's changes this node refused (see `refused`)
+        self._unapplied: deque[tuple[int, int]] = deque()  # (batch, bytes) received, unapplied
+        self._unapplied_bytes = 0
         self._now = now
         self._last_received = now
         self._last_ping = now
@@ -225,6 +229,14 @@ class SyncLink:
         if message.batch != self._received_batch + 1:
             raise SyncError(f"batch {message.batch} arrived after {self._received_batch}")
         self._received_batch = message.batch
+        size = self._decoder.last_size
+        self._unapplied.append((message.batch, size))
+        self._unapplied_bytes += size
+        if self._unapplied_bytes > self._config.receive_limit_bytes:
+            raise SyncError(
+                f"the peer sent {self._unapplied_bytes} bytes of changes not yet applied, over "
+                f"the limit of {self._config.receive_limit_bytes}: it ignores flow control"
+            )
         for change in message.changes:
             self._peer_has.add(change.origin, change.seq)
             self._peer_told.add(change.origin, change.seq)
@@ -268,6 +280,8 @@ class SyncLink:
         if batch > self._received_batch:
             raise LocalProtocolError(f"batch {batch} was never received")
         self._applied_batch = max(self._applied_batch, batch)
+        while self._unapplied and self._unapplied[0][0] <= batch:
+            self._unapplied_bytes -= self._unapplied.popleft()[1]
 
     def refused(self, dots: Sequence[tuple[bytes, int]]) -> None:
         """This node refused these changes of the peer's (a clock too far ahead, say).

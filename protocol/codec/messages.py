@@ -167,6 +167,8 @@ class MessageDecoder:
 
     def __init__(self) -> None:
         self._changes = ChangeDecoder()
+        self._position = 0
+        self.last_size = 0  # bytes of the message `__next__` returned last
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
@@ -193,6 +195,8 @@ class MessageDecoder:
             raise StopIteration from None
         except UNPACK_ERRORS as exc:
             raise DecodeError(f"malformed message: {exc}") from None
+        position = self._unpacker.tell()
+        self.last_size, self._position = position - self._position, position
         return self._message(item)
 
     def _message(self, item: object) -> Message:

@@ -303,3 +303,34 @@ def test_random_graphs_writes_and_chunking_converge(seed: int, nodes: int) -> No
             deliver(link, links[j, i], fakes[j])
     assert all(f.vv == fakes[0].vv for f in fakes)
     assert fakes[0].vv.count() == sum(f.seq for f in fakes)
+
+
+def test_a_peer_that_ignores_flow_control_is_refused() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(400)
+    la = a.link(b, window_bytes=1 << 30, batch_changes=50)  # a misbehaving sender
+    lb = b.link(a, receive_limit_bytes=3_000)  # the 400 changes are about 7.6 KB
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    while ranges := la.plan():
+        la.send_changes(a.fetch(ranges))
+    lb.receive_data(la.data_to_send(), 0.0)
+
+    def receive_without_applying() -> None:
+        while lb.next_event() is not None:
+            pass
+
+    with pytest.raises(SyncError, match="ignores flow control"):
+        receive_without_applying()
+
+
+def test_applying_frees_the_receive_budget() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(400)
+    la = a.link(b, window_bytes=1 << 30, batch_changes=50)
+    lb = b.link(a, receive_limit_bytes=3_000)
+    for _ in range(20):
+        push(la, a)
+        deliver(la, lb, b)  # applies each batch as it arrives
+        deliver(lb, la, a)
+    assert b.vv == a.vv
