@@ -51,14 +51,14 @@ class Invite:
 class Mesh:
     """A node's membership: mesh name, secret, and the allowlist (None: everyone with the secret).
 
-    Removing a node from the allowlist calls every listener registered with `on_revoke`, so
-    that live links to it can be dropped at once.
+    Revoking a node or updating the membership calls every listener registered with
+    `on_change`, so that live links the mesh no longer admits can be dropped at once.
     """
 
     name: str
     secret: bytes
     allowlist: set[bytes] | None = None
-    _listeners: list[Callable[[bytes], None]] = field(default_factory=list, repr=False)
+    _listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def allows(self, node_id: bytes) -> bool:
         """Whether ``node_id`` may complete a handshake with this node."""
@@ -75,14 +75,23 @@ class Mesh:
         if self.allowlist is None or node_id not in self.allowlist:
             return False
         self.allowlist.discard(node_id)
-        for listener in list(self._listeners):
-            listener(node_id)
+        self._changed()
         return True
 
-    def on_revoke(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
-        """Call ``listener(node_id)`` on every revocation; return a function that stops it."""
+    def update(self, other: Mesh) -> None:
+        """Take ``other``'s name, secret and allowlist (a membership file edited on disk)."""
+        self.name, self.secret = other.name, other.secret
+        self.allowlist = None if other.allowlist is None else set(other.allowlist)
+        self._changed()
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every revocation or update; return a function that stops it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def invite(self, inviter: bytes) -> str:
         return encode_invite(Invite(mesh=self.name, secret=self.secret, inviter=inviter))

@@ -232,15 +232,18 @@ class SecureStream(trio.abc.Stream):
 
 
 class LinkScopes:
-    """Cancel scopes of live links, by peer: revoking a node cancels its links at once."""
+    """Cancel scopes of live links, by peer: a node the mesh stops admitting (revoked, or
+    a new secret it may not hold) loses its links at once."""
 
     def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+        self._secret = mesh.secret
         self._scopes: dict[bytes, set[trio.CancelScope]] = {}
-        self._stop = mesh.on_revoke(self.cancel)
+        self._stop = mesh.on_change(self._mesh_changed)
 
     @contextlib.contextmanager
     def link(self, node_id: bytes) -> Iterator[trio.CancelScope]:
-        """Run a link's work inside the block: it is cancelled if ``node_id`` is revoked."""
+        """Run a link's work inside the block: it is cancelled if ``node_id`` loses access."""
         scope = trio.CancelScope()
         scopes = self._scopes.setdefault(node_id, set())
         scopes.add(scope)
@@ -252,11 +255,14 @@ class LinkScopes:
             if not scopes:
                 del self._scopes[node_id]
 
-    def cancel(self, node_id: bytes) -> None:
-        """End every live link to ``node_id`` now."""
-        for scope in self._scopes.get(node_id, ()):
-            log.info("dropping link to %s: no longer trusted", node_id_short(node_id))
-            scope.cancel()
+    def _mesh_changed(self) -> None:
+        rotated, self._secret = self._secret != self._mesh.secret, self._mesh.secret
+        for node_id, scopes in self._scopes.items():
+            if rotated or not self._mesh.allows(node_id):
+                why = "the mesh secret changed" if rotated else "no longer trusted"
+                log.info("dropping link to %s: %s", node_id_short(node_id), why)
+                for scope in scopes:
+                    scope.cancel()
 
     def close(self) -> None:
         self._stop()

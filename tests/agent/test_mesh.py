@@ -122,20 +122,26 @@ def test_bad_mesh_names_are_refused(name: str) -> None:
         new_mesh(name)
 
 
-def test_allowlist_mode_and_revocation_listeners() -> None:
+def test_allowlist_mode_and_change_listeners() -> None:
     mesh = new_mesh("lab")
     a, b = b"\x0a" * 16, b"\x0b" * 16
     assert mesh.allows(a)  # no allowlist: the secret is enough
     mesh.trust([a])
     assert mesh.allows(a)
     assert not mesh.allows(b)
-    revoked: list[bytes] = []
-    stop = mesh.on_revoke(revoked.append)
+    changes: list[set[bytes] | None] = []
+    stop = mesh.on_change(
+        lambda: changes.append(None if mesh.allowlist is None else set(mesh.allowlist))
+    )
     assert mesh.revoke(a)
     assert not mesh.revoke(a)
-    assert revoked == [a]
+    assert changes == [set()]
     assert not mesh.allows(a)
+    edited = new_mesh("lab2")
+    mesh.update(edited)
+    assert (mesh.name, mesh.secret, mesh.allowlist) == ("lab2", edited.secret, None)
+    assert changes == [set(), None]
     stop()
     mesh.trust([b])
     mesh.revoke(b)
-    assert revoked == [a]
+    assert changes == [set(), None]

@@ -195,3 +195,37 @@ async def test_sending_after_the_peer_closed_is_a_channel_error() -> None:
     with pytest.raises(ChannelError) as info:
         await b.send_all(b"too late")
     assert info.value.reason == "closed"
+
+
+@pytest.mark.parametrize("edit", ["rotate", "allowlist-on", "allowlist-off"])
+async def test_a_membership_update_ends_exactly_the_links_it_no_longer_admits(edit: str) -> None:
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    mesh = new_mesh("lab")
+    bob_mesh = mesh_copy(mesh)
+    links = LinkScopes(bob_mesh)
+    ended: dict[str, trio.Event] = {"alice": trio.Event(), "carol": trio.Event()}
+
+    async def bobs_link(name: str, peer: Identity) -> None:
+        a, b = await connect(peer, bob, mesh, bob_mesh)
+        assert isinstance(b, SecureStream)
+        assert isinstance(a, SecureStream)
+        with links.link(b.peer_id):
+            await trio.sleep_forever()
+        ended[name].set()  # only reached when the link's own scope was cancelled
+
+    edited = mesh_copy(mesh)
+    if edit == "rotate":
+        edited = new_mesh("lab")
+    elif edit == "allowlist-on":
+        edited.trust([carol.node_id])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bobs_link, "alice", alice)
+        nursery.start_soon(bobs_link, "carol", carol)
+        await trio.testing.wait_all_tasks_blocked()
+        bob_mesh.update(edited)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    dropped = {name for name, event in ended.items() if event.is_set()}
+    expected = {"rotate": {"alice", "carol"}, "allowlist-on": {"alice"}, "allowlist-off": set()}
+    assert dropped == expected[edit]
+    links.close()
