@@ -7,26 +7,27 @@ mistake prints one line on stderr and exits 1; a usage error exits 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
-from agent import cli_mesh, jsonio
+from agent import cli_agent, cli_mesh, jsonio
+from agent.client import AgentClient, Session, open_session
 from agent.errors import AgentError, ConfigError
-from agent.mesh import MESH_FILE, load_mesh
 from agent.paths import DB_FILE, default_data_dir
-from agent.replica import Replica, open_replica
 from agent.store import Durability, LogReader
 from protocol.codec import decode_change
+from protocol.codec.control import change_event
 from protocol.errors import ProtocolError
-from protocol.ids import node_id_short, node_id_text
-from protocol.model import Delete, Value
+from protocol.ids import node_id_short, parse_node_id
+from protocol.model import Value
 
 WATCH_POLL_S = 0.2  # without an agent, how often `watch` asks SQLite whether the log grew
 WATCH_PAGE = 500  # log entries printed per read
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cli_mesh.register(sub, common, _data_dir)
+    cli_agent.register(sub, common, writes, _data_dir)
 
     p = sub.add_parser("put", parents=[common, writes], help="set fields on a record")
     p.add_argument("collection")
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="node id, data directory, counts")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--digest", action="store_true", help="also hash every record (equal on replicas in sync)"
+    )
     p.set_defaults(run=cmd_info)
     return parser
 
@@ -118,14 +123,16 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
 
 
-def _with_replica(
+def _session(
     args: argparse.Namespace,
-    body: Callable[[Replica], Awaitable[int]],
+    body: Callable[[Session], Awaitable[int]],
     durability: Durability = Durability.NORMAL,
 ) -> int:
+    """Run ``body`` on the data directory's agent if one runs, else on the replica here."""
+
     async def run() -> int:
-        async with open_replica(_data_dir(args), durability=durability) as replica:
-            return await body(replica)
+        async with open_session(_data_dir(args), durability=durability) as session:
+            return await body(session)
 
     return trio.run(run)
 
@@ -148,98 +155,119 @@ def _fields(args: argparse.Namespace) -> dict[str, Value]:
     return fields
 
 
-def cmd_put(args: argparse.Namespace) -> int:
-    fields = _fields(args)
+def _committed(result: dict[str, Any]) -> None:
+    print(f"committed {node_id_short(parse_node_id(str(result['origin'])))}:{result['seq']}")
 
-    async def body(replica: Replica) -> int:
-        change = await replica.put(args.collection, args.key, fields)
-        print(f"committed {node_id_short(change.origin)}:{change.seq}")
+
+def cmd_put(args: argparse.Namespace) -> int:
+    request = {"collection": args.collection, "key": args.key, "fields": _fields(args)}
+
+    async def body(session: Session) -> int:
+        _committed(await session.call("put", request))
         return 0
 
-    return _with_replica(args, body, durability=_durability(args))
+    return _session(args, body, durability=_durability(args))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    async def body(replica: Replica) -> int:
-        change = await replica.delete(args.collection, args.key)
-        print(f"committed {node_id_short(change.origin)}:{change.seq}")
+    async def body(session: Session) -> int:
+        _committed(await session.call("delete", {"collection": args.collection, "key": args.key}))
         return 0
 
-    return _with_replica(args, body, durability=_durability(args))
+    return _session(args, body, durability=_durability(args))
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    async def body(replica: Replica) -> int:
-        document = await replica.get(args.collection, args.key)
+    async def body(session: Session) -> int:
+        document = await session.call("get", {"collection": args.collection, "key": args.key})
         if document is None:
             print(f"blazemesh: {args.collection}/{args.key} not found", file=sys.stderr)
             return 1
         print(jsonio.dumps(document))
         return 0
 
-    return _with_replica(args, body)
+    return _session(args, body)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    where = dict(jsonio.parse_assignment(a) for a in args.where)
+    request: dict[str, Value] = {
+        "collection": args.collection,
+        "where": dict(jsonio.parse_assignment(a) for a in args.where),
+        "prefix": args.prefix,
+        "after": args.after,
+        "limit": args.limit,
+    }
 
-    async def body(replica: Replica) -> int:
-        records = await replica.query(
-            args.collection, where=where, prefix=args.prefix, after=args.after, limit=args.limit
-        )
-        for record in records:
-            print(jsonio.dumps({"key": record.key, "fields": record.fields}))
-        return 0
+    async def body(session: Session) -> int:
+        left = args.limit
+        while True:
+            page = await session.call("query", request)
+            for record in page["records"]:
+                print(jsonio.dumps(record))
+            if page["next"] is None:
+                return 0
+            if left is not None:
+                left -= len(page["records"])
+                request["limit"] = left
+            request["after"] = page["next"]
 
-    return _with_replica(args, body)
+    return _session(args, body)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def body(replica: Replica) -> int:
-        info = replica.info()
-        mesh = load_mesh(info.data_dir) if (info.data_dir / MESH_FILE).exists() else None
-        summary = {
-            "node_id": node_id_text(info.node_id),
-            "short_id": node_id_short(info.node_id),
-            "data_dir": str(info.data_dir),
-            "mesh": None if mesh is None else mesh.name,
-            "allowlist": None if mesh is None or mesh.allowlist is None else len(mesh.allowlist),
-            "changes_held": info.changes_held,
-            "last_lsn": info.last_lsn,
-            "collections": {
-                name: {"records": live, "tombstones": dead}
-                for name, (live, dead) in sorted(info.collections.items())
-            },
-        }
+    async def body(session: Session) -> int:
+        summary = await session.call("info", {"digest": args.digest})
         if args.json:
             print(jsonio.dumps(summary))
             return 0
         print(f"node       {summary['node_id']} ({summary['short_id']})")
         print(f"data dir   {summary['data_dir']}")
-        if mesh is None:
+        if summary["mesh"] is None:
             print("mesh       none: `blazemesh init --mesh NAME` or `blazemesh join CODE`")
         else:
-            admits = (
-                "every holder of the secret"
-                if mesh.allowlist is None
-                else (f"{len(mesh.allowlist)} listed nodes")
+            listed = summary["allowlist"]
+            admits = "every holder of the secret" if listed is None else f"{listed} listed nodes"
+            print(f"mesh       {summary['mesh']!r}, admitting {admits}")
+        if summary["agent"]:
+            listen = ", ".join(summary["listen"])
+            print(f"agent      running, listening on {listen}, {summary['links']} links up")
+        else:
+            print("agent      not running")
+        print(f"changes    {summary['changes_held']} held, log position {summary['last_lsn']}")
+        for name, counts in summary["collections"].items():
+            print(
+                f"collection {name}: {counts['records']} records, {counts['tombstones']} tombstones"
             )
-            print(f"mesh       {mesh.name!r}, admitting {admits}")
-        print(f"changes    {info.changes_held} held, log position {info.last_lsn}")
-        for name, (live, dead) in sorted(info.collections.items()):
-            print(f"collection {name}: {live} records, {dead} tombstones")
+        if "digest" in summary:
+            print(f"digest     {summary['digest']}")
         return 0
 
-    return _with_replica(args, body)
+    return _session(args, body)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    path = _data_dir(args) / DB_FILE
-    return trio.run(_follow_log, path, args.collection, args.since, args.follow)
+    return trio.run(_watch, _data_dir(args), args.collection, args.since, args.follow)
 
 
-async def _follow_log(path: Path, collection: str | None, since: int | None, follow: bool) -> int:
-    """Print log entries as JSON lines, following the log of whichever process writes it."""
+async def _watch(data_dir: Path, collection: str | None, since: int | None, follow: bool) -> int:
+    request: dict[str, Value] = {"collection": collection, "since": since, "follow": follow}
+    client = await AgentClient.connect(data_dir, client="blazemesh-cli")
+    if client is None and follow:
+        return await _follow_log(data_dir / DB_FILE, collection, since)
+    async with contextlib.AsyncExitStack() as stack:
+        session: Session
+        if client is None:
+            session = await stack.enter_async_context(open_session(data_dir))
+        else:
+            stack.push_async_callback(client.aclose)
+            session = client
+        async for event in session.stream("watch", request):
+            _print_event(event)
+    return 0
+
+
+async def _follow_log(path: Path, collection: str | None, since: int | None) -> int:
+    """Without an agent: print log entries as they commit, by whichever process writes."""
     reader = await trio.to_thread.run_sync(LogReader, path)
     try:
         lsn = reader.last_lsn() if since is None else since
@@ -247,11 +275,11 @@ async def _follow_log(path: Path, collection: str | None, since: int | None, fol
         while True:
             rows = reader.since(lsn, WATCH_PAGE)
             for lsn, blob in rows:
-                _print_change(lsn, blob, collection)
+                event = change_event(lsn, decode_change(blob), collection)
+                if event["ops"]:
+                    _print_event(event)
             if rows:
                 continue
-            if not follow:
-                return 0
             # SQLite offers no cross-process notification, so without an agent this polls
             # (one PRAGMA); with an agent running, watch is pushed through its socket.
             while not reader.changed():  # noqa: ASYNC110
@@ -260,19 +288,8 @@ async def _follow_log(path: Path, collection: str | None, since: int | None, fol
         reader.close()
 
 
-def _print_change(lsn: int, blob: bytes, collection: str | None) -> None:
-    change = decode_change(blob)
-    for op in change.ops:
-        if collection is not None and op.collection != collection:
-            continue
-        line: dict[str, object] = {
-            "lsn": lsn,
-            "origin": node_id_text(change.origin),
-            "seq": change.seq,
-            "op": "delete" if isinstance(op, Delete) else "put",
-            "collection": op.collection,
-            "key": op.key,
-        }
-        if not isinstance(op, Delete):
-            line["fields"] = dict(op.fields)
+def _print_event(event: dict[str, Any]) -> None:
+    """One JSON line per op of a `watch` event."""
+    for op in event["ops"]:
+        line = {"lsn": event["lsn"], "origin": event["origin"], "seq": event["seq"], **op}
         print(jsonio.dumps(line), flush=True)

@@ -6,6 +6,9 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
+
+from agent.client import AgentClient
 from agent.errors import ConfigError
 from agent.identity import Identity, create_identity, load_identity
 from agent.mesh import MESH_FILE, Mesh, decode_invite, load_mesh, new_mesh, save_mesh
@@ -111,12 +114,30 @@ def cmd_join(data_dir: Path, args: argparse.Namespace) -> int:
                 f"{data_dir} belongs to mesh {current.name!r}; add --force to leave it for "
                 f"{invite.mesh!r}"
             )
-    save_mesh(data_dir, Mesh(name=invite.mesh, secret=invite.secret))
+    _save(data_dir, Mesh(name=invite.mesh, secret=invite.secret))
     print(
         f"joined mesh {invite.mesh!r} (invited by {node_id_short(invite.inviter)}); "
         f"this node is {identity.text} ({identity.short})"
     )
     return 0
+
+
+def _save(data_dir: Path, mesh: Mesh) -> None:
+    """Save the membership and have the running agent, if any, apply it at once."""
+    save_mesh(data_dir, mesh)
+
+    async def tell_agent() -> bool:
+        client = await AgentClient.connect(data_dir, client="blazemesh-cli")
+        if client is None:
+            return False
+        try:
+            await client.call("mesh.reload", {})
+        finally:
+            await client.aclose()
+        return True
+
+    if trio.run(tell_agent):
+        print("the running agent applied the change; links it no longer admits are closed")
 
 
 def _node_ids(texts: list[str]) -> list[bytes]:
@@ -130,7 +151,7 @@ def cmd_trust_add(data_dir: Path, args: argparse.Namespace) -> int:
     mesh = load_mesh(data_dir)
     was_open = mesh.allowlist is None
     mesh.trust(_node_ids(args.node_ids))
-    save_mesh(data_dir, mesh)
+    _save(data_dir, mesh)
     if was_open:
         print("allowlist mode is on: only listed nodes can connect to this node")
     print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
@@ -144,7 +165,7 @@ def cmd_trust_remove(data_dir: Path, args: argparse.Namespace) -> int:
         for text, n in zip(args.node_ids, _node_ids(args.node_ids), strict=True)
         if not mesh.revoke(n)
     ]
-    save_mesh(data_dir, mesh)
+    _save(data_dir, mesh)
     if missing:
         raise ConfigError(f"not on the allowlist: {', '.join(missing)}")
     print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
@@ -164,7 +185,7 @@ def cmd_trust_list(data_dir: Path, args: argparse.Namespace) -> int:
 def cmd_trust_disable(data_dir: Path, args: argparse.Namespace) -> int:
     mesh = load_mesh(data_dir)
     mesh.allowlist = None
-    save_mesh(data_dir, mesh)
+    _save(data_dir, mesh)
     print("allowlist mode is off: every holder of the mesh secret can connect")
     return 0
 
@@ -174,7 +195,7 @@ def cmd_rotate(data_dir: Path, args: argparse.Namespace) -> int:
     old = load_mesh(data_dir)
     mesh = new_mesh(old.name)
     mesh.allowlist = old.allowlist
-    save_mesh(data_dir, mesh)
+    _save(data_dir, mesh)
     print(
         f"mesh {mesh.name!r} has a new secret; devices holding the old one can no longer "
         "connect to this node. New join code:"

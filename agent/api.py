@@ -1,0 +1,258 @@
+"""The operations of the local API: what the control socket serves and the CLI calls.
+
+One table of operations serves both ways in: a running agent dispatches control-socket
+requests to it (`agent.control`), and the CLI calls it in-process when no agent runs, so
+a command means the same thing either way. Arguments and results are plain msgpack
+values (docs/api.md, "The control socket", lists every operation); node ids travel as
+their base32 text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from agent.errors import AgentError, ConfigError
+from agent.mesh import MESH_FILE, Mesh, load_mesh
+from agent.network import format_address
+from agent.node import Node
+from agent.observe import Overflow
+from agent.replica import Replica
+from protocol.codec.control import change_event, parse_op
+from protocol.errors import DecodeError
+from protocol.ids import node_id_short, node_id_text
+from protocol.model import Change, Value
+
+QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
+WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up
+
+T = TypeVar("T")
+Args = Mapping[str, Value]
+Call = Callable[[Args], Awaitable[Value]]
+Stream = Callable[[Args], AsyncGenerator[Value, None]]
+
+
+class RequestError(AgentError):
+    """Raised for a request the API cannot run: unknown op, missing or mistyped argument."""
+
+    code = "bad-request"
+
+
+class UnknownOpError(RequestError):
+    """Raised for an operation the API does not have."""
+
+    code = "unknown-op"
+
+
+class NoAgentError(AgentError):
+    """Raised when an operation needs a running agent (its links, its mesh) and none runs."""
+
+    code = "no-agent"
+
+
+_REQUIRED = object()
+
+
+def arg(args: Args, name: str, kind: type[T], default: object = _REQUIRED) -> T:
+    """``args[name]`` checked to be a ``kind``; ``default`` (which may be None) if absent."""
+    value = args.get(name, default)
+    if value is _REQUIRED:
+        raise RequestError(f"missing argument {name!r}")
+    if value is not default and not (
+        isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    ):
+        raise RequestError(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value  # type: ignore[return-value]
+
+
+def _change(change: Change) -> Value:
+    return {"origin": node_id_text(change.origin), "seq": change.seq, "hlc": change.hlc}
+
+
+class Operations:
+    """The API over one replica, and over the node around it when an agent runs it."""
+
+    def __init__(self, replica: Replica, *, node: Node | None = None) -> None:
+        self.replica = replica
+        self.node = node
+        self.calls: dict[str, Call] = {
+            "info": self.info,
+            "get": self.get,
+            "put": self.put,
+            "delete": self.delete,
+            "commit": self.commit,
+            "query": self.query,
+            "peers": self.peers,
+            "mesh.reload": self.reload_mesh,
+        }
+        self.streams: dict[str, Stream] = {"watch": self.watch}
+
+    async def call(self, op: str, args: Args) -> Value:
+        """Run a request-reply operation."""
+        call = self.calls.get(op)
+        if call is None:
+            raise UnknownOpError(self._unknown(op))
+        return await call(args)
+
+    def stream(self, op: str, args: Args) -> AsyncGenerator[Value, None]:
+        """Open a streaming operation: an iterator of its events."""
+        stream = self.streams.get(op)
+        if stream is None:
+            raise UnknownOpError(self._unknown(op))
+        return stream(args)
+
+    def _unknown(self, op: str) -> str:
+        known = ", ".join(sorted([*self.calls, *self.streams]))
+        return f"no operation {op!r}; the operations are {known}"
+
+    # -- records -----------------------------------------------------------------------
+
+    async def get(self, args: Args) -> Value:
+        return await self.replica.get(arg(args, "collection", str), arg(args, "key", str))
+
+    async def put(self, args: Args) -> Value:
+        collection, key = arg(args, "collection", str), arg(args, "key", str)
+        return _change(await self.replica.put(collection, key, arg(args, "fields", dict)))
+
+    async def delete(self, args: Args) -> Value:
+        collection, key = arg(args, "collection", str), arg(args, "key", str)
+        return _change(await self.replica.delete(collection, key))
+
+    async def commit(self, args: Args) -> Value:
+        try:
+            ops = [parse_op(op) for op in arg(args, "ops", list)]
+        except DecodeError as exc:
+            raise RequestError(str(exc)) from None
+        return _change(await self.replica.commit(ops))
+
+    async def query(self, args: Args) -> Value:
+        """``{"records": [{"key", "fields"}...], "next": key or None}``: a page of at most
+        `QUERY_PAGE_MAX` records; pass ``next`` as ``after`` for the following page."""
+        limit = arg(args, "limit", int, None)
+        if limit is not None and limit < 0:
+            raise RequestError(f"limit must be >= 0, got {limit}")
+        page = QUERY_PAGE_MAX if limit is None else min(limit, QUERY_PAGE_MAX)
+        records = await self.replica.query(
+            arg(args, "collection", str),
+            where=arg(args, "where", dict, None),
+            prefix=arg(args, "prefix", str, ""),
+            after=arg(args, "after", str, None),
+            limit=page + 1,
+        )
+        more = len(records) > page and (limit is None or limit > page)
+        return {
+            "records": [{"key": r.key, "fields": r.fields} for r in records[:page]],
+            "next": records[page - 1].key if more else None,
+        }
+
+    async def watch(self, args: Args) -> AsyncGenerator[Value, None]:
+        """Every change committed after log position ``since`` (default: now), as
+        `change_event`s, then (if ``follow``, the default) each new one as it commits;
+        never skips one."""
+        collection = arg(args, "collection", str, None)
+        since = arg(args, "since", int, None)
+        follow = arg(args, "follow", bool, True)
+        replica = self.replica
+        with replica.observe(collection) as observer:
+            lsn = replica.info().last_lsn if since is None else since
+            while True:
+                while page := replica.changes_since(lsn, limit=WATCH_LOG_PAGE):
+                    for lsn, change in page:
+                        event = change_event(lsn, change, collection)
+                        if event["ops"]:
+                            yield event
+                if not follow:
+                    return
+                async for item in observer:
+                    if isinstance(item, Overflow):
+                        break  # fell behind: catch up from the log, then follow again
+                    if item.lsn > lsn:
+                        lsn = item.lsn
+                        yield change_event(lsn, item.change, collection)
+                else:
+                    return
+
+    # -- the node ----------------------------------------------------------------------
+
+    async def info(self, args: Args) -> Value:
+        await trio.lowlevel.checkpoint()
+        info = self.replica.info()
+        mesh = self._mesh(info.data_dir)
+        result: dict[str, Value] = {
+            "node_id": node_id_text(info.node_id),
+            "short_id": node_id_short(info.node_id),
+            "data_dir": str(info.data_dir),
+            "mesh": None if mesh is None else mesh.name,
+            "allowlist": None if mesh is None or mesh.allowlist is None else len(mesh.allowlist),
+            "changes_held": info.changes_held,
+            "last_lsn": info.last_lsn,
+            "collections": {
+                name: {"records": live, "tombstones": dead}
+                for name, (live, dead) in sorted(info.collections.items())
+            },
+            "agent": self.node is not None,
+        }
+        if self.node is not None:
+            result["listen"] = [format_address(a) for a in self.node.bound]
+            result["links"] = len(self.node.peers())
+        if arg(args, "digest", bool, False):
+            result["digest"] = self.replica.digest()
+        return result
+
+    def _mesh(self, data_dir: Path) -> Mesh | None:
+        if self.node is not None:
+            return self.node.mesh
+        return load_mesh(data_dir) if (data_dir / MESH_FILE).exists() else None
+
+    def _node(self) -> Node:
+        if self.node is None:
+            raise NoAgentError(
+                f"no agent is running on {self.replica.data_dir}: start one with `blazemesh agent`"
+            )
+        return self.node
+
+    async def peers(self, args: Args) -> Value:
+        """Every open link, as `blazemesh peers` shows it."""
+        node = self._node()
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        out: list[Value] = []
+        for peer in node.peers():
+            s = peer.sync
+            out.append(
+                {
+                    "node_id": node_id_text(peer.node_id),
+                    "short_id": node_id_short(peer.node_id),
+                    "address": format_address(peer.address),
+                    "direction": "dialled" if peer.initiated else "accepted",
+                    "state": "in sync" if s.in_sync else ("syncing" if s.open else "closing"),
+                    "up_s": round(now - peer.up_since, 3),
+                    "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3),
+                    "last_contact_s": round(now - s.last_contact, 3),
+                    "behind_in": s.behind_in,
+                    "behind_out": s.behind_out,
+                    "changes_sent": s.changes_sent,
+                    "changes_received": s.changes_received,
+                    "bytes_sent": s.bytes_sent,
+                    "bytes_received": s.bytes_received,
+                    "in_flight_bytes": s.in_flight_bytes,
+                }
+            )
+        return out
+
+    async def reload_mesh(self, args: Args) -> Value:
+        """Re-read mesh.json after a membership command changed it; links that are no
+        longer allowed end at once."""
+        node = self._node()
+        try:
+            mesh = await trio.to_thread.run_sync(load_mesh, self.replica.data_dir)
+        except ConfigError as exc:
+            raise RequestError(str(exc)) from None
+        node.mesh.update(mesh)
+        return {
+            "mesh": mesh.name,
+            "allowlist": None if mesh.allowlist is None else len(mesh.allowlist),
+        }

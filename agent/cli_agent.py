@@ -1,0 +1,120 @@
+"""The agent's commands: ``blazemesh agent`` runs it, ``blazemesh peers`` shows its links."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent import jsonio
+from agent.client import open_session
+from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
+from agent.errors import ConfigError
+from agent.network import Address, parse_address
+from agent.store import Durability
+
+DataDir = Callable[[argparse.Namespace], Path]
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    writes: argparse.ArgumentParser,
+    data_dir: DataDir,
+) -> None:
+    """Add ``agent`` and ``peers`` to the ``blazemesh`` parser."""
+    p = sub.add_parser(
+        "agent",
+        parents=[common, writes],
+        help="run this node: sync with peers, serve the other commands",
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"where peers reach this node; repeatable (default: 0.0.0.0:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer to keep a link to; repeatable",
+    )
+    p.add_argument(
+        "--discovery",
+        choices=["none"],
+        default="none",
+        help="how to find peers besides --peer: none (mDNS is not built yet)",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(run=lambda args: cmd_agent(data_dir(args), args))
+
+    p = sub.add_parser("peers", parents=[common], help="the running agent's links to its peers")
+    p.add_argument("--json", action="store_true", help="one JSON object per link")
+    p.set_defaults(run=lambda args: cmd_peers(data_dir(args), args))
+
+
+def _addresses(texts: list[str], option: str) -> list[Address]:
+    try:
+        return [parse_address(text, DEFAULT_PORT) for text in texts]
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
+    config = AgentConfig(
+        data_dir=data_dir,
+        listen=_addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN],
+        peers=_addresses(args.peer, "--peer"),
+        durability=Durability(args.durability),
+    )
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    trio.run(run_agent, config)
+    return 0
+
+
+def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
+    async def run() -> list[dict[str, Any]]:
+        async with open_session(data_dir) as session:
+            links: list[dict[str, Any]] = await session.call("peers", {})
+        return links
+
+    links = trio.run(run)
+    if args.json:
+        for link in links:
+            print(jsonio.dumps(link))
+        return 0
+    if not links:
+        print("no links up")
+        return 0
+    print(
+        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<8} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
+        "CHANGES sent/recv  BYTES sent/recv"
+    )
+    for link in links:
+        rtt = "-" if link["rtt_ms"] is None else f"{link['rtt_ms']:.1f}ms"
+        print(
+            f"{link['short_id']} ({link['direction']})".ljust(25)
+            + f"{link['address']:<22} {link['state']:<8} {rtt:>8} {link['last_contact_s']:>5.1f}s"
+            + f"  {link['behind_in']}/{link['behind_out']}".ljust(15)
+            + f"{link['changes_sent']}/{link['changes_received']}".ljust(19)
+            + f"{_size(link['bytes_sent'])}/{_size(link['bytes_received'])}"
+        )
+    return 0
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n}B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f}{unit}"
