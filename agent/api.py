@@ -28,6 +28,7 @@ from protocol.model import Change, Value
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
 WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up
+WATCH_BUFFER = 1_024  # changes a watch buffers before it falls back to reading the log
 
 T = TypeVar("T")
 Args = Mapping[str, Value]
@@ -156,7 +157,7 @@ class Operations:
         since = arg(args, "since", int, None)
         follow = arg(args, "follow", bool, True)
         replica = self.replica
-        with replica.observe(collection) as observer:
+        with replica.observe(collection, capacity=WATCH_BUFFER) as observer:
             lsn = replica.info().last_lsn if since is None else since
             while True:
                 while page := replica.changes_since(lsn, limit=WATCH_LOG_PAGE):

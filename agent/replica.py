@@ -37,6 +37,7 @@ from protocol.errors import RemoteProtocolError, ValidationError
 from protocol.hlc import DEFAULT_MAX_SKEW_MS
 from protocol.model import (
     MAX_COLLECTION_BYTES,
+    MAX_KEY_BYTES,
     MAX_OPS_PER_CHANGE,
     Change,
     Delete,
@@ -324,6 +325,8 @@ class Replica:
         """The record's fields, or None if it does not exist or is deleted."""
         await trio.lowlevel.checkpoint()
         self._check_open()
+        validate_name("collection", collection, MAX_COLLECTION_BYTES, system=True)
+        validate_name("key", key, MAX_KEY_BYTES, system=True)
         return self._store.get(collection, key)
 
     async def query(

@@ -1,0 +1,353 @@
+"""The control socket of an agent running in this process, over a real Unix socket."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import stat
+import struct
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from agent import api, control
+from agent.client import AgentCallError, AgentClient, open_session
+from agent.mesh import new_mesh, save_mesh
+from agent.network import MemoryNetwork
+from agent.node import Node
+from agent.paths import CONTROL_SOCKET
+from agent.replica import open_replica
+from protocol.codec.control import (
+    CONTROL_VERSION,
+    MAX_CONTROL_FRAME_BYTES,
+    Event,
+    Failure,
+    Reply,
+    ReplyDecoder,
+    Request,
+    Result,
+    encode_frame,
+)
+from protocol.model import Value
+
+pytestmark = pytest.mark.system
+
+
+@dataclass
+class Agent:
+    data_dir: Path
+    node: Node
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / CONTROL_SOCKET
+
+
+@pytest.fixture
+def data_dir() -> AsyncIterator[Path]:
+    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="bm-") as top:
+        yield Path(top) / "node"
+
+
+@contextlib.asynccontextmanager
+async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
+    async with open_replica(data_dir, create=True) as replica, trio.open_nursery() as nursery:
+        mesh = new_mesh("lab")
+        save_mesh(data_dir, mesh)
+        node = Node(replica=replica, identity=replica.identity, mesh=mesh, network=MemoryNetwork())
+        await nursery.start(node.run)
+        await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
+        yield Agent(data_dir, node)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def agent(data_dir: Path) -> AsyncIterator[Agent]:
+    async with running_agent(data_dir) as a:
+        yield a
+
+
+@contextlib.asynccontextmanager
+async def client(agent: Agent) -> AsyncIterator[AgentClient]:
+    c = await AgentClient.connect(agent.data_dir)
+    assert c is not None
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+class Raw:
+    """A client that sends whatever bytes it is told to."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = ReplyDecoder()
+
+    async def send(self, frame: Request) -> None:
+        await self.stream.send_all(encode_frame(frame))
+
+    async def reply(self) -> Reply | None:
+        """The next frame, or None once the agent has closed the connection."""
+        while True:
+            for frame in self.decoder:
+                return frame
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                return None
+            self.decoder.feed(data)
+
+    async def hello(self) -> None:
+        await self.send(Request(id=0, op="hello", args={"version": CONTROL_VERSION}))
+        reply = await self.reply()
+        assert isinstance(reply, Result)
+
+
+@contextlib.asynccontextmanager
+async def raw(agent: Agent) -> AsyncIterator[Raw]:
+    stream = await trio.open_unix_socket(os.fspath(agent.socket))
+    async with stream:
+        yield Raw(stream)
+
+
+# -- the operations ----------------------------------------------------------------------
+
+
+async def test_records_through_the_socket(agent: Agent) -> None:
+    async with client(agent) as c:
+        assert c.hello["node_id"] == agent.node.identity.text
+        assert "put" in c.hello["ops"]
+        assert c.hello["streams"] == ["watch"]
+        put = await c.call("put", {"collection": "bugs", "key": "b1", "fields": {"n": 1}})
+        assert put["seq"] == 1
+        assert put["origin"] == agent.node.identity.text
+        tx = {
+            "ops": [
+                {"op": "put", "collection": "bugs", "key": "b2", "fields": {"n": 2, "raw": b"\0"}},
+                {"op": "delete", "collection": "bugs", "key": "b1"},
+            ]
+        }
+        assert (await c.call("commit", tx))["seq"] == 2
+        assert await c.call("get", {"collection": "bugs", "key": "b1"}) is None
+        assert await c.call("get", {"collection": "bugs", "key": "b2"}) == {"n": 2, "raw": b"\0"}
+        assert (await c.call("delete", {"collection": "bugs", "key": "b2"}))["seq"] == 3
+        info = await c.call("info", {"digest": True})
+    assert info["agent"] is True
+    assert info["changes_held"] == 3
+    assert info["digest"] == agent.node.replica.digest()
+
+
+async def test_queries_come_in_pages(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "QUERY_PAGE_MAX", 3)
+    async with client(agent) as c:
+        for i in range(8):
+            await c.call("put", {"collection": "c", "key": f"k{i}", "fields": {"even": i % 2 == 0}})
+
+        async def query_all(**args: Value) -> list[str]:
+            keys: list[str] = []
+            request: dict[str, Value] = {"collection": "c", **args}
+            while True:
+                page = await c.call("query", request)
+                assert len(page["records"]) <= 3
+                keys += [r["key"] for r in page["records"]]
+                if page["next"] is None:
+                    return keys
+                request["after"] = page["next"]
+                if isinstance(request.get("limit"), int):
+                    request["limit"] -= len(page["records"])  # type: ignore[operator]
+
+        assert await query_all() == [f"k{i}" for i in range(8)]
+        assert await query_all(where={"even": True}) == ["k0", "k2", "k4", "k6"]
+        assert await query_all(limit=5) == ["k0", "k1", "k2", "k3", "k4"]
+        assert await query_all(limit=3) == ["k0", "k1", "k2"]
+
+
+async def test_the_same_operations_run_in_process_when_no_agent_runs(data_dir: Path) -> None:
+    async with running_agent(data_dir):
+        pass
+    async with open_session(data_dir) as session:
+        assert not isinstance(session, AgentClient)
+        await session.call("put", {"collection": "c", "key": "k", "fields": {"x": 1}})
+        info = await session.call("info", {})
+        assert info["agent"] is False
+        with pytest.raises(api.NoAgentError, match="no agent is running"):
+            await session.call("peers", {})
+        events = [e async for e in session.stream("watch", {"since": 0, "follow": False})]
+    assert [e["seq"] for e in events] == [1]
+
+
+async def test_errors_are_replies_with_codes(agent: Agent) -> None:
+    cases: list[tuple[str, dict[str, Value], str, str]] = [
+        ("frobnicate", {}, "unknown-op", "no operation 'frobnicate'"),
+        ("get", {"collection": "c"}, "bad-request", "missing argument 'key'"),
+        ("get", {"collection": 1, "key": "k"}, "bad-request", "must be str"),
+        ("put", {"collection": "c", "key": "k", "fields": {"x": math.nan}}, "invalid", "NaN"),
+        ("put", {"collection": "_sys", "key": "k", "fields": {}}, "invalid", "reserved"),
+        ("commit", {"ops": [{"op": "upsert"}]}, "bad-request", "an op is"),
+        ("query", {"collection": "c", "limit": -1}, "bad-request", "limit"),
+        ("get", {"collection": "c", "key": "x" * 5000}, "invalid", "key"),
+    ]
+    async with client(agent) as c:
+        for op, args, code, message in cases:
+            with pytest.raises(AgentCallError, match=message) as info:
+                await c.call(op, args)
+            assert info.value.code == code, (op, args)
+        assert await c.call("get", {"collection": "c", "key": "k"}) is None  # still serving
+    assert agent.node.replica.info().changes_held == 0
+
+
+async def test_peers_lists_links(agent: Agent) -> None:
+    async with client(agent) as c:
+        assert await c.call("peers", {}) == []
+
+
+async def test_mesh_reload_applies_an_edited_membership_file(agent: Agent) -> None:
+    edited = new_mesh("lab-renamed")
+    edited.trust([b"\x01" * 16])
+    save_mesh(agent.data_dir, edited)
+    async with client(agent) as c:
+        assert await c.call("mesh.reload", {}) == {"mesh": "lab-renamed", "allowlist": 1}
+    assert agent.node.mesh.secret == edited.secret
+    assert agent.node.mesh.allowlist == {b"\x01" * 16}
+
+
+# -- watch -------------------------------------------------------------------------------
+
+
+async def test_watch_catches_up_then_follows(agent: Agent) -> None:
+    replica = agent.node.replica
+    await replica.put("a", "k1", {"x": 1})
+    await replica.put("b", "k2", {"x": 2})
+    async with client(agent) as c:
+        events = c.stream("watch", {"since": 0, "collection": "a"})
+        first = await events.__anext__()
+        assert (first["lsn"], first["ops"][0]["key"]) == (1, "k1")
+        await replica.put("b", "k3", {"x": 3})
+        await replica.put("a", "k4", {"x": 4})
+        second = await events.__anext__()
+        assert (second["lsn"], second["ops"][0]["key"]) == (4, "k4")
+        await events.aclose()
+
+
+async def test_a_lagging_watch_skips_nothing(
+    agent: Agent, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "WATCH_BUFFER", 4)
+    async with open_replica(data_dir.parent / "other", create=True) as other:
+        for i in range(60):
+            await other.put("c", f"k{i}", {"i": i})
+        remote = [change for _, change in other.changes_since(0, limit=100)]
+    replica = agent.node.replica
+    await replica.put("c", "first", {})
+    async with raw(agent) as r:
+        await r.hello()
+        await r.send(Request(id=1, op="watch", args={"since": 1}))
+        await replica.put("c", "before", {})
+        await replica.apply_remote(remote)  # 60 changes in one commit: the buffer of 4 overflows
+        await replica.put("c", "after", {})
+        seen: list[int] = []
+        with trio.fail_after(30):
+            while len(seen) < 62:
+                reply = await r.reply()
+                assert isinstance(reply, Event)
+                assert isinstance(reply.value, dict)
+                seen.append(reply.value["lsn"])  # type: ignore[arg-type]
+    assert seen == list(range(2, 64))
+
+
+async def test_cancelling_a_watch_ends_it_with_a_final_reply(agent: Agent) -> None:
+    async with raw(agent) as r:
+        await r.hello()
+        await r.send(Request(id=5, op="watch", args={"since": 0}))
+        await agent.node.replica.put("c", "k", {})
+        assert isinstance(await r.reply(), Event)  # the stream is live
+        await r.send(Request(id=6, op="cancel", args={"id": 5}))
+        replies = {await r.reply(), await r.reply()}
+        assert replies == {Result(id=5, value="cancelled"), Result(id=6, value=True)}
+        await r.send(Request(id=7, op="cancel", args={"id": 5}))
+        assert await r.reply() == Result(id=7, value=False)
+
+
+# -- hostile and clumsy clients ----------------------------------------------------------
+
+
+async def test_the_socket_is_private_and_removed_at_shutdown(data_dir: Path) -> None:
+    await trio.Path(data_dir).mkdir(parents=True)
+    await trio.Path(data_dir / CONTROL_SOCKET).write_text("left by an agent that died")
+    async with running_agent(data_dir) as agent:
+        mode = agent.socket.stat().st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o600
+    assert not agent.socket.exists()
+    async with open_session(data_dir) as session:  # no agent: the CLI opens the replica
+        assert not isinstance(session, AgentClient)
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (Request(id=1, op="info", args={}), "hello-required"),
+        (Request(id=1, op="hello", args={"version": 99}), "version"),
+    ],
+)
+async def test_hello_comes_first_and_must_match(agent: Agent, first: Request, code: str) -> None:
+    async with raw(agent) as r:
+        await r.send(first)
+        reply = await r.reply()
+        assert isinstance(reply, Failure)
+        assert reply.code == code
+        assert await r.reply() is None  # and the agent hung up
+
+
+GARBAGE = [
+    b"\xff" * 64,
+    struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # msgpack's never-used byte
+    struct.pack(">I", 1) + b"\x01",  # a frame that is not a map
+    struct.pack(">I", MAX_CONTROL_FRAME_BYTES + 1),  # oversized, refused from its header
+    encode_frame(Result(id=1, value=None)),  # a reply where a request belongs
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+async def test_a_malformed_frame_costs_only_that_connection(
+    agent: Agent, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with raw(agent) as bystander, raw(agent) as r:
+        await bystander.hello()
+        await r.hello()
+        await r.stream.send_all(garbage)
+        reply = await r.reply()
+        assert isinstance(reply, Failure)
+        assert reply.code == "malformed"
+        assert await r.reply() is None
+        await bystander.send(Request(id=2, op="get", args={"collection": "c", "key": "k"}))
+        assert await bystander.reply() == Result(id=2, value=None)
+    assert "malformed frame" in caplog.text
+
+
+async def test_random_requests_each_get_one_reply_and_harm_nothing(agent: Agent) -> None:
+    rng = random.Random(7)
+    junk: list[Any] = [None, True, -1, 2**40, 1.5, "", "x" * 300, b"\0", [], {}, {"a": [1]}]
+    names = ["info", "get", "put", "delete", "commit", "query", "peers", "hello", "cancel", "zap"]
+    keys = ["collection", "key", "fields", "ops", "where", "prefix", "after", "limit", "id", "x"]
+    async with raw(agent) as r:
+        await r.hello()
+        for i in range(1, 301):
+            args = {k: rng.choice([*junk, "c", "k", {"f": 1}]) for k in rng.sample(keys, 3)}
+            await r.send(Request(id=i, op=rng.choice(names), args=args))
+            reply = await r.reply()
+            assert isinstance(reply, Result | Failure)
+            assert reply.id == i
+            if isinstance(reply, Failure):
+                assert reply.code != "internal", reply.message
+    async with client(agent) as c:
+        assert (await c.call("info", {}))["agent"] is True
