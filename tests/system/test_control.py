@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -19,6 +20,7 @@ import trio
 import trio.testing
 
 from agent import api, control
+from agent.cli import main
 from agent.client import AgentCallError, AgentClient, open_session
 from agent.mesh import new_mesh, save_mesh
 from agent.network import MemoryNetwork
@@ -36,6 +38,7 @@ from protocol.codec.control import (
     Result,
     encode_frame,
 )
+from protocol.ids import node_id_text
 from protocol.model import Value
 
 pytestmark = pytest.mark.system
@@ -351,3 +354,29 @@ async def test_random_requests_each_get_one_reply_and_harm_nothing(agent: Agent)
                 assert reply.code != "internal", reply.message
     async with client(agent) as c:
         assert (await c.call("info", {}))["agent"] is True
+
+
+async def test_cli_commands_go_through_the_running_agent(
+    agent: Agent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def cli(*argv: str) -> tuple[int, str]:
+        def run() -> int:
+            with pytest.raises(SystemExit) as exit_info:
+                main([*argv, "--data-dir", str(agent.data_dir)])
+            code = exit_info.value.code
+            assert isinstance(code, int)
+            return code
+
+        code = await trio.to_thread.run_sync(run)
+        return code, capsys.readouterr().out
+
+    # The agent holds the data directory's lock: these only work through its socket.
+    assert (await cli("put", "bugs", "b1", "title=x"))[0] == 0
+    assert await cli("get", "bugs", "b1") == (0, '{"title":"x"}\n')
+    code, out = await cli("watch", "--since", "0", "--no-follow")
+    assert (code, json.loads(out)["key"]) == (0, "b1")
+    code, out = await cli("info", "--json")
+    assert (code, json.loads(out)["agent"]) == (0, True)
+    assert await cli("peers", "--json") == (0, "")
+    assert (await cli("trust", "add", node_id_text(b"\x02" * 16)))[0] == 0
+    assert agent.node.mesh.allowlist == {b"\x02" * 16}  # applied by the agent at once
