@@ -66,24 +66,51 @@ async def run_agent(
             mesh.name,
             data_dir,
         )
-        async with trio.open_nursery() as nursery:
-            try:
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
-            except OSError as exc:
-                where = ", ".join(format_address(a) for a in config.listen)
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(
-                        f"cannot listen on {where}: the port is in use (another agent?); "
-                        "choose another with --listen HOST:PORT"
-                    ) from None
-                raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-            await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
-            for peer in config.peers:
-                log.info("static peer %s", format_address(peer))
-            task_status.started(node)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    break
-            nursery.cancel_scope.cancel()
+                await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
+                started = True
+                for peer in config.peers:
+                    log.info("static peer %s", format_address(peer))
+                task_status.started(node)
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        break
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = None if started else _startup_error(group, config.listen)
+            if error is None:
+                raise
+            raise error from None
     log.info("stopped; links closed, database closed")
+
+
+def _startup_error(
+    group: BaseExceptionGroup[BaseException], listen: list[Address]
+) -> ConfigError | None:
+    """The one-line reason the agent could not start, if that is what ``group`` says."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) != 1:
+        return None
+    (exc,) = leaves
+    if isinstance(exc, ConfigError):
+        return exc
+    if not isinstance(exc, OSError):
+        return None
+    where = ", ".join(format_address(a) for a in listen)
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"cannot listen on {where}: the port is in use (another agent?); "
+            "choose another with --listen HOST:PORT"
+        )
+    return ConfigError(f"cannot listen on {where}: {exc.strerror or exc}")

@@ -1,0 +1,67 @@
+"""`blazemesh agent` refuses a bad configuration with one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+
+BLAZEMESH = str(Path(sys.executable).with_name("blazemesh"))  # the installed command
+
+
+def blazemesh(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BLAZEMESH, *argv], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "node"
+    assert blazemesh("init", "--data-dir", str(data_dir), "--mesh", "lab").returncode == 0
+    return data_dir
+
+
+def refused(result: subprocess.CompletedProcess[str], why: str) -> bool:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert lines[-1].startswith("blazemesh: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return why in lines[-1]
+
+
+def test_no_data_directory(tmp_path: Path) -> None:
+    result = blazemesh("agent", "--data-dir", str(tmp_path / "nowhere"))
+    assert refused(result, "no data directory")
+
+
+def test_no_identity(tmp_path: Path) -> None:
+    result = blazemesh("agent", "--data-dir", str(tmp_path))
+    assert refused(result, "no identity")
+
+
+def test_no_mesh(tmp_path: Path) -> None:
+    assert blazemesh("init", "--data-dir", str(tmp_path / "n")).returncode == 0
+    result = blazemesh("agent", "--data-dir", str(tmp_path / "n"))
+    assert refused(result, "belongs to no mesh")
+
+
+def test_port_in_use(node: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.71", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = blazemesh("agent", "--data-dir", str(node), "--listen", f"127.0.0.71:{port}")
+    assert refused(result, "the port is in use")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [("--peer", "host:port", "--peer"), ("--listen", "127.0.0.71:99999", "out of range")],
+)
+def test_bad_addresses(node: Path, option: str, value: str, why: str) -> None:
+    assert refused(blazemesh("agent", "--data-dir", str(node), option, value), why)
