@@ -216,7 +216,7 @@ class Operations:
         return self.node
 
     async def peers(self, args: Args) -> Value:
-        """Every open link, as `blazemesh peers` shows it."""
+        """Every open link, then every address being dialled that has no link up."""
         node = self._node()
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
@@ -240,6 +240,21 @@ class Operations:
                     "bytes_sent": s.bytes_sent,
                     "bytes_received": s.bytes_received,
                     "in_flight_bytes": s.in_flight_bytes,
+                }
+            )
+        for dial in node.dials_down():
+            out.append(
+                {
+                    "node_id": None if dial.peer is None else node_id_text(dial.peer),
+                    "short_id": None if dial.peer is None else node_id_short(dial.peer),
+                    "address": format_address(dial.address),
+                    "direction": "dialled",
+                    "state": "retrying" if dial.retry_at is not None else "connecting",
+                    "retry_in_s": None
+                    if dial.retry_at is None
+                    else round(max(0.0, dial.retry_at - now), 3),
+                    "attempts": dial.attempts,
+                    "last_error": dial.last_error,
                 }
             )
         return out

@@ -91,17 +91,26 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
             print(jsonio.dumps(link))
         return 0
     if not links:
-        print("no links up")
+        print("no links up and no peers to dial")
         return 0
     print(
-        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<8} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
+        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
         "CHANGES sent/recv  BYTES sent/recv"
     )
     for link in links:
+        who = f"{link['short_id'] or '?'} ({link['direction']})".ljust(25)
+        where = f"{link['address']:<22} {link['state']:<10} "
+        if "last_error" in link:  # an address being dialled, with no link up
+            retry = link["retry_in_s"]
+            when = "" if retry is None else f"retry in {retry:.1f}s, "
+            error = link["last_error"] or "no attempt finished yet"
+            print(f"{who}{where}{when}attempt {link['attempts']}: {error}")
+            continue
         rtt = "-" if link["rtt_ms"] is None else f"{link['rtt_ms']:.1f}ms"
         print(
-            f"{link['short_id']} ({link['direction']})".ljust(25)
-            + f"{link['address']:<22} {link['state']:<8} {rtt:>8} {link['last_contact_s']:>5.1f}s"
+            who
+            + where
+            + f"{rtt:>8} {link['last_contact_s']:>5.1f}s"
             + f"  {link['behind_in']}/{link['behind_out']}".ljust(15)
             + f"{link['changes_sent']}/{link['changes_received']}".ljust(19)
             + f"{_size(link['bytes_sent'])}/{_size(link['bytes_received'])}"

@@ -57,6 +57,17 @@ class NodeConfig:
     cache_changes: int = 65_536  # recent changes kept in memory for the links to send
 
 
+@dataclass(slots=True, kw_only=True)
+class Dial:
+    """An address this node keeps a link to, as `blazemesh peers` shows it while it is down."""
+
+    address: Address
+    attempts: int = 0
+    last_error: str | None = None
+    retry_at: float | None = None  # trio time of the next attempt, while waiting for it
+    peer: bytes | None = None  # the node last reached there
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerState:
     """One link as `blazemesh peers` shows it."""
@@ -91,6 +102,7 @@ class Node:
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
         self._link_gone: dict[bytes, trio.Event] = {}
+        self._dials: dict[Address, Dial] = {}
         self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
         self._scopes = LinkScopes(mesh)
         self._handshakes = trio.CapacityLimiter(self.config.max_handshakes)
@@ -128,32 +140,44 @@ class Node:
         self._nursery.start_soon(self._dial_forever, address)
 
     async def _dial_forever(self, address: Address) -> None:
+        dial = self._dials[address] = Dial(address=address)
         bound = self.config.backoff_min_s
-        while True:
-            started = trio.current_time()
-            peer = None
-            try:
-                stream = await self.network.connect(address)
-                peer = await self._serve_link(stream, address, initiated=True)
-            except OSError as exc:
-                log.debug("cannot reach %s: %s", format_address(address), exc)
-            if peer is not None and peer in self._links:
-                # We lost a duplicate to the peer's own link: wait until that one ends.
-                await self._gone(peer).wait()
-                bound = self.config.backoff_min_s
-                continue
-            if trio.current_time() - started >= self.config.stable_after_s:
-                bound = self.config.backoff_min_s
-            await trio.sleep(self._rng.uniform(0, bound))
-            bound = min(bound * 2, self.config.backoff_max_s)
+        try:
+            while True:
+                started = trio.current_time()
+                dial.retry_at, dial.attempts = None, dial.attempts + 1
+                peer = None
+                try:
+                    stream = await self.network.connect(address)
+                    peer, dial.last_error = await self._serve_link(stream, address, initiated=True)
+                    dial.peer = peer or dial.peer
+                except OSError as exc:
+                    # trio's "all attempts failed" hides the reason in its cause.
+                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+                    dial.last_error = f"cannot connect: {cause.strerror or cause}"
+                    log.debug("cannot reach %s: %s", format_address(address), exc)
+                if peer is not None and peer in self._links:
+                    # We lost a duplicate to the peer's own link: wait until that one ends.
+                    await self._gone(peer).wait()
+                    bound = self.config.backoff_min_s
+                    continue
+                if trio.current_time() - started >= self.config.stable_after_s:
+                    bound = self.config.backoff_min_s
+                delay = self._rng.uniform(0, bound)
+                dial.retry_at = trio.current_time() + delay
+                await trio.sleep(delay)
+                bound = min(bound * 2, self.config.backoff_max_s)
+        finally:
+            del self._dials[address]
 
     async def _accept(self, stream: trio.abc.Stream, remote: Address) -> None:
         await self._serve_link(stream, remote, initiated=False)
 
     async def _serve_link(
         self, stream: trio.abc.Stream, address: Address, *, initiated: bool
-    ) -> bytes | None:
-        """Authenticate ``stream``, run a link over it until it ends; return the peer's id."""
+    ) -> tuple[bytes | None, str]:
+        """Authenticate ``stream`` and run a link over it until it ends; return the peer's
+        id (None if it never said who it is) and why the link ended."""
         expect = None
         if self.config.secure:
             try:
@@ -173,7 +197,7 @@ class Node:
                     else logging.WARNING
                 )
                 log.log(level, "no link with %s: %s", format_address(address), exc)
-                return None
+                return None, str(exc)
             expect = secure.peer_id
         link = Link(
             stream=stream,
@@ -196,7 +220,7 @@ class Node:
         else:
             reason = await link.run()
         self._forget(link, reason)
-        return link.peer_id
+        return link.peer_id, reason
 
     def _hello(self, link: Link) -> None:
         """Register a link whose peer has said hello; end it if another link wins."""
@@ -270,6 +294,15 @@ class Node:
                 sync=link.status(),
             )
             for peer, link in sorted(self._links.items())
+        ]
+
+    def dials_down(self) -> list[Dial]:
+        """Addresses this node dials that have no link up now, with the last error."""
+        linked = {link.address for link in self._links.values() if link.initiated}
+        return [
+            dial
+            for address, dial in sorted(self._dials.items())
+            if address not in linked and dial.peer not in self._links
         ]
 
     def in_sync(self, peer: bytes) -> bool:

@@ -62,3 +62,21 @@ async def test_concurrent_writes_to_the_same_records_converge(
         assert len(c.digests()) == 1
         docs = [await r.query("c") for r in c.replicas]
         assert docs[0] == docs[1] == docs[2]
+
+
+async def test_addresses_that_cannot_be_reached_are_reported_with_the_reason(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with cluster(tmp_path, 2, [(0, 1)]) as c:
+        node = c.nodes[0]
+        await c.replicas[0].put("c", "k", {})
+        await c.until_converged()
+        assert node.dials_down() == []  # the link to node 1 is up
+        node.dial(("nowhere", 7000))
+        await trio.sleep(3)  # virtual: long enough for a few attempts with backoff
+        (down,) = node.dials_down()
+        assert down.address == ("nowhere", 7000)
+        assert down.attempts >= 2
+        assert down.last_error == "cannot connect: nothing listens on nowhere:7000"
+        assert down.retry_at is not None
+        assert down.peer is None
