@@ -1,0 +1,62 @@
+"""Which peers a node links to: the topology rules, as pure functions of what it knows.
+
+Every node evaluates the same rules over its view of the mesh's members (itself plus the
+peers it has discovered or been configured with). Views agree once discovery settles, so
+nodes agree on the graph without exchanging it (docs/design.md, "Topologies").
+
+Mesh, unbounded: every member links to every other; of two members, the one with the
+lower node id dials (`protocol.sync.preferred_initiator`), the other only accepts.
+
+Mesh with at most ``max_links`` dialled links per node: members sit on a ring in the
+order of a hash of their ids (so that ids, which an operator may choose, do not shape the
+graph), and each dials its successor and then the members 2, 4, 8, ... places ahead (the
+fingers of Chord), up to ``max_links``. The successor links alone form a ring, so the
+graph is connected whenever the views agree and stays connected after any one node
+fails; the fingers bring any two members within about log2(n) hops. A node also accepts
+the links others dial to it: on average as many as it dials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from protocol.errors import LocalProtocolError
+from protocol.sync import preferred_initiator
+
+_RING_PERSON = b"blazemesh-ring"
+
+
+def ring_order(members: Iterable[bytes]) -> list[bytes]:
+    """Members in ring order: by a keyed hash of their ids, then by id."""
+    return sorted(
+        set(members),
+        key=lambda m: (hashlib.blake2b(m, digest_size=8, person=_RING_PERSON).digest(), m),
+    )
+
+
+def _fingers(me: bytes, ring: list[bytes], max_links: int) -> set[bytes]:
+    """The members ``me`` links to on the ring: successor, then 2, 4, 8... places ahead,
+    then the places in between, up to ``max_links``."""
+    here, size = ring.index(me), len(ring)
+    steps = [1 << k for k in range(size.bit_length()) if 1 << k < size]
+    steps += [s for s in range(3, size) if s & (s - 1)]
+    return {ring[(here + s) % size] for s in steps[:max_links]}
+
+
+def mesh_dials(me: bytes, members: Iterable[bytes], max_links: int | None = None) -> set[bytes]:
+    """The members ``me`` dials in a mesh of ``members`` (``me`` among them or not).
+
+    A pair that both rules would link is dialled only by its preferred initiator.
+    """
+    if max_links is not None and max_links < 1:
+        raise LocalProtocolError(f"max_links must be at least 1, got {max_links}")
+    ring = ring_order([*members, me])
+    if max_links is None or len(ring) - 1 <= max_links:
+        return {m for m in ring if m != me and preferred_initiator(me, m) == me}
+    mine = _fingers(me, ring, max_links)
+    return {
+        peer
+        for peer in mine
+        if preferred_initiator(me, peer) == me or me not in _fingers(peer, ring, max_links)
+    }
