@@ -20,6 +20,7 @@ from agent.mesh import MESH_FILE, Mesh, load_mesh
 from agent.network import format_address
 from agent.node import Node
 from agent.observe import Overflow
+from agent.peering import Peering
 from agent.replica import Replica
 from protocol.codec.control import change_event, parse_op
 from protocol.errors import DecodeError
@@ -76,9 +77,12 @@ def _change(change: Change) -> Value:
 class Operations:
     """The API over one replica, and over the node around it when an agent runs it."""
 
-    def __init__(self, replica: Replica, *, node: Node | None = None) -> None:
+    def __init__(
+        self, replica: Replica, *, node: Node | None = None, peering: Peering | None = None
+    ) -> None:
         self.replica = replica
         self.node = node
+        self.peering = peering
         self.calls: dict[str, Call] = {
             "info": self.info,
             "get": self.get,
@@ -87,6 +91,7 @@ class Operations:
             "commit": self.commit,
             "query": self.query,
             "peers": self.peers,
+            "discover": self.discover,
             "mesh.reload": self.reload_mesh,
         }
         self.streams: dict[str, Stream] = {"watch": self.watch}
@@ -255,6 +260,41 @@ class Operations:
                     else round(max(0.0, dial.retry_at - now), 3),
                     "attempts": dial.attempts,
                     "last_error": dial.last_error,
+                }
+            )
+        return out
+
+    async def discover(self, args: Args) -> Value:
+        """Every advert discovery sees now: who, where, and whether and why not linked."""
+        node = self._node()
+        await trio.lowlevel.checkpoint()
+        if self.peering is None:
+            raise RequestError("this agent runs without discovery (--discovery none)")
+        now = trio.current_time()
+        out: list[Value] = []
+        for name, sighting in sorted(self.peering.sightings.items()):
+            seen = sighting.seen
+            if sighting.refused is not None:
+                status = f"not linked: {sighting.refused}"
+            elif node.linked(seen.node_id):
+                status = "linked"
+            else:
+                dial = node.dial_state(seen.addresses[0])
+                status = (
+                    "waiting for it to dial this node"
+                    if dial is None
+                    else f"not linked: {dial.last_error or 'connecting'}"
+                )
+            out.append(
+                {
+                    "name": name,
+                    "node_id": node_id_text(seen.node_id),
+                    "short_id": node_id_short(seen.node_id),
+                    "addresses": [format_address(a) for a in seen.addresses],
+                    "version": seen.version,
+                    "member": sighting.refused is None,
+                    "status": status,
+                    "seen_s": round(now - sighting.first_seen, 3),
                 }
             )
         return out

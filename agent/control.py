@@ -21,7 +21,6 @@ import trio
 
 from agent.api import NoAgentError, Operations, RequestError, arg
 from agent.errors import AgentError, ConfigError
-from agent.node import Node
 from protocol.codec.control import (
     CONTROL_VERSION,
     Event,
@@ -46,11 +45,11 @@ RECEIVE_BYTES = 1 << 16
 
 
 async def serve(
-    path: Path, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    path: Path, ops: Operations, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve the control socket at ``path`` until cancelled; remove it on the way out."""
+    """Serve ``ops`` on the control socket at ``path`` until cancelled; remove it on the
+    way out."""
     sock = await _bind(path)
-    ops = Operations(node.replica, node=node)
     clients = trio.Semaphore(MAX_CLIENTS)
     try:
         async with trio.SocketListener(sock) as listener, trio.open_nursery() as nursery:

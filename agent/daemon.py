@@ -14,15 +14,19 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ifaddr
 import trio
 
 from agent import control
+from agent.api import Operations
+from agent.discovery import ZeroconfDiscovery
 from agent.errors import ConfigError
 from agent.identity import load_identity
 from agent.mesh import load_mesh
 from agent.network import Address, TcpNetwork, format_address
 from agent.node import Node, NodeConfig
 from agent.paths import CONTROL_SOCKET
+from agent.peering import Peering, TopologyConfig
 from agent.replica import open_replica
 from agent.store import Durability
 
@@ -38,6 +42,34 @@ class AgentConfig:
     listen: list[Address] = field(default_factory=lambda: [DEFAULT_LISTEN])
     peers: list[Address] = field(default_factory=list)
     durability: Durability = Durability.NORMAL
+    mdns: bool = True
+    interfaces: list[str] = field(default_factory=list)  # empty: every non-loopback IPv4 one
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+
+
+def default_interfaces() -> list[str]:
+    """This host's non-loopback IPv4 addresses: where a real deployment advertises."""
+    found = {
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    }
+    if not found:
+        raise ConfigError(
+            "no network interface with an IPv4 address for mDNS: "
+            "pass --interface ADDR, or --discovery none with --peer"
+        )
+    return sorted(found)
+
+
+def advertised(bound: list[Address], interfaces: list[str]) -> tuple[Address, ...]:
+    """The addresses to advertise: wildcard listeners on every discovery interface."""
+    out: list[Address] = []
+    for host, port in bound:
+        hosts = interfaces if host in ("0.0.0.0", "") else [host]
+        out += [(h, port) for h in hosts if (h, port) not in out]
+    return tuple(out)
 
 
 async def run_agent(
@@ -70,7 +102,18 @@ async def run_agent(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
-                await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
+                peering = None
+                if config.mdns:
+                    interfaces = config.interfaces or default_interfaces()
+                    peering = Peering(
+                        node,
+                        ZeroconfDiscovery(interfaces),
+                        advertise=advertised(node.bound, interfaces),
+                        topology=config.topology,
+                    )
+                    await nursery.start(peering.run)
+                ops = Operations(replica, node=node, peering=peering)
+                await nursery.start(control.serve, data_dir / CONTROL_SOCKET, ops)
                 started = True
                 for peer in config.peers:
                     log.info("static peer %s", format_address(peer))

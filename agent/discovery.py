@@ -30,8 +30,9 @@ import trio
 
 from agent.network import Address
 from protocol.codec import PROTOCOL_VERSION
-from protocol.errors import LocalProtocolError
-from protocol.ids import node_id_short, node_id_text, parse_node_id
+from protocol.discovery import AdvertInfo, encode_txt, parse_txt
+from protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from protocol.ids import node_id_short
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,9 @@ class ZeroconfDiscovery:
             instance_name(advert.node_id),
             addresses=[socket.inet_aton(host) for host, _ in advert.addresses],
             port=advert.addresses[0][1],
-            properties={
-                "v": str(advert.version),
-                "id": node_id_text(advert.node_id),
-                "m": advert.mesh_tag,
-            },
+            properties=encode_txt(
+                AdvertInfo(node_id=advert.node_id, version=advert.version, mesh_tag=advert.mesh_tag)
+            ),
         )
         browser: ServiceBrowser | None = None
         registered = False
@@ -232,21 +231,16 @@ def parse_info(name: str, info: Any) -> PeerSeen | None:
     if info is None:
         log.debug("advert %s could not be resolved", name)
         return None
-    props = {
-        k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
-        for k, v in (info.properties or {}).items()
-    }
     try:
-        node_id = parse_node_id(props.get("id", ""))
-        version = int(props.get("v", ""))
-    except (LocalProtocolError, ValueError):
-        log.info("ignoring advert %s: its TXT record is not blazemesh's", name)
+        txt = parse_txt(info.properties or {})
+    except InvalidRemoteDataError as exc:
+        log.info("ignoring advert %s: %s", name, exc)
         return None
     addresses = tuple((host, info.port) for host in info.parsed_addresses())
     return PeerSeen(
         name=name,
-        node_id=node_id,
+        node_id=txt.node_id,
         addresses=addresses,
-        mesh_tag=props.get("m", ""),
-        version=version,
+        mesh_tag=txt.mesh_tag,
+        version=txt.version,
     )

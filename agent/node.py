@@ -134,12 +134,21 @@ class Node:
             stop_listening()
             self._scopes.close()
 
-    def dial(self, address: Address) -> None:
-        """Keep a link to ``address`` up from now on (redialling with backoff)."""
+    def dial(self, address: Address) -> trio.CancelScope:
+        """Keep a link to ``address`` up from now on (redialling with backoff), until the
+        returned scope is cancelled."""
         assert self._nursery is not None, "dial() needs a running node"
-        self._nursery.start_soon(self._dial_forever, address)
+        scope = trio.CancelScope()
+        self._nursery.start_soon(self._dial_within, scope, address)
+        return scope
+
+    async def _dial_within(self, scope: trio.CancelScope, address: Address) -> None:
+        with scope:
+            await self._dial_forever(address)
 
     async def _dial_forever(self, address: Address) -> None:
+        if address in self._dials:
+            return  # another dialler (a static peer, say) already keeps this address linked
         dial = self._dials[address] = Dial(address=address)
         bound = self.config.backoff_min_s
         try:
@@ -214,12 +223,15 @@ class Node:
             address=address,
             initiated=initiated,
         )
-        if expect is not None:
-            with self._scopes.link(expect):
+        reason = "closed by this node"  # if cancelled: shutdown, or its dialler was stopped
+        try:
+            if expect is not None:
+                with self._scopes.link(expect):
+                    reason = await link.run()
+            else:
                 reason = await link.run()
-        else:
-            reason = await link.run()
-        self._forget(link, reason)
+        finally:
+            self._forget(link, reason)
         return link.peer_id, reason
 
     def _hello(self, link: Link) -> None:
@@ -304,6 +316,14 @@ class Node:
             for address, dial in sorted(self._dials.items())
             if address not in linked and dial.peer not in self._links
         ]
+
+    def dial_state(self, address: Address) -> Dial | None:
+        """The dialler of ``address``, if one runs."""
+        return self._dials.get(address)
+
+    def linked(self, peer: bytes) -> bool:
+        """Whether a link to ``peer`` is up."""
+        return peer in self._links
 
     def in_sync(self, peer: bytes) -> bool:
         """Whether a link to ``peer`` is up and neither side lacks anything of the other's."""

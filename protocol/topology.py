@@ -44,19 +44,38 @@ def _fingers(me: bytes, ring: list[bytes], max_links: int) -> set[bytes]:
     return {ring[(here + s) % size] for s in steps[:max_links]}
 
 
-def mesh_dials(me: bytes, members: Iterable[bytes], max_links: int | None = None) -> set[bytes]:
-    """The members ``me`` dials in a mesh of ``members`` (``me`` among them or not).
+class MeshPlan:
+    """The mesh's links as seen from ``me``, for one view of the members."""
 
-    A pair that both rules would link is dialled only by its preferred initiator.
-    """
-    if max_links is not None and max_links < 1:
-        raise LocalProtocolError(f"max_links must be at least 1, got {max_links}")
-    ring = ring_order([*members, me])
-    if max_links is None or len(ring) - 1 <= max_links:
-        return {m for m in ring if m != me and preferred_initiator(me, m) == me}
-    mine = _fingers(me, ring, max_links)
-    return {
-        peer
-        for peer in mine
-        if preferred_initiator(me, peer) == me or me not in _fingers(peer, ring, max_links)
-    }
+    def __init__(self, me: bytes, members: Iterable[bytes], max_links: int | None = None) -> None:
+        if max_links is not None and max_links < 1:
+            raise LocalProtocolError(f"max_links must be at least 1, got {max_links}")
+        self.me = me
+        self._ring = ring_order([*members, me])
+        self._bounded = max_links is not None and len(self._ring) - 1 > max_links
+        self._max_links = max_links or 0
+        self._mine = _fingers(me, self._ring, self._max_links) if self._bounded else set()
+
+    def _picks(self, a: bytes, b: bytes) -> bool:
+        """Whether the rules have ``a`` link to ``b`` (in a bounded mesh)."""
+        if a == self.me:
+            return b in self._mine
+        return b in _fingers(a, self._ring, self._max_links)
+
+    def links(self) -> set[bytes]:
+        """Every member ``me`` is linked to, whichever end dials."""
+        if not self._bounded:
+            return {m for m in self._ring if m != self.me}
+        return self._mine | {m for m in self._ring if m != self.me and self._picks(m, self.me)}
+
+    def dials(self, peer: bytes) -> bool:
+        """Whether ``me`` is the end that dials its link to ``peer``."""
+        if not self._bounded or (self._picks(self.me, peer) and self._picks(peer, self.me)):
+            return preferred_initiator(self.me, peer) == self.me
+        return self._picks(self.me, peer)
+
+
+def mesh_dials(me: bytes, members: Iterable[bytes], max_links: int | None = None) -> set[bytes]:
+    """The members ``me`` dials in a mesh of ``members`` (``me`` among them or not)."""
+    plan = MeshPlan(me, members, max_links)
+    return {peer for peer in plan.links() if plan.dials(peer)}

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import trio
 
+from agent.discovery import MemoryDiscovery
 from agent.mesh import new_mesh
 from agent.network import MemoryNetwork, Network
 from agent.node import Node, NodeConfig
+from agent.peering import Peering, TopologyConfig
 from agent.replica import Replica, open_replica
 from protocol.sync import SyncConfig
 
@@ -27,8 +29,9 @@ def address(i: int) -> tuple[str, int]:
 class Cluster:
     """Nodes 0..n-1 with their replicas; ``edges`` say who dials whom."""
 
-    def __init__(self, nodes: list[Node]) -> None:
+    def __init__(self, nodes: list[Node], peerings: list[Peering]) -> None:
         self.nodes = nodes
+        self.peerings = peerings
 
     @property
     def replicas(self) -> list[Replica]:
@@ -70,9 +73,14 @@ async def cluster(
     seed: int = 0,
     sync: SyncConfig = TEST_SYNC,
     wall_ms: Callable[[], int] | None = None,
+    discovery: MemoryDiscovery | None = None,
+    topology: TopologyConfig | None = None,
+    foreign: Sequence[int] = (),
 ) -> AsyncIterator[Cluster]:
+    """``discovery``: nodes also find each other through it; ``foreign``: these nodes
+    belong to another mesh."""
     network = network or MemoryNetwork()
-    mesh = new_mesh("test")
+    mesh, other_mesh = new_mesh("test"), new_mesh("other")
     async with contextlib.AsyncExitStack() as stack:
         replicas = []
         for i in range(n):
@@ -94,13 +102,18 @@ async def cluster(
             node = Node(
                 replica=replica,
                 identity=replica.identity,
-                mesh=mesh,
+                mesh=other_mesh if i in foreign else mesh,
                 network=network,
                 config=config,
                 rng=random.Random(f"{seed}-{i}"),
             )
             nodes.append(node)
-        for node in nodes:
+        peerings = []
+        for i, node in enumerate(nodes):
             await nursery.start(node.run)
-        yield Cluster(nodes)
+            if discovery is not None:
+                peering = Peering(node, discovery, advertise=(address(i),), topology=topology)
+                await nursery.start(peering.run)
+                peerings.append(peering)
+        yield Cluster(nodes, peerings)
         nursery.cancel_scope.cancel()

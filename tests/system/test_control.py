@@ -68,7 +68,9 @@ async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
         save_mesh(data_dir, mesh)
         node = Node(replica=replica, identity=replica.identity, mesh=mesh, network=MemoryNetwork())
         await nursery.start(node.run)
-        await nursery.start(control.serve, data_dir / CONTROL_SOCKET, node)
+        await nursery.start(
+            control.serve, data_dir / CONTROL_SOCKET, api.Operations(replica, node=node)
+        )
         yield Agent(data_dir, node)
         nursery.cancel_scope.cancel()
 

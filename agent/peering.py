@@ -1,0 +1,165 @@
+"""Peering: from what discovery sees to the links the node keeps.
+
+`Peering` runs a `Discovery` (mDNS, or the simulator's), sorts every advert it reports
+into members of this node's mesh and the rest (another mesh, an incompatible version,
+not on the allowlist), and dials the members the topology rules pick
+(`protocol.topology`). It re-plans whenever an advert comes or goes and when the
+membership changes. Adverts only say who might be there: a crashed node's advert can
+linger in mDNS caches for minutes, and its dialler then simply keeps retrying with
+backoff; links, not adverts, tell who is alive.
+
+Of two members that should be linked, the topology says which one dials. If that one has
+not linked within `DIAL_GRACE_S` (it may not see us, or cannot reach us), the other dials
+too, and the node's duplicate-link rule keeps one link.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from agent.discovery import Advert, Discovery, Event, PeerGone, PeerSeen
+from agent.network import Address, format_address
+from agent.node import Node
+from protocol.codec import PROTOCOL_VERSION
+from protocol.discovery import mesh_tag
+from protocol.ids import node_id_short
+from protocol.topology import MeshPlan
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_QUEUED = 1_024  # discovery events waiting for the planner; discovery waits beyond
+DIAL_GRACE_S = 3.0  # how long a member may take to dial us before we dial it
+REPLAN_EVERY_S = 1.0  # re-plan this often even without news (grace periods expire)
+
+
+@dataclass(slots=True, kw_only=True)
+class Sighting:
+    """One advert as `blazemesh discover` shows it."""
+
+    seen: PeerSeen
+    first_seen: float
+    refused: str | None  # why it is not a member to link to; None if it is one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopologyConfig:
+    """How discovered members are linked (docs/operations.md, "Topologies")."""
+
+    mode: str = "mesh"
+    max_links: int | None = None  # dialled links per node in a mesh; None: every member
+
+
+class Peering:
+    """Link ``node`` to the members of its mesh that ``discovery`` finds."""
+
+    def __init__(
+        self,
+        node: Node,
+        discovery: Discovery,
+        *,
+        advertise: tuple[Address, ...],
+        topology: TopologyConfig | None = None,
+    ) -> None:
+        self.node = node
+        self.discovery = discovery
+        self.advertise = advertise
+        self.topology = topology or TopologyConfig()
+        self.sightings: dict[str, Sighting] = {}
+        self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
+        self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Advertise, browse and keep the planned links until cancelled."""
+        node = self.node
+        advert = Advert(
+            node_id=node.node_id, addresses=self.advertise, mesh_tag=mesh_tag(node.mesh.secret)
+        )
+        send, receive = trio.open_memory_channel[Event](MAX_EVENTS_QUEUED)
+        stop = node.mesh.on_change(self._membership_changed)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.discovery.run, advert, send)
+                nursery.start_soon(self._tick)
+                task_status.started()
+                async for event in receive:
+                    self._on(event)
+                    self._plan()
+        finally:
+            stop()
+            for _, scope in self._dialling.values():
+                scope.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(REPLAN_EVERY_S)
+            self._plan()
+
+    def _on(self, event: Event) -> None:
+        if isinstance(event, PeerGone):
+            gone = self.sightings.pop(event.name, None)
+            if gone is not None:
+                log.info("%s withdrew its advert", node_id_short(gone.seen.node_id))
+            return
+        if event.node_id == self.node.node_id:
+            return
+        old = self.sightings.get(event.name)
+        first = old.first_seen if old is not None else trio.current_time()
+        self.sightings[event.name] = Sighting(
+            seen=event, first_seen=first, refused=self._refusal(event)
+        )
+        if old is None or old.seen != event:
+            where = ", ".join(format_address(a) for a in event.addresses)
+            why = self.sightings[event.name].refused
+            log.info(
+                "discovered %s at %s%s",
+                node_id_short(event.node_id),
+                where,
+                "" if why is None else f": not linking ({why})",
+            )
+
+    def _refusal(self, seen: PeerSeen) -> str | None:
+        if seen.version != PROTOCOL_VERSION:
+            return f"protocol version {seen.version}, this node speaks {PROTOCOL_VERSION}"
+        if seen.mesh_tag != mesh_tag(self.node.mesh.secret):
+            return "another mesh"
+        if not self.node.mesh.allows(seen.node_id):
+            return "not on this node's allowlist"
+        if not seen.addresses:
+            return "no address in its advert"
+        return None
+
+    def _membership_changed(self) -> None:
+        for sighting in self.sightings.values():
+            sighting.refused = self._refusal(sighting.seen)
+        self._plan()
+
+    def _members(self) -> dict[bytes, Sighting]:
+        return {s.seen.node_id: s for s in self.sightings.values() if s.refused is None}
+
+    def _plan(self) -> None:
+        """Start and stop diallers so that exactly the planned members are dialled."""
+        node, members = self.node, self._members()
+        plan = MeshPlan(node.node_id, members, self.topology.max_links)
+        links = plan.links()
+        now = trio.current_time()
+        wanted = {peer for peer in links if plan.dials(peer)}
+        self._covering &= links - wanted
+        for peer in links - wanted:
+            # Theirs to dial: if it has not within the grace period, dial it ourselves.
+            if not node.linked(peer) and now - members[peer].first_seen >= DIAL_GRACE_S:
+                self._covering.add(peer)
+        wanted |= self._covering
+        for peer in [p for p in self._dialling if p not in wanted]:
+            _, scope = self._dialling.pop(peer)
+            scope.cancel()
+        for peer in wanted:
+            addresses = members[peer].seen.addresses
+            dialling = self._dialling.get(peer)
+            if dialling is not None and dialling[0] in addresses:
+                continue
+            if dialling is not None:  # it moved: dial where it is now
+                dialling[1].cancel()
+            self._dialling[peer] = (addresses[0], node.dial(addresses[0]))

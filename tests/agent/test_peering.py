@@ -1,0 +1,64 @@
+"""Nodes that find each other through discovery alone, on the autojump clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from agent.api import Operations
+from agent.discovery import MemoryDiscovery
+from agent.peering import DIAL_GRACE_S, TopologyConfig
+from tests.agent.cluster import cluster
+
+
+async def test_members_found_by_discovery_link_and_converge(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with cluster(tmp_path, 4, [], discovery=MemoryDiscovery()) as c:
+        for i, replica in enumerate(c.replicas):
+            await replica.put("c", f"k{i}", {"i": i})
+        await c.until_converged()
+        assert len(c.digests()) == 1
+        await trio.sleep(1)
+        for node in c.nodes:
+            assert {p.node_id for p in node.peers()} == {n.node_id for n in c.nodes} - {
+                node.node_id
+            }
+
+
+async def test_another_mesh_is_seen_but_never_linked(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with cluster(tmp_path, 3, [], discovery=MemoryDiscovery(), foreign=[2]) as c:
+        await c.replicas[0].put("c", "k", {})
+        await trio.sleep(DIAL_GRACE_S * 3)
+        stranger = c.nodes[2]
+        assert not c.nodes[0].linked(stranger.node_id)
+        assert stranger.peers() == []
+        assert await c.replicas[1].get("c", "k") == {}
+        report = await Operations(c.replicas[0], node=c.nodes[0], peering=c.peerings[0]).call(
+            "discover", {}
+        )
+        assert isinstance(report, list)
+        status = {entry["node_id"]: entry["status"] for entry in report}  # type: ignore[index]
+        assert status[stranger.identity.text] == "not linked: another mesh"
+        assert status[c.nodes[1].identity.text] == "linked"
+
+
+async def test_a_bounded_mesh_dials_at_most_max_links_and_still_converges(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    topology = TopologyConfig(max_links=1)
+    async with cluster(tmp_path, 6, [], discovery=MemoryDiscovery(), topology=topology) as c:
+        for i, replica in enumerate(c.replicas):
+            await replica.put("c", f"k{i}", {"i": i})
+        await c.until_converged()
+        await trio.sleep(DIAL_GRACE_S * 3)
+        assert len(c.digests()) == 1
+        for node in c.nodes:
+            dialled = [p for p in node.peers() if p.initiated]
+            assert len(dialled) <= 1
+        links = sum(len(node.peers()) for node in c.nodes) // 2
+        assert 6 <= links < 15  # a ring (and what duplicates the grace rule adds), not a clique
