@@ -15,6 +15,7 @@ from agent.client import open_session
 from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
 from agent.errors import ConfigError
 from agent.network import Address, parse_address
+from agent.peering import TopologyConfig
 from agent.store import Durability
 
 DataDir = Callable[[argparse.Namespace], Path]
@@ -27,7 +28,7 @@ def register(
     writes: argparse.ArgumentParser,
     data_dir: DataDir,
 ) -> None:
-    """Add ``agent`` and ``peers`` to the ``blazemesh`` parser."""
+    """Add ``agent``, ``peers`` and ``discover`` to the ``blazemesh`` parser."""
     p = sub.add_parser(
         "agent",
         parents=[common, writes],
@@ -48,9 +49,25 @@ def register(
     )
     p.add_argument(
         "--discovery",
-        choices=["none"],
-        default="none",
-        help="how to find peers besides --peer: none (mDNS is not built yet)",
+        choices=["mdns", "none"],
+        default="mdns",
+        help="find peers on the LAN by mDNS (default), or only use --peer",
+    )
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="an IPv4 address of this host to advertise and browse on; repeatable "
+        "(default: every non-loopback one)",
+    )
+    p.add_argument("--topology", choices=["mesh"], default="mesh", help="how members are linked")
+    p.add_argument(
+        "--max-links",
+        type=int,
+        default=None,
+        metavar="N",
+        help="in a mesh, dial at most N members (default: all); the graph stays connected",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.set_defaults(run=lambda args: cmd_agent(data_dir(args), args))
@@ -58,6 +75,12 @@ def register(
     p = sub.add_parser("peers", parents=[common], help="the running agent's links to its peers")
     p.add_argument("--json", action="store_true", help="one JSON object per link")
     p.set_defaults(run=lambda args: cmd_peers(data_dir(args), args))
+
+    p = sub.add_parser(
+        "discover", parents=[common], help="what mDNS sees now, and why each is (not) linked"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per advert")
+    p.set_defaults(run=lambda args: cmd_discover(data_dir(args), args))
 
 
 def _addresses(texts: list[str], option: str) -> list[Address]:
@@ -73,19 +96,43 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
         listen=_addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN],
         peers=_addresses(args.peer, "--peer"),
         durability=Durability(args.durability),
+        mdns=args.discovery == "mdns",
+        interfaces=args.interface,
+        topology=TopologyConfig(mode=args.topology, max_links=args.max_links),
     )
+    if args.max_links is not None and args.max_links < 1:
+        raise ConfigError("--max-links must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     trio.run(run_agent, config)
     return 0
 
 
-def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
+def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
         async with open_session(data_dir) as session:
-            links: list[dict[str, Any]] = await session.call("peers", {})
-        return links
+            result: list[dict[str, Any]] = await session.call(op, {})
+        return result
 
-    links = trio.run(run)
+    return trio.run(run)
+
+
+def cmd_discover(data_dir: Path, args: argparse.Namespace) -> int:
+    adverts = _ask(data_dir, "discover")
+    if args.json:
+        for advert in adverts:
+            print(jsonio.dumps(advert))
+        return 0
+    if not adverts:
+        print("mDNS sees no other blazemesh node")
+        return 0
+    for advert in adverts:
+        where = ", ".join(advert["addresses"])
+        print(f"{advert['short_id']:<10} {where:<24} v{advert['version']:<3} {advert['status']}")
+    return 0
+
+
+def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
+    links = _ask(data_dir, "peers")
     if args.json:
         for link in links:
             print(jsonio.dumps(link))
