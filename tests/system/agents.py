@@ -1,0 +1,158 @@
+"""Real `blazemesh agent` processes for the system tests: start, talk to, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.paths import CONTROL_SOCKET
+
+BLAZEMESH = str(Path(sys.executable).with_name("blazemesh"))  # the installed command
+STOP_TIMEOUT_S = 20
+
+
+def blazemesh(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BLAZEMESH, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def ok(*argv: str) -> str:
+    result = blazemesh(*argv)
+    assert result.returncode == 0, f"blazemesh {' '.join(argv)}: {result.stderr}"
+    return result.stdout
+
+
+def new_mesh(data_dirs: list[Path], name: str = "test") -> None:
+    """Initialise the first directory with a new mesh and join the others to it."""
+    out = ok("init", "--data-dir", str(data_dirs[0]), "--mesh", name)
+    code = next(word for word in out.split() if word.startswith("bm1-"))
+    for data_dir in data_dirs[1:]:
+        ok("join", "--data-dir", str(data_dir), code)
+
+
+@dataclass
+class Agent:
+    data_dir: Path
+    args: list[str]
+    log: Path = field(init=False)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir.with_suffix(".log")
+
+    def start(self) -> None:
+        """Start the agent and return once its control socket answers."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [BLAZEMESH, "agent", "--data-dir", str(self.data_dir), *self.args],
+                stdout=log,
+                stderr=log,
+            )
+        # The socket file appears once the agent serves; `info` answers through it. The
+        # agent logs "control socket at" before that: wait on the log, bounded.
+        wait_for_line(self.log, "control socket at", self.process)
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(
+            ok("info", "--data-dir", str(self.data_dir), "--json", "--digest")
+        )
+        return info
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(STOP_TIMEOUT_S)
+        self.process = None
+
+    def stop(self) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_S)
+            raise
+        finally:
+            self.process = None
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / CONTROL_SOCKET
+
+
+def wait_for_line(
+    log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 30
+) -> None:
+    """Follow ``log`` until a line holds ``text``; fail if the process exits first."""
+    with subprocess.Popen(
+        ["timeout", str(timeout_s), "tail", "-n", "+1", "-F", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as tail:
+        assert tail.stdout is not None
+        try:
+            for line in tail.stdout:
+                if text in line:
+                    return
+                if process.poll() is not None:
+                    break
+        finally:
+            tail.kill()
+    raise AssertionError(
+        f"{text!r} not in {log} (agent exit code {process.poll()}):\n{log.read_text()}"
+    )
+
+
+@contextmanager
+def running(agents: list[Agent]) -> Iterator[list[Agent]]:
+    """Start every agent; on the way out stop each that still runs and check it stopped
+    cleanly."""
+    try:
+        for agent in agents:
+            agent.start()
+        yield agents
+    finally:
+        codes = {a.data_dir.name: a.stop() for a in agents if a.process is not None}
+    assert all(code == 0 for code in codes.values()), codes
+    for agent in agents:
+        assert "stopped; links closed, database closed" in agent.log.read_text()
+
+
+def wait_for_keys(agent: Agent, collection: str, keys: set[str], timeout_s: float = 30) -> None:
+    """Follow the agent's `watch` until every key has been written on it (pushed, no polling)."""
+    missing = set(keys)
+    with subprocess.Popen(
+        [
+            "timeout",
+            str(timeout_s),
+            BLAZEMESH,
+            "watch",
+            collection,
+            "--since",
+            "0",
+            "--data-dir",
+            str(agent.data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watch:
+        assert watch.stdout is not None
+        try:
+            for line in watch.stdout:
+                missing.discard(json.loads(line)["key"])
+                if not missing:
+                    return
+        finally:
+            watch.kill()
+    raise AssertionError(f"{agent.data_dir.name} never got {sorted(missing)}")

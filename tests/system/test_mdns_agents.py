@@ -1,0 +1,48 @@
+"""Agents that find each other by mDNS alone (real zeroconf, pinned to loopback addresses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.system.agents import Agent, new_mesh, ok, running, wait_for_keys
+
+pytestmark = pytest.mark.system
+
+HOSTS = ["127.0.0.101", "127.0.0.102", "127.0.0.103"]
+STRANGER = "127.0.0.104"
+
+
+def agent(data_dir: Path, host: str) -> Agent:
+    return Agent(data_dir, ["--listen", f"{host}:7420", "--interface", host])
+
+
+def test_three_agents_discover_each_other_and_converge(tmp_path: Path) -> None:
+    dirs = [tmp_path / name for name in "abc"]
+    new_mesh(dirs)
+    new_mesh([tmp_path / "x"], name="another")
+    agents = [agent(d, host) for d, host in zip(dirs, HOSTS, strict=True)]
+    stranger = agent(tmp_path / "x", STRANGER)
+    with running([*agents, stranger]):
+        for a in agents:
+            ok(
+                "put",
+                "--data-dir",
+                str(a.data_dir),
+                "notes",
+                a.data_dir.name,
+                "by=" + a.data_dir.name,
+            )
+        for a in agents:
+            wait_for_keys(a, "notes", {"a", "b", "c"})
+        assert len({a.info()["digest"] for a in agents}) == 1
+        assert stranger.info()["changes_held"] == 0
+        found = [
+            json.loads(line)
+            for line in ok("discover", "--data-dir", str(dirs[0]), "--json").splitlines()
+        ]
+        status = {entry["addresses"][0]: entry["status"] for entry in found}
+        assert status[f"{STRANGER}:7420"] == "not linked: another mesh"
+        assert status[f"{HOSTS[1]}:7420"] == "linked"
