@@ -13,6 +13,7 @@ import trio
 from agent import jsonio
 from agent.client import open_session
 from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
+from agent.demo import Demo
 from agent.errors import ConfigError
 from agent.network import Address, parse_address
 from agent.peering import TopologyConfig
@@ -76,6 +77,12 @@ def register(
     p.add_argument("--json", action="store_true", help="one JSON object per link")
     p.set_defaults(run=lambda args: cmd_peers(data_dir(args), args))
 
+    p = sub.add_parser("demo", help="run a mesh of agents on this machine and watch it converge")
+    p.add_argument("--nodes", type=int, default=3, help="how many agents (default 3)")
+    p.add_argument("--topology", choices=["mesh"], default="mesh")
+    p.add_argument("--max-links", type=int, default=None, metavar="N")
+    p.set_defaults(run=cmd_demo)
+
     p = sub.add_parser(
         "discover", parents=[common], help="what mDNS sees now, and why each is (not) linked"
     )
@@ -114,6 +121,13 @@ def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
         return result
 
     return trio.run(run)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    extra = ["--topology", args.topology, "--log-level", "warning"]
+    if args.max_links is not None:
+        extra += ["--max-links", str(args.max_links)]
+    return trio.run(Demo(args.nodes, extra).run)
 
 
 def cmd_discover(data_dir: Path, args: argparse.Namespace) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.system.agents import Agent, new_mesh, ok, running, wait_for_keys
+from tests.system.agents import BLAZEMESH, Agent, new_mesh, ok, running, wait_for_keys
 
 pytestmark = pytest.mark.system
 
@@ -46,3 +48,13 @@ def test_three_agents_discover_each_other_and_converge(tmp_path: Path) -> None:
         status = {entry["addresses"][0]: entry["status"] for entry in found}
         assert status[f"{STRANGER}:7420"] == "not linked: another mesh"
         assert status[f"{HOSTS[1]}:7420"] == "linked"
+
+
+def test_the_demo_converges_and_cleans_up() -> None:
+    result = subprocess.run(
+        [BLAZEMESH, "demo", "--nodes", "3"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 3 replicas identical" in result.stdout
+    top = Path(re.search(r"data in (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
+    assert not top.exists()
