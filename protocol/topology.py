@@ -14,12 +14,19 @@ fingers of Chord), up to ``max_links``. The successor links alone form a ring, s
 graph is connected whenever the views agree and stays connected after any one node
 fails; the fingers bring any two members within about log2(n) hops. A node also accepts
 the links others dial to it: on average as many as it dials.
+
+Star: the members started with ``--hub-eligible`` link to each other; every other member
+(a spoke) links to one of them, the hub: the configured one, else the one it already
+uses while that one is alive, else the lowest eligible id that has not failed. A spoke
+never switches to a hub that returns, so the star does not flap; and since the eligible
+members are linked to each other, spokes that chose different hubs (one joined while
+another hub was down) still reach each other in at most three hops.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from protocol.errors import LocalProtocolError
 from protocol.sync import preferred_initiator
@@ -79,3 +86,43 @@ def mesh_dials(me: bytes, members: Iterable[bytes], max_links: int | None = None
     """The members ``me`` dials in a mesh of ``members`` (``me`` among them or not)."""
     plan = MeshPlan(me, members, max_links)
     return {peer for peer in plan.links() if plan.dials(peer)}
+
+
+def star_hub(
+    members: Mapping[bytes, bool],
+    *,
+    current: bytes | None = None,
+    failed: Iterable[bytes] = (),
+    configured: bytes | None = None,
+) -> bytes | None:
+    """The hub a spoke links to, among ``members`` (node id -> hub-eligible).
+
+    A configured hub always wins. Otherwise the current hub is kept while it has not
+    failed (so a returning lower-id node does not make the star flap), else the lowest
+    eligible member that has not failed; None if there is none.
+    """
+    if configured is not None:
+        return configured
+    down = set(failed)
+    if current is not None and current in members and current not in down:
+        return current
+    eligible = sorted(m for m, ok in members.items() if ok and m not in down)
+    return eligible[0] if eligible else None
+
+
+def star_dials(
+    me: bytes,
+    members: Mapping[bytes, bool],
+    *,
+    eligible: bool,
+    hub: bytes | None,
+) -> set[bytes]:
+    """The members ``me`` dials in a star.
+
+    Hub-eligible members link to each other (each pair dialled by its preferred
+    initiator): whichever of them a spoke chose, every spoke reaches every other. A spoke
+    dials only ``hub``.
+    """
+    if eligible:
+        return {m for m, ok in members.items() if ok and preferred_initiator(me, m) == me}
+    return set() if hub is None or hub == me else {hub}

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import LocalProtocolError
-from protocol.topology import mesh_dials, ring_order
+from protocol.topology import mesh_dials, ring_order, star_dials, star_hub
 
 members = st.sets(st.binary(min_size=16, max_size=16), min_size=2, max_size=64)
 
@@ -72,3 +72,44 @@ def test_the_ring_does_not_follow_id_order() -> None:
 def test_max_links_must_be_positive() -> None:
     with pytest.raises(LocalProtocolError, match="at least 1"):
         mesh_dials(b"\0" * 16, [b"\1" * 16], 0)
+
+
+star_members = st.dictionaries(
+    st.binary(min_size=16, max_size=16), st.booleans(), min_size=2, max_size=40
+)
+
+
+@given(star_members, st.data())
+def test_a_star_with_any_live_eligible_member_is_connected(
+    members: dict[bytes, bool], data: st.DataObject
+) -> None:
+    eligible = sorted(m for m, ok in members.items() if ok)
+    if not eligible:
+        members[min(members)] = True
+        eligible = [min(members)]
+    failed = set(data.draw(st.lists(st.sampled_from(eligible), max_size=len(eligible) - 1)))
+    alive = set(members) - failed
+    adjacent: dict[bytes, set[bytes]] = {m: set() for m in alive}
+    for me in alive:
+        current = data.draw(st.none() | st.sampled_from(eligible))  # the hub it used before
+        hub = star_hub(members, current=current, failed=failed)
+        assert hub is not None
+        assert hub not in failed
+        for peer in star_dials(me, members, eligible=members[me], hub=hub):
+            if peer in alive:
+                adjacent[me].add(peer)
+                adjacent[peer].add(me)
+    start = next(iter(alive))
+    assert len(distances(adjacent, start)) == len(alive)
+    spokes = [m for m in alive if not members[m]]
+    assert all(len(adjacent[s]) == 1 for s in spokes)  # a spoke links to its hub only
+
+
+def test_a_returning_lower_hub_does_not_take_the_star_back() -> None:
+    low, high, spoke = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    members = {low: True, high: True, spoke: False}
+    assert star_hub(members) == low
+    assert star_hub(members, current=low, failed=[low]) == high  # the hub died
+    assert star_hub(members, current=high) == high  # it came back: the spoke stays
+    assert star_hub(members, current=high, configured=low) == low
+    assert star_hub({spoke: False}) is None
