@@ -18,6 +18,8 @@ from agent.errors import ConfigError
 from agent.network import Address, parse_address
 from agent.peering import TopologyConfig
 from agent.store import Durability
+from protocol.errors import LocalProtocolError
+from protocol.ids import parse_node_id
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -62,7 +64,15 @@ def register(
         help="an IPv4 address of this host to advertise and browse on; repeatable "
         "(default: every non-loopback one)",
     )
-    p.add_argument("--topology", choices=["mesh"], default="mesh", help="how members are linked")
+    p.add_argument(
+        "--topology", choices=["mesh", "star"], default="mesh", help="how members are linked"
+    )
+    p.add_argument("--hub", metavar="NODE_ID", help="star: this node is the hub (no election)")
+    p.add_argument(
+        "--hub-eligible",
+        action="store_true",
+        help="star: this node may be elected hub (hub-eligible nodes also link to each other)",
+    )
     p.add_argument(
         "--max-links",
         type=int,
@@ -79,7 +89,7 @@ def register(
 
     p = sub.add_parser("demo", help="run a mesh of agents on this machine and watch it converge")
     p.add_argument("--nodes", type=int, default=3, help="how many agents (default 3)")
-    p.add_argument("--topology", choices=["mesh"], default="mesh")
+    p.add_argument("--topology", choices=["mesh", "star"], default="mesh")
     p.add_argument("--max-links", type=int, default=None, metavar="N")
     p.set_defaults(run=cmd_demo)
 
@@ -97,6 +107,13 @@ def _addresses(texts: list[str], option: str) -> list[Address]:
         raise ConfigError(f"{option}: {exc}") from None
 
 
+def _node_id(text: str) -> bytes:
+    try:
+        return parse_node_id(text)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"--hub: {exc}") from None
+
+
 def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
     config = AgentConfig(
         data_dir=data_dir,
@@ -105,7 +122,12 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
         durability=Durability(args.durability),
         mdns=args.discovery == "mdns",
         interfaces=args.interface,
-        topology=TopologyConfig(mode=args.topology, max_links=args.max_links),
+        topology=TopologyConfig(
+            mode=args.topology,
+            max_links=args.max_links,
+            hub=None if args.hub is None else _node_id(args.hub),
+        ),
+        hub_eligible=args.hub_eligible,
     )
     if args.max_links is not None and args.max_links < 1:
         raise ConfigError("--max-links must be at least 1")
@@ -125,9 +147,11 @@ def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     extra = ["--topology", args.topology, "--log-level", "warning"]
+
     if args.max_links is not None:
         extra += ["--max-links", str(args.max_links)]
-    return trio.run(Demo(args.nodes, extra).run)
+    hubs = 2 if args.topology == "star" else 0  # node0 and node1 may be the hub
+    return trio.run(Demo(args.nodes, extra, hub_eligible=hubs).run)
 
 
 def cmd_discover(data_dir: Path, args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ class AgentConfig:
     mdns: bool = True
     interfaces: list[str] = field(default_factory=list)  # empty: every non-loopback IPv4 one
     topology: TopologyConfig = field(default_factory=TopologyConfig)
+    hub_eligible: bool = False
 
 
 def default_interfaces() -> list[str]:
@@ -110,6 +111,7 @@ async def run_agent(
                         ZeroconfDiscovery(interfaces),
                         advertise=advertised(node.bound, interfaces),
                         topology=config.topology,
+                        hub_eligible=config.hub_eligible,
                     )
                     await nursery.start(peering.run)
                 ops = Operations(replica, node=node, peering=peering)

@@ -47,11 +47,14 @@ class DemoNode:
 
 
 class Demo:
-    def __init__(self, nodes: int, topology_args: list[str], out: Any = sys.stdout) -> None:
+    def __init__(
+        self, nodes: int, topology_args: list[str], *, hub_eligible: int = 0, out: Any = sys.stdout
+    ) -> None:
         if not 2 <= nodes <= MAX_NODES:
             raise ConfigError(f"--nodes must be between 2 and {MAX_NODES}")
         self.count = nodes
         self.topology_args = topology_args
+        self.hub_eligible = hub_eligible  # the first this many nodes may be a star's hub
         self.out = out
         self.started = 0.0
 
@@ -85,7 +88,8 @@ class Demo:
     @contextlib.asynccontextmanager
     async def _agents(self, nodes: list[DemoNode]) -> AsyncIterator[None]:
         try:
-            for node in nodes:
+            for i, node in enumerate(nodes):
+                eligible = ["--hub-eligible"] if i < self.hub_eligible else []
                 log = (node.data_dir.parent / f"{node.name}.log").open("wb")
                 with log:
                     node.process = await trio.lowlevel.open_process(
@@ -99,6 +103,7 @@ class Demo:
                             "--interface",
                             node.host,
                             *self.topology_args,
+                            *eligible,
                         ],
                         stdout=log,
                         stderr=log,

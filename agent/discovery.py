@@ -48,6 +48,7 @@ class Advert:
     addresses: tuple[Address, ...]
     mesh_tag: str
     version: int = PROTOCOL_VERSION
+    hub_eligible: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +60,7 @@ class PeerSeen:
     addresses: tuple[Address, ...]
     mesh_tag: str
     version: int
+    hub_eligible: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +134,7 @@ def _fields(advert: Advert) -> dict[str, Any]:
         "node_id": advert.node_id,
         "addresses": advert.addresses,
         "mesh_tag": advert.mesh_tag,
+        "hub_eligible": advert.hub_eligible,
         "version": advert.version,
     }
 
@@ -178,7 +181,12 @@ class ZeroconfDiscovery:
             addresses=[socket.inet_aton(host) for host, _ in advert.addresses],
             port=advert.addresses[0][1],
             properties=encode_txt(
-                AdvertInfo(node_id=advert.node_id, version=advert.version, mesh_tag=advert.mesh_tag)
+                AdvertInfo(
+                    node_id=advert.node_id,
+                    version=advert.version,
+                    mesh_tag=advert.mesh_tag,
+                    hub_eligible=advert.hub_eligible,
+                )
             ),
         )
         browser: ServiceBrowser | None = None
@@ -242,5 +250,6 @@ def parse_info(name: str, info: Any) -> PeerSeen | None:
         node_id=txt.node_id,
         addresses=addresses,
         mesh_tag=txt.mesh_tag,
+        hub_eligible=txt.hub_eligible,
         version=txt.version,
     )

@@ -54,6 +54,7 @@ class NodeConfig:
     stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
     max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    connect_timeout_s: float = 3.0  # a host that does not answer a SYN is tried again later
     cache_changes: int = 65_536  # recent changes kept in memory for the links to send
 
 
@@ -157,7 +158,8 @@ class Node:
                 dial.retry_at, dial.attempts = None, dial.attempts + 1
                 peer = None
                 try:
-                    stream = await self.network.connect(address)
+                    with trio.fail_after(self.config.connect_timeout_s):
+                        stream = await self.network.connect(address)
                     peer, dial.last_error = await self._serve_link(stream, address, initiated=True)
                     dial.peer = peer or dial.peer
                 except OSError as exc:
@@ -165,6 +167,9 @@ class Node:
                     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
                     dial.last_error = f"cannot connect: {cause.strerror or cause}"
                     log.debug("cannot reach %s: %s", format_address(address), exc)
+                except trio.TooSlowError:
+                    dial.last_error = "cannot connect: no answer"
+                    log.debug("cannot reach %s: no answer", format_address(address))
                 if peer is not None and peer in self._links:
                     # We lost a duplicate to the peer's own link: wait until that one ends.
                     await self._gone(peer).wait()

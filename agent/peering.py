@@ -26,7 +26,7 @@ from agent.node import Node
 from protocol.codec import PROTOCOL_VERSION
 from protocol.discovery import mesh_tag
 from protocol.ids import node_id_short
-from protocol.topology import MeshPlan
+from protocol.topology import MeshPlan, star_dials, star_hub
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ class Sighting:
 class TopologyConfig:
     """How discovered members are linked (docs/operations.md, "Topologies")."""
 
-    mode: str = "mesh"
+    mode: str = "mesh"  # or "star"
     max_links: int | None = None  # dialled links per node in a mesh; None: every member
+    hub: bytes | None = None  # star: the configured hub; None: elected
 
 
 class Peering:
@@ -62,11 +63,15 @@ class Peering:
         *,
         advertise: tuple[Address, ...],
         topology: TopologyConfig | None = None,
+        hub_eligible: bool = False,
     ) -> None:
         self.node = node
         self.discovery = discovery
         self.advertise = advertise
         self.topology = topology or TopologyConfig()
+        self.hub_eligible = hub_eligible
+        self.hub: bytes | None = None  # star: the hub this spoke uses
+        self._started = 0.0
         self.sightings: dict[str, Sighting] = {}
         self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
         self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
@@ -75,8 +80,12 @@ class Peering:
         """Advertise, browse and keep the planned links until cancelled."""
         node = self.node
         advert = Advert(
-            node_id=node.node_id, addresses=self.advertise, mesh_tag=mesh_tag(node.mesh.secret)
+            node_id=node.node_id,
+            addresses=self.advertise,
+            mesh_tag=mesh_tag(node.mesh.secret),
+            hub_eligible=self.hub_eligible,
         )
+        self._started = trio.current_time()
         send, receive = trio.open_memory_channel[Event](MAX_EVENTS_QUEUED)
         stop = node.mesh.on_change(self._membership_changed)
         try:
@@ -142,10 +151,8 @@ class Peering:
     def _plan(self) -> None:
         """Start and stop diallers so that exactly the planned members are dialled."""
         node, members = self.node, self._members()
-        plan = MeshPlan(node.node_id, members, self.topology.max_links)
-        links = plan.links()
+        links, wanted = self._star(members) if self.topology.mode == "star" else self._mesh(members)
         now = trio.current_time()
-        wanted = {peer for peer in links if plan.dials(peer)}
         self._covering &= links - wanted
         for peer in links - wanted:
             # Theirs to dial: if it has not within the grace period, dial it ourselves.
@@ -163,3 +170,49 @@ class Peering:
             if dialling is not None:  # it moved: dial where it is now
                 dialling[1].cancel()
             self._dialling[peer] = (addresses[0], node.dial(addresses[0]))
+
+    def _mesh(self, members: dict[bytes, Sighting]) -> tuple[set[bytes], set[bytes]]:
+        """The mesh's links at this node, and those it dials."""
+        plan = MeshPlan(self.node.node_id, members, self.topology.max_links)
+        links = plan.links()
+        return links, {peer for peer in links if plan.dials(peer)}
+
+    def _star(self, members: dict[bytes, Sighting]) -> tuple[set[bytes], set[bytes]]:
+        """The star's links at this node, and those it dials (see `protocol.topology`)."""
+        me = self.node.node_id
+        eligible = {peer: s.seen.hub_eligible for peer, s in members.items()}
+        i_am_eligible = self.hub_eligible
+        if self.topology.hub is None and not i_am_eligible and not any(eligible.values()):
+            if trio.current_time() - self._started < DIAL_GRACE_S:
+                return set(), set()  # the eligible nodes may not have been discovered yet
+            # Nobody may be the hub: the lowest id is, so that the star still forms.
+            lowest = min([*members, me])
+            eligible = {peer: peer == lowest for peer in members}
+            i_am_eligible = lowest == me
+        if i_am_eligible:
+            self.hub = me
+            links = {peer for peer, ok in eligible.items() if ok}
+            return links, star_dials(me, eligible, eligible=True, hub=me)
+        hub = star_hub(
+            eligible, current=self.hub, failed=self._failed(members), configured=self.topology.hub
+        )
+        if hub != self.hub and hub is not None:
+            log.info("star: %s is this node's hub", node_id_short(hub))
+        self.hub = hub
+        links = set() if hub is None or hub not in members else {hub}
+        return links, links
+
+    def _failed(self, members: dict[bytes, Sighting]) -> set[bytes]:
+        """Members this node dials, is not linked to, and whose last attempt failed."""
+        failed = set()
+        for peer, (address, _) in self._dialling.items():
+            dial = self.node.dial_state(address)
+            if (
+                peer in members
+                and not self.node.linked(peer)
+                and dial is not None
+                and dial.retry_at is not None
+                and dial.last_error is not None
+            ):
+                failed.add(peer)
+        return failed

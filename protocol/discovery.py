@@ -1,9 +1,10 @@
 """What a node's mDNS advert says, and how to read another's (docs/protocol.md, section 9).
 
-The TXT record of ``_blazemesh._tcp.local.`` holds three keys: ``v`` (protocol version),
-``id`` (node id, base32) and ``m`` (the mesh tag). The mesh tag lets members of one mesh
-recognise each other before connecting, without telling anyone else the mesh's name or
-secret: it is a keyed BLAKE2b of a fixed label under the mesh secret. Anything else in
+The TXT record of ``_blazemesh._tcp.local.`` holds ``v`` (protocol version), ``id`` (node
+id, base32), ``m`` (the mesh tag) and, on nodes that may be a star's hub, ``h=1``. The
+mesh tag lets members of one mesh recognise each other before connecting, without telling
+anyone else the mesh's name or secret: it is a keyed BLAKE2b of a fixed label under the
+mesh secret. Anything else in
 the record is ignored, so later versions can add keys.
 """
 
@@ -31,6 +32,7 @@ class AdvertInfo:
     node_id: bytes
     version: int
     mesh_tag: str
+    hub_eligible: bool = False
 
 
 def mesh_tag(secret: bytes) -> str:
@@ -41,7 +43,10 @@ def mesh_tag(secret: bytes) -> str:
 
 def encode_txt(info: AdvertInfo) -> dict[str, str]:
     """The TXT record's keys and values."""
-    return {"v": str(info.version), "id": node_id_text(info.node_id), "m": info.mesh_tag}
+    txt = {"v": str(info.version), "id": node_id_text(info.node_id), "m": info.mesh_tag}
+    if info.hub_eligible:
+        txt["h"] = "1"
+    return txt
 
 
 def parse_txt(props: Mapping[bytes, bytes | None]) -> AdvertInfo:
@@ -66,7 +71,9 @@ def parse_txt(props: Mapping[bytes, bytes | None]) -> AdvertInfo:
         raise InvalidRemoteDataError(
             f"mesh tag {tag[:20]!r} is not {MESH_TAG_CHARS} base32 letters"
         )
-    return AdvertInfo(node_id=node_id, version=int(version), mesh_tag=tag)
+    return AdvertInfo(
+        node_id=node_id, version=int(version), mesh_tag=tag, hub_eligible=props.get(b"h") == b"1"
+    )
 
 
 _BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")

@@ -29,27 +29,38 @@ def address(i: int) -> tuple[str, int]:
 class Cluster:
     """Nodes 0..n-1 with their replicas; ``edges`` say who dials whom."""
 
-    def __init__(self, nodes: list[Node], peerings: list[Peering]) -> None:
+    def __init__(
+        self, nodes: list[Node], peerings: list[Peering], scopes: list[trio.CancelScope]
+    ) -> None:
         self.nodes = nodes
         self.peerings = peerings
+        self._scopes = scopes
+
+    def crash(self, i: int) -> None:
+        """Stop node ``i`` at once: its links and adverts go; its replica stays open."""
+        self._scopes[i].cancel()
 
     @property
     def replicas(self) -> list[Replica]:
         return [node.replica for node in self.nodes]
 
-    def converged(self) -> bool:
-        first = self.nodes[0].replica.store.vv
-        return all(node.replica.store.vv == first for node in self.nodes[1:])
+    def converged(self, nodes: Sequence[Node] | None = None) -> bool:
+        nodes = self.nodes if nodes is None else nodes
+        first = nodes[0].replica.store.vv
+        return all(node.replica.store.vv == first for node in nodes[1:])
 
-    async def until_converged(self, timeout_s: float = 120) -> None:
-        """Wait (in virtual time) until every replica holds the same changes."""
+    async def until_converged(
+        self, timeout_s: float = 120, nodes: Sequence[Node] | None = None
+    ) -> None:
+        """Wait (in virtual time) until every replica (of ``nodes``) holds the same changes."""
+        nodes = self.nodes if nodes is None else nodes
         done = trio.Event()
 
         def check(_: object) -> None:
-            if self.converged():
+            if self.converged(nodes):
                 done.set()
 
-        removers = [node.replica.on_commit(check) for node in self.nodes]
+        removers = [node.replica.on_commit(check) for node in nodes]
         try:
             check(None)
             with trio.fail_after(timeout_s):
@@ -76,9 +87,10 @@ async def cluster(
     discovery: MemoryDiscovery | None = None,
     topology: TopologyConfig | None = None,
     foreign: Sequence[int] = (),
+    hub_eligible: Sequence[int] = (),
 ) -> AsyncIterator[Cluster]:
     """``discovery``: nodes also find each other through it; ``foreign``: these nodes
-    belong to another mesh."""
+    belong to another mesh; ``hub_eligible``: these may be a star's hub."""
     network = network or MemoryNetwork()
     mesh, other_mesh = new_mesh("test"), new_mesh("other")
     async with contextlib.AsyncExitStack() as stack:
@@ -109,11 +121,29 @@ async def cluster(
             )
             nodes.append(node)
         peerings = []
+        scopes = []
         for i, node in enumerate(nodes):
-            await nursery.start(node.run)
+            peering = None
             if discovery is not None:
-                peering = Peering(node, discovery, advertise=(address(i),), topology=topology)
-                await nursery.start(peering.run)
+                peering = Peering(
+                    node,
+                    discovery,
+                    advertise=(address(i),),
+                    topology=topology,
+                    hub_eligible=i in hub_eligible,
+                )
                 peerings.append(peering)
-        yield Cluster(nodes, peerings)
+            scopes.append(await nursery.start(_run_node, node, peering))
+        yield Cluster(nodes, peerings, scopes)
         nursery.cancel_scope.cancel()
+
+
+async def _run_node(
+    node: Node, peering: Peering | None, *, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            if peering is not None:
+                await nursery.start(peering.run)
+            task_status.started(scope)

@@ -62,3 +62,29 @@ async def test_a_bounded_mesh_dials_at_most_max_links_and_still_converges(
             assert len(dialled) <= 1
         links = sum(len(node.peers()) for node in c.nodes) // 2
         assert 6 <= links < 15  # a ring (and what duplicates the grace rule adds), not a clique
+
+
+async def test_a_star_links_spokes_to_a_hub_and_survives_losing_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    star = TopologyConfig(mode="star")
+    async with cluster(
+        tmp_path, 5, [], discovery=MemoryDiscovery(), topology=star, hub_eligible=[0, 1]
+    ) as c:
+        for i, replica in enumerate(c.replicas):
+            await replica.put("c", f"k{i}", {"i": i})
+        await c.until_converged()
+        await trio.sleep(1)
+        hubs = {c.nodes[0].node_id, c.nodes[1].node_id}
+        first_hub = min(hubs)
+        for node in c.nodes[2:]:
+            assert [p.node_id for p in node.peers()] == [first_hub]  # a spoke: one link
+        assert c.nodes[0].linked(c.nodes[1].node_id)  # the eligible nodes link to each other
+        dead = 0 if c.nodes[0].node_id == first_hub else 1
+        c.crash(dead)
+        await c.replicas[2].put("c", "after", {})
+        survivors = [node for i, node in enumerate(c.nodes) if i != dead]
+        # Within the failover bound of docs/operations.md (virtual seconds):
+        await c.until_converged(timeout_s=5, nodes=survivors)
+        for node in c.nodes[2:]:
+            assert [p.node_id for p in node.peers()] == [c.nodes[1 - dead].node_id]
