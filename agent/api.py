@@ -23,9 +23,10 @@ from agent.observe import Overflow
 from agent.peering import Peering
 from agent.replica import Replica
 from protocol.codec.control import change_event, parse_op
-from protocol.errors import DecodeError
-from protocol.ids import node_id_short, node_id_text
-from protocol.model import Change, Value
+from protocol.errors import DecodeError, LocalProtocolError
+from protocol.ids import node_id_short, node_id_text, parse_node_id
+from protocol.model import Change, Put, Value
+from protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
 WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up
@@ -92,6 +93,8 @@ class Operations:
             "query": self.query,
             "peers": self.peers,
             "discover": self.discover,
+            "topology": self.topology,
+            "topology.set": self.set_topology,
             "mesh.reload": self.reload_mesh,
         }
         self.streams: dict[str, Stream] = {"watch": self.watch}
@@ -298,6 +301,67 @@ class Operations:
                 }
             )
         return out
+
+    async def topology(self, args: Args) -> Value:
+        """The graph as this node sees it: the setting, the nodes, and this node's links."""
+        node = self._node()
+        await trio.lowlevel.checkpoint()
+        peering = self.peering
+        setting = peering.topology if peering is not None else TopologyConfig()
+        hub = peering.hub if peering is not None and setting.mode == "star" else None
+        nodes: dict[bytes, dict[str, Value]] = {
+            node.node_id: {"me": True, "hub_eligible": bool(peering and peering.hub_eligible)}
+        }
+        if peering is not None:
+            for sighting in peering.sightings.values():
+                if sighting.refused is None:
+                    nodes[sighting.seen.node_id] = {
+                        "me": False,
+                        "hub_eligible": sighting.seen.hub_eligible,
+                    }
+        links: list[Value] = []
+        for peer in node.peers():
+            nodes.setdefault(peer.node_id, {"me": False, "hub_eligible": False})
+            s = peer.sync
+            links.append(
+                {
+                    "from": node_id_text(node.node_id),
+                    "to": node_id_text(peer.node_id),
+                    "direction": "dialled" if peer.initiated else "accepted",
+                    "state": "in sync" if s.in_sync else "syncing",
+                    "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3),
+                    "behind_in": s.behind_in,
+                    "behind_out": s.behind_out,
+                }
+            )
+        return {
+            **setting.record(),
+            "hub": None if hub is None else node_id_text(hub),
+            "nodes": [
+                {
+                    "node_id": node_id_text(n),
+                    "short_id": node_id_short(n),
+                    "linked": node.linked(n),
+                    **fields,
+                }
+                for n, fields in sorted(nodes.items())
+            ],
+            "links": links,
+        }
+
+    async def set_topology(self, args: Args) -> Value:
+        """Set the mesh-wide topology: a record every node follows once it has it."""
+        hub = arg(args, "hub", str, None)
+        try:
+            setting = TopologyConfig(
+                mode=arg(args, "mode", str),
+                max_links=arg(args, "max_links", int, None),
+                hub=None if hub is None else parse_node_id(hub),
+            )
+        except LocalProtocolError as exc:
+            raise RequestError(str(exc)) from None
+        put = Put(collection=SETTINGS_COLLECTION, key=TOPOLOGY_KEY, fields=setting.record())
+        return _change(await self.replica.commit([put], system=True))
 
     async def reload_mesh(self, args: Args) -> Value:
         """Re-read mesh.json after a membership command changed it; links that are no

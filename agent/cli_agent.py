@@ -16,10 +16,10 @@ from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
 from agent.demo import Demo
 from agent.errors import ConfigError
 from agent.network import Address, parse_address
-from agent.peering import TopologyConfig
 from agent.store import Durability
 from protocol.errors import LocalProtocolError
 from protocol.ids import parse_node_id
+from protocol.topology import TopologyConfig
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -93,6 +93,16 @@ def register(
     p.add_argument("--max-links", type=int, default=None, metavar="N")
     p.set_defaults(run=cmd_demo)
 
+    p = sub.add_parser("topology", parents=[common], help="the live graph, or set the topology")
+    p.add_argument("--format", choices=["text", "dot", "json"], default="text")
+    p.set_defaults(run=lambda args: cmd_topology(data_dir(args), args))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    t = actions.add_parser("set", parents=[common], help="set the topology of the whole mesh")
+    t.add_argument("mode", choices=["mesh", "star"])
+    t.add_argument("--max-links", type=int, default=None, metavar="N")
+    t.add_argument("--hub", metavar="NODE_ID", default=None)
+    t.set_defaults(run=lambda args: cmd_topology_set(data_dir(args), args))
+
     p = sub.add_parser(
         "discover", parents=[common], help="what mDNS sees now, and why each is (not) linked"
     )
@@ -129,8 +139,6 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
         ),
         hub_eligible=args.hub_eligible,
     )
-    if args.max_links is not None and args.max_links < 1:
-        raise ConfigError("--max-links must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     trio.run(run_agent, config)
     return 0
@@ -143,6 +151,56 @@ def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
         return result
 
     return trio.run(run)
+
+
+def cmd_topology_set(data_dir: Path, args: argparse.Namespace) -> int:
+    request = {"mode": args.mode, "max_links": args.max_links, "hub": args.hub}
+
+    async def run() -> Any:
+        async with open_session(data_dir) as session:
+            return await session.call("topology.set", request)
+
+    trio.run(run)
+    print(f"topology set to {args.mode} for the whole mesh; every node follows once synced")
+    return 0
+
+
+def cmd_topology(data_dir: Path, args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        async with open_session(data_dir) as session:
+            graph: dict[str, Any] = await session.call("topology", {})
+        return graph
+
+    graph = trio.run(run)
+    if args.format == "json":
+        print(jsonio.dumps(graph))
+        return 0
+    short = {n["node_id"]: n["short_id"] for n in graph["nodes"]}
+    if args.format == "dot":
+        print("graph blazemesh {")
+        for n in graph["nodes"]:
+            shape = "doublecircle" if n["node_id"] == graph["hub"] else "circle"
+            style = ", style=bold" if n["me"] else ""
+            print(f'  "{n["short_id"]}" [shape={shape}{style}];')
+        for link in graph["links"]:
+            label = f"{link['state']}, behind {link['behind_in']}/{link['behind_out']}"
+            print(f'  "{short[link["from"]]}" -- "{short[link["to"]]}" [label="{label}"];')
+        print("}")
+        return 0
+    limit = "" if graph["max_links"] is None else f", at most {graph['max_links']} dialled links"
+    hub = "" if graph["hub"] is None else f", hub {short.get(graph['hub'], graph['hub'])}"
+    print(f"topology {graph['mode']}{limit}{hub}")
+    for n in graph["nodes"]:
+        marks = [m for m, on in (("this node", n["me"]), ("hub-eligible", n["hub_eligible"])) if on]
+        linked = "linked" if n["linked"] else ("" if n["me"] else "not linked")
+        print(f"  node {n['short_id']}  {linked}  {', '.join(marks)}".rstrip())
+    for link in graph["links"]:
+        rtt = "-" if link["rtt_ms"] is None else f"{link['rtt_ms']:.1f}ms"
+        print(
+            f"  link {short[link['from']]} -- {short[link['to']]}  {link['direction']}, "
+            f"{link['state']}, rtt {rtt}, behind {link['behind_in']}/{link['behind_out']}"
+        )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

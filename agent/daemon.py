@@ -26,9 +26,10 @@ from agent.mesh import load_mesh
 from agent.network import Address, TcpNetwork, format_address
 from agent.node import Node, NodeConfig
 from agent.paths import CONTROL_SOCKET
-from agent.peering import Peering, TopologyConfig
+from agent.peering import Peering
 from agent.replica import open_replica
 from agent.store import Durability
+from protocol.topology import TopologyConfig
 
 log = logging.getLogger(__name__)
 

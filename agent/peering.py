@@ -23,10 +23,19 @@ import trio
 from agent.discovery import Advert, Discovery, Event, PeerGone, PeerSeen
 from agent.network import Address, format_address
 from agent.node import Node
+from agent.store import Applied
 from protocol.codec import PROTOCOL_VERSION
 from protocol.discovery import mesh_tag
+from protocol.errors import InvalidRemoteDataError
 from protocol.ids import node_id_short
-from protocol.topology import MeshPlan, star_dials, star_hub
+from protocol.topology import (
+    SETTINGS_COLLECTION,
+    TOPOLOGY_KEY,
+    MeshPlan,
+    TopologyConfig,
+    star_dials,
+    star_hub,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +53,6 @@ class Sighting:
     refused: str | None  # why it is not a member to link to; None if it is one
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopologyConfig:
-    """How discovered members are linked (docs/operations.md, "Topologies")."""
-
-    mode: str = "mesh"  # or "star"
-    max_links: int | None = None  # dialled links per node in a mesh; None: every member
-    hub: bytes | None = None  # star: the configured hub; None: elected
-
-
 class Peering:
     """Link ``node`` to the members of its mesh that ``discovery`` finds."""
 
@@ -68,7 +68,8 @@ class Peering:
         self.node = node
         self.discovery = discovery
         self.advertise = advertise
-        self.topology = topology or TopologyConfig()
+        self.configured = topology or TopologyConfig()  # until the mesh-wide setting says
+        self.topology = self.configured
         self.hub_eligible = hub_eligible
         self.hub: bytes | None = None  # star: the hub this spoke uses
         self._started = 0.0
@@ -88,6 +89,8 @@ class Peering:
         self._started = trio.current_time()
         send, receive = trio.open_memory_channel[Event](MAX_EVENTS_QUEUED)
         stop = node.mesh.on_change(self._membership_changed)
+        stop_following = node.replica.on_commit(self._committed)
+        self._load_setting()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.discovery.run, advert, send)
@@ -98,6 +101,7 @@ class Peering:
                     self._plan()
         finally:
             stop()
+            stop_following()
             for _, scope in self._dialling.values():
                 scope.cancel()
 
@@ -139,6 +143,29 @@ class Peering:
         if not seen.addresses:
             return "no address in its advert"
         return None
+
+    def _committed(self, applied: list[Applied]) -> None:
+        for item in applied:
+            if any(
+                op.collection == SETTINGS_COLLECTION and op.key == TOPOLOGY_KEY
+                for op in item.change.ops
+            ):
+                self._load_setting()
+                self._plan()
+                return
+
+    def _load_setting(self) -> None:
+        """Follow the mesh-wide topology setting if there is one, else this node's own."""
+        fields = self.node.replica.store.get(SETTINGS_COLLECTION, TOPOLOGY_KEY)
+        topology = self.configured
+        if fields is not None:
+            try:
+                topology = TopologyConfig.from_record(fields)
+            except InvalidRemoteDataError as exc:
+                log.warning("ignoring the mesh-wide topology setting: %s", exc)
+        if topology != self.topology:
+            log.info("topology: %s", topology.record())
+            self.topology = topology
 
     def _membership_changed(self) -> None:
         for sighting in self.sightings.values():

@@ -157,6 +157,11 @@ class Replica:
         return self._store.durability
 
     @property
+    def max_batch_ops(self) -> int:
+        """The most ops one group commit holds."""
+        return self._max_batch_ops
+
+    @property
     def store(self) -> Store:
         """The underlying store, for the sync engine; apps use the methods below."""
         return self._store
@@ -179,15 +184,17 @@ class Replica:
         if tx.ops:
             tx.change = await self._commit_valid(tx.ops)  # validated as they were added
 
-    async def commit(self, ops: Sequence[Op]) -> Change:
+    async def commit(self, ops: Sequence[Op], *, system: bool = False) -> Change:
         """Commit ``ops`` as one local change; return it once it is durable.
 
-        If the calling task is cancelled after submitting, the change may still commit.
+        ``system=True`` allows names starting with ``_``, which belong to blazemesh's own
+        records (the mesh-wide settings). If the calling task is cancelled after
+        submitting, the change may still commit.
         """
         if not ops:
             raise ValidationError("a change must hold at least one op")
         for op in ops:
-            validate_op(op)
+            validate_op(op, system=system)
         return await self._commit_valid(ops)
 
     async def _commit_valid(self, ops: Sequence[Op]) -> Change:

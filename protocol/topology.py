@@ -27,11 +27,54 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from protocol.errors import LocalProtocolError
+from protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from protocol.ids import node_id_text, parse_node_id
+from protocol.model import Value
 from protocol.sync import preferred_initiator
 
+MODES = ("mesh", "star")
+SETTINGS_COLLECTION, TOPOLOGY_KEY = "_mesh", "topology"  # the mesh-wide setting's record
+
 _RING_PERSON = b"blazemesh-ring"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopologyConfig:
+    """How members are linked. Set per agent at start, or mesh-wide as the record
+    ``_mesh/topology``, which every node follows once it has it."""
+
+    mode: str = "mesh"
+    max_links: int | None = None  # mesh: dialled links per node; None: every member
+    hub: bytes | None = None  # star: the configured hub; None: elected
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LocalProtocolError(f"topology {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.max_links is not None and self.max_links < 1:
+            raise LocalProtocolError(f"max_links must be at least 1, got {self.max_links}")
+
+    def record(self) -> dict[str, Value]:
+        """The fields of the mesh-wide setting's record."""
+        hub = None if self.hub is None else node_id_text(self.hub)
+        return {"mode": self.mode, "max_links": self.max_links, "hub": hub}
+
+    @classmethod
+    def from_record(cls, fields: Mapping[str, Value]) -> TopologyConfig:
+        """Read the setting's record (written by any member): `InvalidRemoteDataError` if
+        it is not a valid setting."""
+        mode, max_links, hub = fields.get("mode"), fields.get("max_links"), fields.get("hub")
+        try:
+            if not isinstance(mode, str) or not (max_links is None or type(max_links) is int):
+                raise LocalProtocolError("mode must be text and max_links an integer or null")
+            if not (hub is None or isinstance(hub, str)):
+                raise LocalProtocolError("hub must be a node id or null")
+            return cls(
+                mode=mode, max_links=max_links, hub=None if hub is None else parse_node_id(hub)
+            )
+        except LocalProtocolError as exc:
+            raise InvalidRemoteDataError(f"the topology setting is invalid: {exc}") from None
 
 
 def ring_order(members: Iterable[bytes]) -> list[bytes]:

@@ -13,9 +13,10 @@ from agent.discovery import MemoryDiscovery
 from agent.mesh import new_mesh
 from agent.network import MemoryNetwork, Network
 from agent.node import Node, NodeConfig
-from agent.peering import Peering, TopologyConfig
+from agent.peering import Peering
 from agent.replica import Replica, open_replica
 from protocol.sync import SyncConfig
+from protocol.topology import TopologyConfig
 
 # Batches small enough to commit on the trio thread: under the autojump clock, a commit in
 # a worker thread would let virtual time run on while it works.
