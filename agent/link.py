@@ -128,11 +128,12 @@ class Link:
             self.wake()
 
     async def _applier(self) -> None:
-        async for batch in self._incoming:
-            outcomes = await self._replica.apply_remote(batch.changes)
+        async for first in self._incoming:
+            last, changes = self._with_queued(first)
+            outcomes = await self._replica.apply_remote(changes)
             refused = [
                 change.dot
-                for change, outcome in zip(batch.changes, outcomes, strict=True)
+                for change, outcome in zip(changes, outcomes, strict=True)
                 if isinstance(outcome, ProtocolError)
             ]
             if refused:
@@ -143,8 +144,28 @@ class Link:
                     next(o for o in outcomes if isinstance(o, ProtocolError)),
                 )
                 self.sync.refused(refused)
-            self.sync.applied(batch.batch)
+            self.sync.applied(last)
             self.wake()
+
+    def _with_queued(self, first: Incoming) -> tuple[int, list[Change]]:
+        """``first`` and the batches queued behind it: the last batch number, the changes.
+
+        Batches that queued while the previous ones committed share one transaction and
+        one ACK, so a receiver that falls behind catches up in bigger commits instead of
+        paying a commit and an ACK per batch. At most one group commit's worth, so that
+        ACKs keep flowing and the sender's window keeps moving.
+        """
+        last, changes = first.batch, list(first.changes)
+        ops = sum(len(change.ops) for change in changes)
+        while ops < self._replica.max_batch_ops:
+            try:
+                batch = self._incoming.receive_nowait()
+            except trio.WouldBlock:
+                break
+            last = batch.batch
+            changes += batch.changes
+            ops += sum(len(change.ops) for change in batch.changes)
+        return last, changes
 
     async def _writer(self) -> None:
         sync = self.sync

@@ -69,12 +69,16 @@ class SyncConfig:
     stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
     receive_limit_bytes: int = 8 << 20  # CHANGES received, not yet applied: a peer past this
     # ignores flow control (an honest sender stays within its window, 4 MiB by default)
+    small_in_flight: int = 2  # CHANGES messages short of a full batch awaiting their ACK at
+    # once; changes beyond wait for an ACK and go together (Nagle's rule, see `plan`)
 
     def __post_init__(self) -> None:
         if self.dead_after_s <= self.keepalive_s:
             raise LocalProtocolError("dead_after_s must exceed keepalive_s")
-        if self.window_bytes < 1 or self.batch_changes < 1:
-            raise LocalProtocolError("window_bytes and batch_changes must be positive")
+        if self.window_bytes < 1 or self.batch_changes < 1 or self.small_in_flight < 1:
+            raise LocalProtocolError(
+                "window_bytes, batch_changes and small_in_flight must be positive"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +159,7 @@ class SyncLink:
         self._peer_told = VersionVector()
         self._unacked: deque[_Batch] = deque()
         self._in_flight = 0
+        self._small_unacked = 0  # of `_unacked`, those short of a full batch (see `plan`)
         self._next_batch = 1  # the number of this side's next CHANGES message
         self._peer_acked = 0  # the highest of this side's batches the peer acknowledged
         self._received_batch = 0  # the highest of the peer's batches received
@@ -249,7 +254,9 @@ class SyncLink:
             raise SyncError(f"ack of batch {batch}, but {self._next_batch - 1} were sent")
         self._peer_acked = batch
         while self._unacked and self._unacked[0].batch <= batch:
-            self._in_flight -= self._unacked.popleft().size
+            acked = self._unacked.popleft()
+            self._in_flight -= acked.size
+            self._small_unacked -= len(acked.dots) < self._config.batch_changes
         self._waiting_since = self._now
 
     def _summary(self, vv: VersionVector) -> None:
@@ -295,10 +302,17 @@ class SyncLink:
     # -- outbound --------------------------------------------------------------------------
 
     def plan(self) -> list[Range]:
-        """The next ranges the peer lacks, within the window; they count as sent from now."""
-        if self.peer_id is None or self._in_flight >= self._config.window_bytes:
+        """The next ranges the peer lacks, within the window; they count as sent from now.
+
+        Less than a full batch is planned only while fewer than `small_in_flight` such
+        batches await their ACK (Nagle's rule): a write on an idle link goes at once, and
+        writes that come faster than the peer acknowledges travel together, each message
+        and each commit on the peer carrying many.
+        """
+        config = self._config
+        if self.peer_id is None or self._in_flight >= config.window_bytes:
             return []
-        budget = self._config.batch_changes
+        budget = config.batch_changes
         ranges: list[Range] = []
         for origin, (first, last) in missing(self._have, self._peer_has):
             last = min(last, first + budget - 1)
@@ -306,6 +320,8 @@ class SyncLink:
             budget -= last - first + 1
             if not budget:
                 break
+        if budget and self._small_unacked >= config.small_in_flight:
+            return []
         for origin, (first, last) in ranges:
             self._peer_has.add_range(origin, first, last)
         return ranges
@@ -321,6 +337,7 @@ class SyncLink:
             dots = [(c.origin, c.seq) for c in message.changes]
             self._unacked.append(_Batch(batch=message.batch, size=len(data), dots=dots))
             self._in_flight += len(data)
+            self._small_unacked += len(dots) < self._config.batch_changes
             self._next_batch = message.batch + 1
         self.changes_sent += len(changes)
 
