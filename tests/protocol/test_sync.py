@@ -126,6 +126,27 @@ def test_window_bounds_bytes_in_flight_until_acked() -> None:
     assert la.plan()
 
 
+def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b, batch_changes=10), b.link(a)
+    settle([(a, la, b, lb)])
+    for _ in range(2):  # an idle link: each write goes at once
+        a.write()
+        assert la.plan()
+        la.send_changes(a.fetch([(a.id, (a.seq, a.seq))]))
+    a.write(3)
+    assert la.plan() == []  # two small batches await their ACK: these three wait
+    a.write(10)
+    full = la.plan()
+    assert full == [(a.id, (3, 12))]  # a full batch is never held back
+    la.send_changes(a.fetch(full))
+    a.write(1)
+    assert la.plan() == []
+    deliver(la, lb, b)
+    deliver(lb, la, a)  # one cumulative ACK for all three batches
+    assert la.plan() == [(a.id, (13, 16))]  # everything that waited, in one batch
+
+
 def test_forwarding_along_a_line() -> None:
     a, b, c = FakeNode("a"), FakeNode("b"), FakeNode("c")
     ab, ba = a.link(b), b.link(a)
