@@ -41,6 +41,7 @@ def new_mesh(data_dirs: list[Path], name: str = "test") -> None:
 class Agent:
     data_dir: Path
     args: list[str]
+    prefix: list[str] = field(default_factory=list)  # e.g. ip netns exec HOST
     log: Path = field(init=False)
     process: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +52,7 @@ class Agent:
         """Start the agent and return once its control socket answers."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [BLAZEMESH, "agent", "--data-dir", str(self.data_dir), *self.args],
+                [*self.prefix, BLAZEMESH, "agent", "--data-dir", str(self.data_dir), *self.args],
                 stdout=log,
                 stderr=log,
             )
