@@ -1,49 +1,28 @@
 """``blazemesh demo``: a mesh of agents on this machine, finding each other and converging.
 
-Each agent is a real ``blazemesh agent`` process with a throwaway data directory, on its
-own loopback address (127.0.0.x) with mDNS pinned to that address, so the demo touches
-no real network interface. The demo talks to the agents through their control sockets:
-it waits for discovery to link them, writes on every node, follows every node's watch
-stream, and stops once every replica holds the same digest. Then it stops the agents and
-deletes the directories.
+Each agent is a real ``blazemesh agent`` process (`agent.localmesh`): its own loopback
+address with mDNS pinned to it, a throwaway data directory. The demo talks to the agents
+through their control sockets: it waits for discovery to link them, writes on every
+node, follows every node's watch stream, and stops once every replica holds the same
+digest. Then it stops the agents and deletes the directories.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
 import sys
-import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from agent.client import AgentClient
 from agent.errors import ConfigError
-from agent.identity import create_identity
-from agent.mesh import new_mesh, save_mesh
-from agent.paths import CONTROL_SOCKET
+from agent.localmesh import LocalAgent, local_mesh
 
 FIRST_HOST = 20  # agents use 127.0.0.20, .21, ...: clear of the usual 127.0.0.1
 MAX_NODES = 200
 WRITES_PER_NODE = 5
-START_TIMEOUT_S = 20.0
+LINK_TIMEOUT_S = 20.0
 CONVERGE_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
-
-
-@dataclass
-class DemoNode:
-    name: str
-    host: str
-    port: int
-    data_dir: Path
-    process: trio.Process | None = None
-    client: AgentClient | None = None
+PEERS_POLL_S = 0.1  # how often the demo asks the agents for their links, to show them
 
 
 class Demo:
@@ -61,69 +40,30 @@ class Demo:
     def say(self, text: str) -> None:
         print(f"[{trio.current_time() - self.started:6.2f}s] {text}", file=self.out, flush=True)
 
+    def _args(self, i: int) -> list[str]:
+        return [*self.topology_args, *(["--hub-eligible"] if i < self.hub_eligible else [])]
+
     async def run(self) -> int:
         self.started = trio.current_time()
-        top = Path(tempfile.mkdtemp(prefix="blazemesh-demo-"))
-        try:
-            nodes = self._prepare(top)
-            async with self._agents(nodes):
+        async with local_mesh(
+            self.count, first_host=FIRST_HOST, args=self._args, prefix="blazemesh-demo-"
+        ) as nodes:
+            self.say(f"{self.count} agents in a new mesh, data in {nodes[0].data_dir.parent}")
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i, node in enumerate(nodes):
+                        nursery.start_soon(self._start, node, i < self.hub_eligible)
                 await self._wait_linked(nodes)
                 return await self._write_and_converge(nodes)
-        finally:
-            shutil.rmtree(top, ignore_errors=True)
+            finally:
+                self.say("stopping the agents and removing their data directories")
 
-    def _prepare(self, top: Path) -> list[DemoNode]:
-        mesh = new_mesh("demo")
-        nodes = []
-        for i in range(self.count):
-            host = f"127.0.0.{FIRST_HOST + i}"
-            data_dir = top / f"node{i}"
-            data_dir.mkdir(mode=0o700)
-            create_identity(data_dir)
-            save_mesh(data_dir, mesh)
-            nodes.append(DemoNode(f"node{i}", host, _free_port(host), data_dir))
-        self.say(f"{self.count} agents in mesh 'demo', data in {top}")
-        return nodes
+    async def _start(self, node: LocalAgent, hub_eligible: bool) -> None:
+        await node.start()
+        role = " (may be the hub)" if hub_eligible else ""
+        self.say(f"{node.name} runs on {node.host}:{node.port}, mDNS there only{role}")
 
-    @contextlib.asynccontextmanager
-    async def _agents(self, nodes: list[DemoNode]) -> AsyncIterator[None]:
-        try:
-            for i, node in enumerate(nodes):
-                eligible = ["--hub-eligible"] if i < self.hub_eligible else []
-                log = (node.data_dir.parent / f"{node.name}.log").open("wb")
-                with log:
-                    node.process = await trio.lowlevel.open_process(
-                        [
-                            *_blazemesh(),
-                            "agent",
-                            "--data-dir",
-                            str(node.data_dir),
-                            "--listen",
-                            f"{node.host}:{node.port}",
-                            "--interface",
-                            node.host,
-                            *self.topology_args,
-                            *eligible,
-                        ],
-                        stdout=log,
-                        stderr=log,
-                    )
-                self.say(
-                    f"{node.name} started on {node.host}:{node.port} (mDNS on {node.host} only)"
-                )
-            with trio.fail_after(START_TIMEOUT_S):
-                for node in nodes:
-                    node.client = await _connect(node)
-            yield
-        finally:
-            for node in nodes:
-                if node.client is not None:
-                    await node.client.aclose()
-            with trio.CancelScope(shield=True):
-                await _stop(nodes)
-            self.say("agents stopped, data directories removed")
-
-    async def _wait_linked(self, nodes: list[DemoNode]) -> None:
+    async def _wait_linked(self, nodes: list[LocalAgent]) -> None:
         self.say("waiting for the agents to find each other by mDNS...")
         seen: set[tuple[str, str]] = set()
         names = {}
@@ -131,7 +71,7 @@ class Demo:
             assert node.client is not None
             info = await node.client.call("info", {})
             names[info["node_id"]] = node.name
-        with trio.fail_after(START_TIMEOUT_S):
+        with trio.fail_after(LINK_TIMEOUT_S):
             while True:
                 linked: dict[str, int] = {}
                 for node in nodes:
@@ -146,9 +86,9 @@ class Demo:
                             self.say(f"{pair[0]} <-> {pair[1]} linked")
                 if all(n >= 1 for n in linked.values()) and _connected(seen, nodes):
                     return
-                await trio.sleep(0.1)
+                await trio.sleep(PEERS_POLL_S)
 
-    async def _write_and_converge(self, nodes: list[DemoNode]) -> int:
+    async def _write_and_converge(self, nodes: list[LocalAgent]) -> int:
         total = self.count * WRITES_PER_NODE
         done = trio.Event()
         held = {node.name: 0 for node in nodes}
@@ -177,9 +117,9 @@ class Demo:
         return 1
 
     async def _follow(
-        self, node: DemoNode, held: dict[str, int], total: int, done: trio.Event
+        self, node: LocalAgent, held: dict[str, int], total: int, done: trio.Event
     ) -> None:
-        client = await _connect(node)  # a connection of its own: a watch holds one
+        client = await node.connect()  # a connection of its own: a watch holds one
         try:
             async for _ in client.stream("watch", {"collection": "demo", "since": 0}):
                 held[node.name] += 1
@@ -191,37 +131,7 @@ class Demo:
             await client.aclose()
 
 
-def _blazemesh() -> list[str]:
-    command = Path(sys.executable).with_name("blazemesh")
-    if command.exists():
-        return [str(command)]
-    return [sys.executable, "-c", "from agent.cli import main; main()"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, 0))
-        except OSError as exc:
-            raise ConfigError(f"cannot use loopback address {host}: {exc.strerror}") from None
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def _connect(node: DemoNode) -> AgentClient:
-    """The agent's control client, once its socket answers (it takes a moment to start)."""
-    while True:
-        if node.process is not None and node.process.poll() is not None:
-            log = (node.data_dir.parent / f"{node.name}.log").read_text()
-            raise ConfigError(f"{node.name} exited at start:\n{log}")
-        if (node.data_dir / CONTROL_SOCKET).exists():
-            client = await AgentClient.connect(node.data_dir, client="demo")
-            if client is not None:
-                return client
-        await trio.sleep(0.05)
-
-
-def _connected(pairs: set[tuple[str, str]], nodes: list[DemoNode]) -> bool:
+def _connected(pairs: set[tuple[str, str]], nodes: list[LocalAgent]) -> bool:
     reached = {nodes[0].name}
     grew = True
     while grew:
@@ -231,16 +141,3 @@ def _connected(pairs: set[tuple[str, str]], nodes: list[DemoNode]) -> bool:
                 reached |= {a, b}
                 grew = True
     return len(reached) == len(nodes)
-
-
-async def _stop(nodes: list[DemoNode]) -> None:
-    running = [node.process for node in nodes if node.process is not None]
-    for process in running:
-        if process.returncode is None:
-            process.terminate()
-    for process in running:
-        with trio.move_on_after(STOP_TIMEOUT_S):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
