@@ -197,11 +197,20 @@ class ZeroconfDiscovery:
             browser = await trio.to_thread.run_sync(
                 lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
             )
-            # A name taken by another host is renamed (-2, -3, ...) rather than fought over.
-            await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True))
-            registered = True
-            log.info("advertising %s on %s", info.name, ", ".join(self.interfaces))
             async with trio.open_nursery() as nursery:
+
+                async def register() -> None:
+                    nonlocal registered
+                    registered = True  # from here on, shutdown says goodbye
+                    # Probing our name takes about a second (RFC 6762 §8.1); meanwhile we
+                    # browse and can already see, and dial, the others. A name taken by
+                    # another host is renamed (-2, -3, ...) rather than fought over.
+                    await trio.to_thread.run_sync(
+                        lambda: zc.register_service(info, allow_name_change=True)
+                    )
+                    log.info("advertising %s on %s", info.name, ", ".join(self.interfaces))
+
+                nursery.start_soon(register)
                 task_status.started()
                 async for name, gone in changes:
                     if gone:

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
-import trio.testing
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +120,10 @@ class MemoryNetwork:
         if entry is None:
             raise ConnectionRefusedError(f"nothing listens on {format_address(address)}")
         handler, nursery = entry
-        ours, theirs = trio.testing.memory_stream_pair()
+        # Imported here: trio.testing imports pytest when it is installed, which would add
+        # a seventh of a second to every agent's start-up.
+        from trio.testing import memory_stream_pair
+
+        ours, theirs = memory_stream_pair()
         nursery.start_soon(handler, self._wrap(theirs), ("memory", 0))
         return self._wrap(ours)
