@@ -382,3 +382,26 @@ async def test_cli_commands_go_through_the_running_agent(
     assert await cli("peers", "--json") == (0, "")
     assert (await cli("trust", "add", node_id_text(b"\x02" * 16)))[0] == 0
     assert agent.node.mesh.allowlist == {b"\x02" * 16}  # applied by the agent at once
+
+
+async def test_topology_commands(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
+    async def cli(*argv: str) -> str:
+        def run() -> None:
+            with pytest.raises(SystemExit) as exit_info:
+                main([*argv, "--data-dir", str(agent.data_dir)])
+            assert exit_info.value.code == 0
+
+        await trio.to_thread.run_sync(run)
+        return capsys.readouterr().out
+
+    me = agent.node.identity.short
+    assert json.loads(await cli("topology", "--format", "json"))["mode"] == "mesh"
+    dot = await cli("topology", "--format", "dot")
+    assert dot.startswith("graph blazemesh {")
+    assert f'"{me}" [shape=circle, style=bold];' in dot
+    assert "topology mesh" in await cli("topology")
+    assert "for the whole mesh" in await cli(
+        "topology", "set", "star", "--hub", agent.node.identity.text
+    )
+    setting = await agent.node.replica.get("_mesh", "topology")
+    assert setting == {"mode": "star", "max_links": None, "hub": agent.node.identity.text}
