@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.discovery import (
+    MAX_ADVERT_ADDRESSES,
     MAX_TXT_VALUE_BYTES,
     MESH_TAG_CHARS,
     AdvertInfo,
     encode_txt,
+    host_label,
+    instance_label,
     mesh_tag,
+    parse_endpoints,
     parse_txt,
 )
-from protocol.errors import InvalidRemoteDataError
+from protocol.errors import InvalidRemoteDataError, LocalProtocolError
 
 secrets = st.binary(min_size=32, max_size=32)
 infos = st.builds(
@@ -83,3 +89,99 @@ def test_malformed_records_say_why(change: dict[bytes, bytes | None], why: str) 
     )
     with pytest.raises(InvalidRemoteDataError, match=why):
         parse_txt({**good, **change})
+
+
+def test_versions_have_one_spelling() -> None:
+    good = as_props(
+        encode_txt(AdvertInfo(node_id=b"\1" * 16, version=1, mesh_tag=mesh_tag(bytes(32))))
+    )
+    for spelling in (b"01", b"+1", b" 1", b"1.0", "\u0661".encode()):  # an Arabic-Indic 1
+        with pytest.raises(InvalidRemoteDataError):
+            parse_txt({**good, b"v": spelling})
+
+
+@given(
+    st.dictionaries(
+        st.binary(max_size=8) | st.sampled_from([b"v", b"id", b"m", b"h"]),
+        st.none() | st.binary(max_size=4 * MAX_TXT_VALUE_BYTES) | infos.map(repr).map(str.encode),
+        max_size=12,
+    )
+)
+def test_arbitrary_keys_and_values_only_raise_invalid_remote_data(
+    props: dict[bytes, bytes | None],
+) -> None:
+    with contextlib.suppress(InvalidRemoteDataError):
+        parse_txt(props)
+
+
+@given(st.binary(max_size=96).filter(lambda b: len(b) != 32))
+def test_a_mesh_tag_needs_a_32_byte_secret(secret: bytes) -> None:
+    with pytest.raises(LocalProtocolError, match="32 bytes"):
+        mesh_tag(secret)
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        AdvertInfo(node_id=b"\1" * 16, version=0, mesh_tag=mesh_tag(bytes(32))),
+        AdvertInfo(node_id=b"\1" * 16, version=65_536, mesh_tag=mesh_tag(bytes(32))),
+        AdvertInfo(node_id=b"\1" * 16, version=1, mesh_tag="not a tag"),
+        AdvertInfo(node_id=b"\1" * 15, version=1, mesh_tag=mesh_tag(bytes(32))),
+    ],
+)
+def test_this_node_cannot_advertise_what_no_peer_would_accept(info: AdvertInfo) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_txt(info)
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_names_fit_a_dns_label(node_id: bytes) -> None:
+    # RFC 6763 §4.1.1: an instance name is at most 63 bytes; so is a host label (RFC 1035).
+    instance, host = instance_label(node_id), host_label(node_id)
+    assert instance.startswith("blazemesh-")
+    assert len(instance) <= 63 - len("-99")  # room for a rename
+    assert host.startswith("blazemesh-")
+    assert len(host) <= 63
+    assert host.removeprefix("blazemesh-").startswith(
+        instance.removeprefix("blazemesh-").replace("-", "")
+    )
+
+
+hosts = st.ip_addresses().map(str)
+
+
+@given(st.lists(hosts, min_size=1, max_size=MAX_ADVERT_ADDRESSES), st.integers(1, 65_535))
+def test_endpoints_pair_each_address_with_the_port(addresses: list[str], port: int) -> None:
+    endpoints = parse_endpoints(addresses, port)
+    assert endpoints == tuple(dict.fromkeys((a, port) for a in addresses))
+
+
+@given(
+    st.lists(hosts | st.text(max_size=80), max_size=2 * MAX_ADVERT_ADDRESSES),
+    st.none() | st.integers(-(2**20), 2**20),
+)
+def test_any_endpoints_parse_or_raise_invalid_remote_data(
+    addresses: list[str], port: int | None
+) -> None:
+    with contextlib.suppress(InvalidRemoteDataError):
+        endpoints = parse_endpoints(addresses, port)
+        assert 0 < len(endpoints) <= MAX_ADVERT_ADDRESSES
+
+
+@pytest.mark.parametrize(
+    ("addresses", "port", "why"),
+    [
+        ([], 7420, "no address"),
+        (["127.0.0.1"] * (MAX_ADVERT_ADDRESSES + 1), 7420, "more than"),
+        (["host.example"], 7420, "not an IP address"),
+        (["127.0.0.1"], 0, "port"),
+        (["127.0.0.1"], None, "port"),
+        (["fe80::1%eth0"], 7420, None),
+    ],
+)
+def test_endpoint_limits(addresses: list[str], port: int | None, why: str | None) -> None:
+    if why is None:
+        assert parse_endpoints(addresses, port) == ((addresses[0], port),)
+    else:
+        with pytest.raises(InvalidRemoteDataError, match=why):
+            parse_endpoints(addresses, port)
