@@ -28,6 +28,7 @@ from protocol.codec.control import change_event
 from protocol.errors import ProtocolError
 from protocol.ids import node_id_short, parse_node_id
 from protocol.model import Value
+from simulations import cli as sim_cli
 
 WATCH_POLL_S = 0.2  # without an agent, how often `watch` asks SQLite whether the log grew
 WATCH_PAGE = 500  # log entries printed per read
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_mesh.register(sub, common, _data_dir)
     cli_agent.register(sub, common, writes, _data_dir)
+    sim_cli.register(sub)
 
     p = sub.add_parser("put", parents=[common, writes], help="set fields on a record")
     p.add_argument("collection")
