@@ -58,3 +58,14 @@ def test_the_demo_converges_and_cleans_up() -> None:
     assert "all 3 replicas identical" in result.stdout
     top = Path(re.search(r"data in (\S+)", result.stdout).group(1))  # type: ignore[union-attr]
     assert not top.exists()
+
+
+def test_a_static_peer_works_beside_mdns(tmp_path: Path) -> None:
+    dirs = [tmp_path / "a", tmp_path / "c"]
+    new_mesh(dirs)
+    loud = agent(dirs[0], "127.0.0.105")
+    loud.args += ["--peer", "127.0.0.106:7420"]  # mDNS on, and a peer that has it off
+    quiet = Agent(dirs[1], ["--listen", "127.0.0.106:7420", "--discovery", "none"])
+    with running([quiet, loud]):
+        ok("put", "--data-dir", str(dirs[1]), "notes", "from-quiet", "x=1")
+        wait_for_keys(loud, "notes", {"from-quiet"})
