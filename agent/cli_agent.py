@@ -212,29 +212,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return trio.run(Demo(args.nodes, extra, hub_eligible=hubs).run)
 
 
-def cmd_discover(data_dir: Path, args: argparse.Namespace) -> int:
-    adverts = _ask(data_dir, "discover")
+def _rows(data_dir: Path, op: str, args: argparse.Namespace, empty: str) -> list[dict[str, Any]]:
+    """The rows of ``op`` to print as text; with ``--json`` they are printed here as JSON
+    lines and none are returned; ``empty`` is said when there are none."""
+    rows = _ask(data_dir, op)
     if args.json:
-        for advert in adverts:
-            print(jsonio.dumps(advert))
-        return 0
-    if not adverts:
-        print("mDNS sees no other blazemesh node")
-        return 0
-    for advert in adverts:
+        for row in rows:
+            print(jsonio.dumps(row))
+        return []
+    if not rows:
+        print(empty)
+    return rows
+
+
+def cmd_discover(data_dir: Path, args: argparse.Namespace) -> int:
+    for advert in _rows(data_dir, "discover", args, "mDNS sees no other blazemesh node"):
         where = ", ".join(advert["addresses"])
         print(f"{advert['short_id']:<10} {where:<24} v{advert['version']:<3} {advert['status']}")
     return 0
 
 
 def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
-    links = _ask(data_dir, "peers")
-    if args.json:
-        for link in links:
-            print(jsonio.dumps(link))
-        return 0
+    links = _rows(data_dir, "peers", args, "no links up and no peers to dial")
     if not links:
-        print("no links up and no peers to dial")
         return 0
     print(
         f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
