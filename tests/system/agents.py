@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,28 +90,34 @@ class Agent:
         return self.data_dir / CONTROL_SOCKET
 
 
+def follow(command: list[str], timeout_s: float, done: Callable[[str], bool]) -> bool:
+    """Read ``command``'s output lines (for at most ``timeout_s``) until ``done(line)``;
+    return whether that happened."""
+    with subprocess.Popen(
+        ["timeout", str(timeout_s), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as reader:
+        assert reader.stdout is not None
+        try:
+            return any(done(line) for line in reader.stdout)
+        finally:
+            reader.kill()
+
+
 def wait_for_line(
     log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 30
 ) -> None:
     """Follow ``log`` until a line holds ``text``; fail if the process exits first."""
-    with subprocess.Popen(
-        ["timeout", str(timeout_s), "tail", "-n", "+1", "-F", str(log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as tail:
-        assert tail.stdout is not None
-        try:
-            for line in tail.stdout:
-                if text in line:
-                    return
-                if process.poll() is not None:
-                    break
-        finally:
-            tail.kill()
-    raise AssertionError(
-        f"{text!r} not in {log} (agent exit code {process.poll()}):\n{log.read_text()}"
-    )
+
+    def found(line: str) -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the agent exited ({process.poll()}):\n{log.read_text()}")
+        return text in line
+
+    if not follow(["tail", "-n", "+1", "-F", str(log)], timeout_s, found):
+        raise AssertionError(f"{text!r} not in {log} after {timeout_s} s:\n{log.read_text()}")
 
 
 @contextmanager
@@ -132,28 +138,11 @@ def running(agents: list[Agent]) -> Iterator[list[Agent]]:
 def wait_for_keys(agent: Agent, collection: str, keys: set[str], timeout_s: float = 30) -> None:
     """Follow the agent's `watch` until every key has been written on it (pushed, no polling)."""
     missing = set(keys)
-    with subprocess.Popen(
-        [
-            "timeout",
-            str(timeout_s),
-            BLAZEMESH,
-            "watch",
-            collection,
-            "--since",
-            "0",
-            "--data-dir",
-            str(agent.data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as watch:
-        assert watch.stdout is not None
-        try:
-            for line in watch.stdout:
-                missing.discard(json.loads(line)["key"])
-                if not missing:
-                    return
-        finally:
-            watch.kill()
-    raise AssertionError(f"{agent.data_dir.name} never got {sorted(missing)}")
+
+    def seen(line: str) -> bool:
+        missing.discard(json.loads(line)["key"])
+        return not missing
+
+    watch = ["watch", collection, "--since", "0", "--data-dir", str(agent.data_dir)]
+    if not follow([BLAZEMESH, *watch], timeout_s, seen):
+        raise AssertionError(f"{agent.data_dir.name} never got {sorted(missing)}")
