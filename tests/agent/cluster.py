@@ -17,6 +17,7 @@ from agent.peering import Peering
 from agent.replica import Replica, open_replica
 from protocol.sync import SyncConfig
 from protocol.topology import TopologyConfig
+from simulations.network import SimNetwork
 
 # Batches small enough to commit on the trio thread: under the autojump clock, a commit in
 # a worker thread would let virtual time run on while it works.
@@ -80,7 +81,7 @@ async def cluster(
     n: int,
     edges: Sequence[tuple[int, int]],
     *,
-    network: Network | None = None,
+    network: Network | SimNetwork | None = None,
     secure: bool = True,
     seed: int = 0,
     sync: SyncConfig = TEST_SYNC,
@@ -116,7 +117,7 @@ async def cluster(
                 replica=replica,
                 identity=replica.identity,
                 mesh=other_mesh if i in foreign else mesh,
-                network=network,
+                network=network.host(address(i)[0]) if isinstance(network, SimNetwork) else network,
                 config=config,
                 rng=random.Random(f"{seed}-{i}"),
             )

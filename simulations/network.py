@@ -1,0 +1,293 @@
+"""A simulated network behind the agent's `Network` interface, in trio's (virtual) time.
+
+Hosts are the host part of addresses. Every connection carries bytes in order, like TCP,
+and each chunk arrives after the link's latency (plus jitter), its transmission time at
+the link's bandwidth, and, with probability ``loss``, a retransmission stall: what a lost
+segment costs a reliable stream (one retransmission timeout, doubled for every further
+loss of the same chunk). The network can also break connections (one host's, all of
+them: a reconnect storm), partition hosts into groups (connections across are broken; a
+connect across hangs, as into a silent network, until the dialler gives up) and cut a
+host off entirely. All randomness comes from the one ``random.Random`` it is given, so a
+run under `trio.testing.MockClock` replays exactly from its seed.
+
+Memory is bounded by the senders: bytes wait in the receiver's queue, and the agent's sync
+links never have more than their window in flight.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from agent.network import Address, format_address
+
+Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
+MAX_RETRANSMISSIONS = 8  # a chunk lost this often in a row is delivered anyway
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkProfile:
+    """How the path between two hosts behaves."""
+
+    latency_s: float = 0.001
+    jitter_s: float = 0.0  # uniform extra delay in [0, jitter_s); order is kept
+    bandwidth_bps: float | None = None  # bytes per second; None: unlimited
+    loss: float = 0.0  # probability that a chunk needs a retransmission
+    rto_s: float = 0.2  # the retransmission timeout a loss costs
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.loss < 1:
+            raise ValueError(f"loss must be in [0, 1), got {self.loss}")
+        if min(self.latency_s, self.jitter_s, self.rto_s) < 0:
+            raise ValueError("delays must not be negative")
+
+
+@dataclass(slots=True)
+class HostStats:
+    """What one host sent and received."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    chunks_sent: int = 0
+    connections: int = 0
+
+
+class _Pipe:
+    """One direction of a connection: chunks in flight, each with its arrival time."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[float, bytes]] = deque()
+        self.eof = False
+        self.changed = trio.Event()
+
+    def push(self, when: float, data: bytes) -> None:
+        self.chunks.append((when, data))
+        self.changed.set()
+
+    def close(self) -> None:
+        self.eof = True
+        self.changed.set()
+
+
+class SimStream(trio.abc.Stream):
+    """One end of a simulated connection."""
+
+    def __init__(
+        self, net: SimNetwork, local: str, remote: str, inbox: _Pipe, outbox: _Pipe
+    ) -> None:
+        self._net = net
+        self.local, self.remote = local, remote
+        self._inbox, self._outbox = inbox, outbox
+        self._closed = False
+        self.broken = False
+        self._last_arrival = 0.0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("this end is closed")
+        if self.broken:
+            raise trio.BrokenResourceError("the simulated connection broke")
+        if not data:
+            return
+        chunk = bytes(data)
+        arrival = max(self._last_arrival, self._net.arrival(self.local, self.remote, len(chunk)))
+        self._last_arrival = arrival
+        self._outbox.push(arrival, chunk)
+        self._net.count(self.local, self.remote, len(chunk))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this end is closed")
+            if self.broken:
+                raise trio.BrokenResourceError("the simulated connection broke")
+            inbox = self._inbox
+            if inbox.chunks:
+                when, data = inbox.chunks[0]
+                if when <= trio.current_time():
+                    if max_bytes is not None and len(data) > max_bytes:
+                        inbox.chunks[0] = (when, data[max_bytes:])
+                        data = data[:max_bytes]
+                    else:
+                        inbox.chunks.popleft()
+                    await trio.lowlevel.checkpoint()
+                    return data
+                with trio.move_on_at(when):
+                    await self._wait()
+                continue
+            if inbox.eof:
+                await trio.lowlevel.checkpoint()
+                return b""
+            await self._wait()
+
+    async def _wait(self) -> None:
+        self._inbox.changed = trio.Event()
+        await self._inbox.changed.wait()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._outbox.close()
+            self._net.forget(self)
+        await trio.lowlevel.checkpoint()
+
+    def break_(self) -> None:
+        """The network lost this connection: both ends fail their next call."""
+        self.broken = True
+        self._inbox.changed.set()
+
+
+class SimNetwork:
+    """The simulated network; `host` gives each node its own `Network` on it."""
+
+    def __init__(self, rng: random.Random, default: LinkProfile | None = None) -> None:
+        self._rng = rng
+        self.default = default or LinkProfile()
+        self._profiles: dict[frozenset[str], LinkProfile] = {}
+        self._listeners: dict[Address, tuple[Handler, trio.Nursery]] = {}
+        self._streams: set[SimStream] = set()
+        self._group: dict[str, int] = {}  # host -> partition group; absent: group 0
+        self._cut: set[str] = set()
+        self.stats: dict[str, HostStats] = {}
+
+    def host(self, name: str) -> SimHost:
+        """The `Network` of the node on host ``name``."""
+        return SimHost(self, name)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def set_profile(self, a: str, b: str, profile: LinkProfile) -> None:
+        """How the path between hosts ``a`` and ``b`` behaves from now on."""
+        self._profiles[frozenset((a, b))] = profile
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the hosts: each group reaches only itself (hosts in no group form one
+        more). Connections across break."""
+        self._group = {host: i + 1 for i, group in enumerate(groups) for host in group}
+        self._break(lambda s: not self.reachable(s.local, s.remote))
+
+    def heal(self) -> None:
+        """End every partition."""
+        self._group = {}
+
+    def cut(self, host: str) -> None:
+        """Take ``host`` off the network: its connections break, nothing reaches it."""
+        self._cut.add(host)
+        self._break(lambda s: host in (s.local, s.remote))
+
+    def restore(self, host: str) -> None:
+        self._cut.discard(host)
+
+    def break_connections(self, host: str | None = None) -> int:
+        """Break every connection (of ``host``, if given), as a reconnect storm does;
+        return how many ends broke."""
+        return self._break(lambda s: host is None or host in (s.local, s.remote))
+
+    def profile(self, a: str, b: str) -> LinkProfile:
+        return self._profiles.get(frozenset((a, b)), self.default)
+
+    def reachable(self, a: str, b: str) -> bool:
+        if a in self._cut or b in self._cut:
+            return False
+        return self._group.get(a, 0) == self._group.get(b, 0)
+
+    def _break(self, which: Callable[[SimStream], bool]) -> int:
+        doomed = [s for s in self._streams if which(s)]
+        for stream in doomed:
+            stream.break_()
+            self._streams.discard(stream)
+        return len(doomed)
+
+    # -- for the streams -----------------------------------------------------------------
+
+    def arrival(self, sender: str, receiver: str, size: int) -> float:
+        """When a chunk of ``size`` bytes sent now arrives."""
+        profile = self.profile(sender, receiver)
+        delay = profile.latency_s
+        if profile.jitter_s:
+            delay += self._rng.random() * profile.jitter_s
+        if profile.bandwidth_bps:
+            delay += size / profile.bandwidth_bps
+        rto = profile.rto_s
+        for _ in range(MAX_RETRANSMISSIONS):
+            if not profile.loss or self._rng.random() >= profile.loss:
+                break
+            delay += rto
+            rto *= 2
+        return trio.current_time() + delay
+
+    def count(self, sender: str, receiver: str, size: int) -> None:
+        out = self.stats.setdefault(sender, HostStats())
+        out.bytes_sent += size
+        out.chunks_sent += 1
+        self.stats.setdefault(receiver, HostStats()).bytes_received += size
+
+    def forget(self, stream: SimStream) -> None:
+        self._streams.discard(stream)
+
+    def listener(self, address: Address) -> tuple[Handler, trio.Nursery] | None:
+        return self._listeners.get(address)
+
+    def listen(self, address: Address, handler: Handler, nursery: trio.Nursery) -> None:
+        """Connections to ``address`` run ``handler`` in ``nursery`` (its node's)."""
+        self._listeners[address] = (handler, nursery)
+
+    def unlisten(self, address: Address) -> None:
+        del self._listeners[address]
+
+    def connected(self, a: SimStream, b: SimStream) -> None:
+        self._streams |= {a, b}
+        for end in (a, b):
+            self.stats.setdefault(end.local, HostStats()).connections += 1
+
+
+class SimHost:
+    """One host's view of the `SimNetwork`: the agent's `Network` interface."""
+
+    def __init__(self, net: SimNetwork, name: str) -> None:
+        self.net = net
+        self.name = name
+        self._next_port = 40_000  # the dialler's side of each connection, for logs
+
+    async def serve(
+        self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
+    ) -> None:
+        """Accept connections to ``address`` (whose host must be this host's name)."""
+        if address[0] != self.name:
+            raise OSError(f"{self.name} cannot listen on {format_address(address)}")
+        if self.net.listener(address) is not None:
+            raise OSError(f"address {format_address(address)} is already in use")
+        async with trio.open_nursery() as nursery:
+            self.net.listen(address, handler, nursery)
+            try:
+                task_status.started(address)
+                await trio.sleep_forever()
+            finally:
+                self.net.unlisten(address)
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        """A connection to ``address``, after one round trip; refused if nothing listens
+        there; across a partition or to a cut host, it waits until cancelled."""
+        net, remote = self.net, address[0]
+        if not net.reachable(self.name, remote):
+            await trio.sleep_forever()  # SYNs into silence: the caller's timeout ends it
+        await trio.sleep(2 * net.profile(self.name, remote).latency_s)  # SYN, SYN-ACK
+        listening = net.listener(address)
+        if listening is None or not net.reachable(self.name, remote):
+            raise ConnectionRefusedError(f"nothing listens on {format_address(address)}")
+        handler, nursery = listening
+        there, back = _Pipe(), _Pipe()
+        ours = SimStream(net, self.name, remote, inbox=back, outbox=there)
+        theirs = SimStream(net, remote, self.name, inbox=there, outbox=back)
+        net.connected(ours, theirs)
+        self._next_port += 1
+        nursery.start_soon(handler, theirs, (self.name, self._next_port))
+        return ours
