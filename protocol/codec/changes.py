@@ -27,6 +27,8 @@ from protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
 from protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
 from protocol.ids import NODE_ID_BYTES
 from protocol.model import (
+    INT_MAX,
+    INT_MIN,
     MAX_CHANGE_BYTES,
     MAX_COLLECTION_BYTES,
     MAX_FIELD_BYTES,
@@ -47,6 +49,8 @@ MAX_TABLE_NAMES = 4_096  # interned names per context; later names travel inline
 MAX_TABLE_ORIGINS = 4_096  # interned origins per context; later ones travel inline
 MAX_BATCH_BYTES = MAX_CHANGE_BYTES + (1 << 20)  # one maximal change plus framing room
 _COUNTER_MASK = (1 << COUNTER_BITS) - 1
+# A string decoded by msgpack is valid UTF-8, and one this short is within any value limit.
+_FAST_STR_CHARS = 4_096
 
 
 class ChangeEncoder:
@@ -119,7 +123,7 @@ class ChangeDecoder:
         self._last: dict[bytes, tuple[int, int]] = {}  # exactly the origins in the table
 
     def change(self, item: object) -> Change:
-        """Decode and validate one positional change."""
+        """Decode and validate one positional change, as msgpack unpacked it (strict UTF-8)."""
         if not isinstance(item, list) or len(item) < 7 or (len(item) - 4) % 3:
             raise DecodeError("a change is an array of 4 + 3 * n_ops items, n_ops >= 1")
         n_ops = (len(item) - 4) // 3
@@ -133,9 +137,19 @@ class ChangeDecoder:
         if hlc < 1 or hlc + n_ops - 1 > MAX_STAMP:
             raise InvalidRemoteDataError(f"HLC stamp {hlc} out of range for {n_ops} ops")
         ops: list[Op] = []
-        name = self._name
+        names = self._names
         for i in range(4, len(item), 3):
-            collection = name(item[i], "collection", MAX_COLLECTION_BYTES)
+            # A reference into the table takes the fast path; anything else, and every
+            # error, goes through `_name`'s full checks.
+            slot = item[i]
+            if (
+                type(slot) is int
+                and 0 <= slot < len(names)
+                and names[slot][1] <= MAX_COLLECTION_BYTES
+            ):
+                collection = names[slot][0]
+            else:
+                collection = self._name(slot, "collection", MAX_COLLECTION_BYTES)
             key = item[i + 1]
             _check_name("key", key, MAX_KEY_BYTES)
             raw_fields = item[i + 2]
@@ -194,13 +208,27 @@ class ChangeDecoder:
         if len(raw) > 2 * MAX_FIELDS_PER_PUT:
             raise InvalidRemoteDataError(f"{collection}/{key} has more than {MAX_FIELDS_PER_PUT}")
         fields: dict[str, Value] = {}
+        names = self._names
         for j in range(0, len(raw), 2):
-            field = self._name(raw[j], "field", MAX_FIELD_BYTES)
+            slot = raw[j]
+            if type(slot) is int and 0 <= slot < len(names) and names[slot][1] <= MAX_FIELD_BYTES:
+                field = names[slot][0]
+            else:
+                field = self._name(slot, "field", MAX_FIELD_BYTES)
             value = raw[j + 1]
-            try:
-                validate_field(collection, key, field, value)
-            except ValidationError as exc:
-                raise InvalidRemoteDataError(str(exc)) from None
+            kind = type(value)
+            # Scalars need no walk through `validate_field`: these are valid as decoded.
+            if not (
+                kind is bool
+                or value is None
+                or (kind is int and INT_MIN <= value <= INT_MAX)
+                or (kind is float and value == value)  # not NaN
+                or (kind is str and len(value) < _FAST_STR_CHARS)
+            ):
+                try:
+                    validate_field(collection, key, field, value)
+                except ValidationError as exc:
+                    raise InvalidRemoteDataError(str(exc)) from None
             fields[field] = value
         if len(fields) * 2 != len(raw):
             raise DecodeError(f"{collection}/{key} repeats a field name")
