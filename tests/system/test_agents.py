@@ -264,6 +264,22 @@ def peers(data_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def links_in_sync(data_dir: Path, others: list[str], deadline: float) -> None:
+    """Wait until the node has a link to each of ``others`` and each is in sync. A link's
+    state follows the data by an ACK or a SUMMARY (every 5 s), and nothing pushes link
+    states, so this asks `peers` again, bounded in time and count, each ask being a whole
+    CLI process: a paced retry, not a busy loop."""
+    for _ in range(100):
+        links = peers(data_dir)
+        if sorted(link["node_id"] for link in links) == others and all(
+            link["state"] == "in sync" for link in links
+        ):
+            return
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"{data_dir.name}'s links: {links}")
+
+
 def records(data_dir: Path) -> dict[str, dict[str, Any]]:
     out = ok("query", COLLECTION, "--data-dir", str(data_dir))
     return {r["key"]: r["fields"] for r in map(json.loads, out.splitlines())}
@@ -370,18 +386,7 @@ def test_agents_converge_after_sigkill_mid_stream(tmp_path: Path) -> None:
             assert b.process is not None
             wait_for_line(b.log, f"link to {shorts[peer]} (", b.process)
         # Links up: each node has one link to each other node, none being redialled, and
-        # in sync. Their state follows the data by an ACK or a SUMMARY (every 5 s) and
-        # nothing pushes link states, so this asks `peers` again, bounded in time and
-        # count, each ask being a whole CLI process: a paced retry, not a busy loop.
+        # in sync.
         deadline = time.monotonic() + IN_SYNC_TIMEOUT_S
-        for name in HOSTS:
-            others = sorted(ids[n] for n in HOSTS if n != name)
-            for _ in range(100):
-                links = peers(dirs[name])
-                if sorted(link["node_id"] for link in links) == others and all(
-                    link["state"] == "in sync" for link in links
-                ):
-                    break
-                assert time.monotonic() < deadline, f"{name}'s links: {links}"
-            else:
-                raise AssertionError(f"{name}'s links: {links}")
+        others = {name: sorted(ids[n] for n in HOSTS if n != name) for name in HOSTS}
+        on_each(lambda d: links_in_sync(d, others[d.name], deadline), dirs)
