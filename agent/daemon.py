@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7420  # blazemesh's port: unassigned by IANA
 DEFAULT_LISTEN: Address = ("0.0.0.0", DEFAULT_PORT)
+# A command that found no agent holds the directory for a moment; an agent (re)started
+# by a supervisor in that moment waits for it rather than failing.
+LOCK_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,7 +88,9 @@ async def run_agent(
         )
     identity = load_identity(data_dir)
     mesh = load_mesh(data_dir)
-    async with open_replica(data_dir, durability=config.durability) as replica:
+    async with open_replica(
+        data_dir, durability=config.durability, lock_wait_s=LOCK_WAIT_S
+    ) as replica:
         node = Node(
             replica=replica,
             identity=identity,

@@ -50,7 +50,9 @@ class NodeConfig:
     secure: bool = True  # False only in simulation: links skip the Noise channel
     sync: SyncConfig = field(default_factory=SyncConfig)
     backoff_min_s: float = 0.2
-    backoff_max_s: float = 30.0
+    # On a LAN a connect attempt costs one SYN: retrying a missing peer every few seconds
+    # is cheap, and a restarted peer is back in sync within that bound.
+    backoff_max_s: float = 5.0
     stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
     max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S

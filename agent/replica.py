@@ -459,8 +459,11 @@ async def open_replica(
     max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
     max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
     inline_ops: int = INLINE_MAX_OPS,
+    lock_wait_s: float = 0.0,
 ) -> AsyncIterator[Replica]:
     """Open the replica in ``data_dir`` for this process alone, until the block exits.
+
+    If another process holds the directory, wait up to ``lock_wait_s`` for it to let go.
 
     With ``create=True`` a missing directory and identity are created; otherwise they
     must exist (``blazemesh init``). Pending writes commit before the block returns.
@@ -479,7 +482,7 @@ async def open_replica(
             raise ConfigError(
                 f"no data directory at {path}: run `blazemesh init --data-dir {path}`"
             )
-        stack.enter_context(lock_data_dir(path))
+        stack.enter_context(lock_data_dir(path, wait_s=lock_wait_s))
         has_key = (path / KEY_FILE).exists()
         identity = create_identity(path) if create and not has_key else load_identity(path)
         store = Store(

@@ -259,6 +259,27 @@ async def test_second_open_of_a_data_dir_is_refused(tmp_path: Path) -> None:
             await open_again()
 
 
+async def test_a_waiting_opener_gets_the_directory_once_it_is_free(tmp_path: Path) -> None:
+    release, opened = trio.Event(), trio.Event()
+
+    async def holder(*, task_status: trio.TaskStatus[None]) -> None:
+        async with open_replica(tmp_path, create=True):
+            task_status.started()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with open_replica(tmp_path, lock_wait_s=60):
+            opened.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()  # the waiter is retrying the lock
+        assert not opened.is_set()
+        release.set()
+        await opened.wait()
+
+
 async def test_closed_replica_refuses_use(tmp_path: Path) -> None:
     async with open_replica(tmp_path, create=True) as replica:
         pass

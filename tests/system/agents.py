@@ -129,7 +129,13 @@ def running(agents: list[Agent]) -> Iterator[list[Agent]]:
             agent.start()
         yield agents
     finally:
-        codes = {a.data_dir.name: a.stop() for a in agents if a.process is not None}
+        codes: dict[str, int | str] = {}
+        for agent in agents:
+            if agent.process is not None:
+                try:
+                    codes[agent.data_dir.name] = agent.stop()
+                except subprocess.TimeoutExpired:
+                    codes[agent.data_dir.name] = "did not stop on SIGTERM"
     assert all(code == 0 for code in codes.values()), codes
     for agent in agents:
         assert "stopped; links closed, database closed" in agent.log.read_text()
