@@ -69,6 +69,7 @@ class Dial:
     last_error: str | None = None
     retry_at: float | None = None  # trio time of the next attempt, while waiting for it
     peer: bytes | None = None  # the node last reached there
+    wake: trio.Event = field(default_factory=trio.Event, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,7 +182,9 @@ class Node:
                     bound = self.config.backoff_min_s
                 delay = self._rng.uniform(0, bound)
                 dial.retry_at = trio.current_time() + delay
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await dial.wake.wait()  # `kick` cuts the wait short
+                dial.wake = trio.Event()
                 bound = min(bound * 2, self.config.backoff_max_s)
         finally:
             del self._dials[address]
@@ -327,6 +330,13 @@ class Node:
     def dial_state(self, address: Address) -> Dial | None:
         """The dialler of ``address``, if one runs."""
         return self._dials.get(address)
+
+    def kick(self, address: Address) -> None:
+        """Redial ``address`` now if its dialler is waiting out a backoff (its node was
+        just seen again, say)."""
+        dial = self._dials.get(address)
+        if dial is not None and dial.retry_at is not None:
+            dial.wake.set()
 
     def linked(self, peer: bytes) -> bool:
         """Whether a link to ``peer`` is up."""

@@ -123,6 +123,8 @@ class Peering:
         self.sightings[event.name] = Sighting(
             seen=event, first_seen=first, refused=self._refusal(event)
         )
+        if not self.node.linked(event.node_id) and event.addresses:
+            self.node.kick(event.addresses[0])  # it announced itself: no need to wait
         if old is None or old.seen != event:
             where = ", ".join(format_address(a) for a in event.addresses)
             why = self.sightings[event.name].refused

@@ -80,3 +80,8 @@ async def test_addresses_that_cannot_be_reached_are_reported_with_the_reason(
         assert down.last_error == "cannot connect: nothing listens on nowhere:7000"
         assert down.retry_at is not None
         assert down.peer is None
+        attempts, retry_at = down.attempts, down.retry_at
+        node.kick(("nowhere", 7000))  # e.g. its advert was seen again: try now
+        await trio.testing.wait_all_tasks_blocked()
+        assert down.attempts == attempts + 1
+        assert trio.current_time() < retry_at
