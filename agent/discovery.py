@@ -2,47 +2,80 @@
 
 `ZeroconfDiscovery` uses mDNS/DNS-SD (RFC 6762, RFC 6763) through python-zeroconf, on
 exactly the interface addresses it is given; `MemoryDiscovery` connects the nodes of one
-trio run for tests and the simulator. Both pass tests/agent/test_discovery.py.
+trio run for tests and the simulator. Both pass the contract in
+tests/agent/discovery_contract.py.
 
 An advert is the service ``_blazemesh._tcp.local.`` with a TXT record of what a peer
-needs before connecting: ``v`` (protocol version), ``id`` (node id, base32) and ``m``
-(the mesh tag: a keyed hash of the mesh secret that lets members recognise each other
-without telling outsiders the mesh name or secret). Adverts say who might be there;
-whether a node is alive is for the links to tell: a crashed node's advert stays in caches
-for minutes (RFC 6762 §10).
+needs before connecting (`protocol.discovery`, docs/protocol.md section 9). Adverts say
+who might be there; whether a node is alive is for the links to tell: a crashed node's
+advert stays in caches for minutes (RFC 6762 §10).
 
-Threading (docs/design.md, "Discovery"): zeroconf runs its own asyncio loop in its own
-thread and calls browser handlers from it. A handler only hands an immutable event to
-trio with `TrioToken.run_sync_soon` and never raises; every blocking zeroconf call
-(register, resolve, unregister, close) runs in a trio worker thread.
+What a consumer is told is the difference between what it was last told and the adverts
+as they are now, newest state per name (`_Tracker`): a slow consumer delays only itself,
+holds at most `MAX_PEERS_TRACKED` adverts, and never receives a stale one.
+
+Threading (STYLE.md practice 6): zeroconf runs its own asyncio loop in its own thread and
+calls browser handlers from another. A handler only hands ``(name, gone)`` to trio with
+`TrioToken.run_sync_soon` and never raises; every blocking zeroconf call (construct,
+browse, register, resolve, unregister, close) runs in a trio worker thread, and resolves
+at most `MAX_RESOLVING` at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import itertools
 import logging
-import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import trio
 
 from agent.network import Address
 from protocol.codec import PROTOCOL_VERSION
-from protocol.discovery import AdvertInfo, encode_txt, parse_txt
+from protocol.discovery import (
+    SERVICE_TYPE,
+    AdvertInfo,
+    encode_txt,
+    host_label,
+    instance_label,
+    parse_endpoints,
+    parse_txt,
+)
 from protocol.errors import InvalidRemoteDataError, LocalProtocolError
-from protocol.ids import node_id_short
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceBrowser, ServiceInfo, Zeroconf
+
+__all__ = [
+    "MAX_PEERS_TRACKED",
+    "MAX_RESOLVING",
+    "RESOLVE_TIMEOUT_MS",
+    "SERVICE_TYPE",
+    "Advert",
+    "Discovery",
+    "Event",
+    "MemoryDiscovery",
+    "PeerGone",
+    "PeerSeen",
+    "ZeroconfDiscovery",
+]
 
 log = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_blazemesh._tcp.local."
-RESOLVE_TIMEOUT_MS = 3_000  # an advert that cannot be resolved in this time is skipped
+RESOLVE_TIMEOUT_MS = 3_000  # an advert not resolved in this time waits for its next change
+MAX_RESOLVING = 4  # resolves at once, each holding a worker thread: a burst of adverts
+# cannot take the threads the rest of the node needs (trio's default limit is 40)
+MAX_PEERS_TRACKED = 1_024  # adverts followed at once: twice the largest mesh the design
+# simulates (500 devices); a flood of forged adverts beyond it is dropped, not stored
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Advert:
-    """What this node announces."""
+    """What this node announces: all ``addresses`` share one port (DNS-SD has one SRV)."""
 
     node_id: bytes
     addresses: tuple[Address, ...]
@@ -53,7 +86,7 @@ class Advert:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerSeen:
-    """An advert was seen (or changed): ``name`` identifies it until `PeerGone`."""
+    """An advert was seen, or what it says changed: ``name`` identifies it until `PeerGone`."""
 
     name: str
     node_id: bytes
@@ -65,7 +98,7 @@ class PeerSeen:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerGone:
-    """The advert ``name`` was withdrawn (or expired)."""
+    """The advert ``name``, reported by a `PeerSeen` before, was withdrawn or expired."""
 
     name: str
 
@@ -84,22 +117,116 @@ class Discovery(Protocol):
         task_status: trio.TaskStatus[None],
     ) -> None:
         """Advertise ``advert`` and send what is seen to ``events`` until cancelled; then
-        withdraw the advert. Reports started once browsing and the advert are live."""
+        withdraw the advert. Reports started once browsing is live (the advert itself
+        may still be being announced).
+
+        ``events`` gets a `PeerSeen` for every advert of another node, again whenever
+        what it says changes, and a `PeerGone` once it is withdrawn or expires; never
+        an advert with this node's id. Raises `LocalProtocolError` at once for an
+        advert that cannot be announced, and `trio.BrokenResourceError` if the
+        receiving end of ``events`` is closed.
+        """
 
 
-def instance_name(node_id: bytes) -> str:
-    return f"blazemesh-{node_id_short(node_id)}.{SERVICE_TYPE}"
+def _advert_info(advert: Advert) -> AdvertInfo:
+    """The TXT content of ``advert``, or `LocalProtocolError` if it cannot be announced."""
+    if not advert.addresses or len({port for _, port in advert.addresses}) != 1:
+        raise LocalProtocolError(
+            f"an advert needs one or more addresses, all with one port (DNS-SD has one "
+            f"SRV record per service), got {advert.addresses!r}"
+        )
+    info = AdvertInfo(
+        node_id=advert.node_id,
+        version=advert.version,
+        mesh_tag=advert.mesh_tag,
+        hub_eligible=advert.hub_eligible,
+    )
+    encode_txt(info)  # raises for what no peer would accept
+    return info
+
+
+def _seen(name: str, advert: Advert) -> PeerSeen:
+    return PeerSeen(
+        name=name,
+        node_id=advert.node_id,
+        addresses=advert.addresses,
+        mesh_tag=advert.mesh_tag,
+        version=advert.version,
+        hub_eligible=advert.hub_eligible,
+    )
+
+
+class _Tracker:
+    """What one consumer has been told, and what it is still to be told.
+
+    Trio thread only. `seen` and `gone` never block and never raise; `pump` sends the
+    difference, one event per name with news, oldest news first.
+    """
+
+    def __init__(self, own_id: bytes) -> None:
+        self._own_id = own_id
+        self._now: dict[str, PeerSeen] = {}  # the adverts as they are now
+        self._told: dict[str, PeerSeen] = {}  # as the consumer last heard of them
+        self._news: dict[str, None] = {}  # names where the two may differ (ordered set)
+        self._wakeup = trio.Event()
+        self._full = False
+
+    def seen(self, peer: PeerSeen) -> None:
+        if peer.node_id == self._own_id:  # ours: another copy of this node, or its own
+            self.gone(peer.name)
+            return
+        if peer.name not in self._now and len(self._now) >= MAX_PEERS_TRACKED:
+            if not self._full:
+                log.warning(
+                    "following %d adverts already; ignoring %r and any more (a flood?)",
+                    len(self._now),
+                    peer.name,
+                )
+                self._full = True
+            return
+        self._now[peer.name] = peer
+        self._news[peer.name] = None
+        self._wakeup.set()
+
+    def gone(self, name: str) -> None:
+        if self._now.pop(name, None) is not None or name in self._told:
+            self._news[name] = None
+            self._wakeup.set()
+
+    async def pump(self, events: trio.MemorySendChannel[Event]) -> NoReturn:
+        """Send the news to ``events`` forever."""
+        while True:
+            while not self._news:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            name = next(iter(self._news))
+            del self._news[name]
+            now, told = self._now.get(name), self._told.get(name)
+            if now == told:
+                continue
+            try:
+                await events.send(PeerGone(name=name) if now is None else now)
+            except BaseException:
+                self._news[name] = None  # not delivered: still news
+                raise
+            if now is None:
+                del self._told[name]
+            else:
+                self._told[name] = now
 
 
 # -- in memory -----------------------------------------------------------------------
 
 
 class MemoryDiscovery:
-    """Every node of one trio run that shares this object sees every other's advert."""
+    """Every node of one trio run that shares this object sees every other's advert.
+
+    Names are taken as mDNS would with ``allow_name_change``: the second advert that
+    wants a name gets ``-2``, the next ``-3`` (RFC 6762 §9).
+    """
 
     def __init__(self) -> None:
-        self._adverts: dict[str, Advert] = {}
-        self._watchers: list[trio.MemorySendChannel[Event]] = []
+        self._nodes: dict[str, tuple[PeerSeen, _Tracker]] = {}
 
     async def run(
         self,
@@ -108,50 +235,48 @@ class MemoryDiscovery:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        name = instance_name(advert.node_id)
-        for other_name, other in self._adverts.items():
-            events.send_nowait(_seen(other_name, other))
-        self._watchers.append(events)
-        self._announce(PeerSeen(name=name, **_fields(advert)), skip=events)
-        self._adverts[name] = advert
+        _advert_info(advert)
+        label = instance_label(advert.node_id)
+        name = f"{label}.{SERVICE_TYPE}"
+        for number in itertools.count(2):
+            if name not in self._nodes:
+                break
+            name = f"{label}-{number}.{SERVICE_TYPE}"
+        me, tracker = _seen(name, advert), _Tracker(advert.node_id)
+        for other, other_tracker in self._nodes.values():
+            tracker.seen(other)
+            other_tracker.seen(me)
+        self._nodes[name] = (me, tracker)
         try:
             task_status.started()
-            await trio.sleep_forever()
+            await tracker.pump(events)
         finally:
-            del self._adverts[name]
-            self._watchers.remove(events)
-            self._announce(PeerGone(name=name), skip=None)
-
-    def _announce(self, event: Event, skip: trio.MemorySendChannel[Event] | None) -> None:
-        for watcher in self._watchers:
-            if watcher is not skip:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    watcher.send_nowait(event)
-
-
-def _fields(advert: Advert) -> dict[str, Any]:
-    return {
-        "node_id": advert.node_id,
-        "addresses": advert.addresses,
-        "mesh_tag": advert.mesh_tag,
-        "hub_eligible": advert.hub_eligible,
-        "version": advert.version,
-    }
-
-
-def _seen(name: str, advert: Advert) -> PeerSeen:
-    return PeerSeen(name=name, **_fields(advert))
+            del self._nodes[name]
+            for _, other_tracker in self._nodes.values():
+                other_tracker.gone(name)
 
 
 # -- zeroconf ------------------------------------------------------------------------
 
 
 class ZeroconfDiscovery:
-    """mDNS on exactly ``interfaces`` (IPv4 addresses of this host, never "all")."""
+    """mDNS on exactly ``interfaces``: IP addresses of this host, never "all"."""
 
     def __init__(self, interfaces: Sequence[str]) -> None:
-        if not interfaces:
-            raise LocalProtocolError("ZeroconfDiscovery needs the interface addresses to use")
+        if not isinstance(interfaces, list | tuple) or not interfaces:
+            raise LocalProtocolError(
+                f"ZeroconfDiscovery needs a list of this host's interface addresses to use, "
+                f"got {interfaces!r}"
+            )
+        for address in interfaces:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise LocalProtocolError(f"{address!r} is not an IP address") from None
+            if ip.is_unspecified or ip.is_multicast:
+                raise LocalProtocolError(
+                    f"{address} is not one interface's address: pass the addresses to use"
+                )
         self.interfaces = list(interfaces)
 
     async def run(
@@ -161,104 +286,212 @@ class ZeroconfDiscovery:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+        from zeroconf import ServiceBrowser, ServiceInfo, Zeroconf
 
-        token = trio.lowlevel.current_trio_token()
-        changes_send, changes = trio.open_memory_channel[tuple[str, bool]](1_000)
-
-        def handler(
-            zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-        ) -> None:
-            # On zeroconf's thread: hand over and never raise (STYLE.md, practice 6).
-            gone = state_change is ServiceStateChange.Removed
-            with contextlib.suppress(trio.RunFinishedError, trio.WouldBlock, RuntimeError):
-                token.run_sync_soon(changes_send.send_nowait, (name, gone))
-
-        zc: Zeroconf = await trio.to_thread.run_sync(lambda: Zeroconf(interfaces=self.interfaces))
+        txt = encode_txt(_advert_info(advert))
+        hosts = [host for host, _ in advert.addresses]
+        try:
+            parse_endpoints(hosts, advert.addresses[0][1])
+        except InvalidRemoteDataError as exc:
+            raise LocalProtocolError(f"this node's advert: {exc}") from None
         info = ServiceInfo(
             SERVICE_TYPE,
-            instance_name(advert.node_id),
-            addresses=[socket.inet_aton(host) for host, _ in advert.addresses],
+            f"{instance_label(advert.node_id)}.{SERVICE_TYPE}",
             port=advert.addresses[0][1],
-            properties=encode_txt(
-                AdvertInfo(
-                    node_id=advert.node_id,
-                    version=advert.version,
-                    mesh_tag=advert.mesh_tag,
-                    hub_eligible=advert.hub_eligible,
-                )
-            ),
+            properties=txt,
+            # A host name of our own: if the instance name is taken and we are renamed,
+            # our address records still do not mix with the other host's.
+            server=f"{host_label(advert.node_id)}.local.",
+            parsed_addresses=hosts,
         )
+        browse = _Browse(advert.node_id)
+        handler = _BrowseHandler(trio.lowlevel.current_trio_token(), browse.changed)
+        zc: Zeroconf | None = None
         browser: ServiceBrowser | None = None
-        registered = False
+        registered: list[ServiceInfo] = []  # filled once the name is ours: say goodbye
         try:
-            # Browse before registering: the browser's first queries then go out while our
-            # own name is still being probed (1-2 s), not after.
+            zc = await trio.to_thread.run_sync(partial(Zeroconf, interfaces=self.interfaces))
+            # Browse before registering: our first queries then go out while our own
+            # name is still being probed (about a second, RFC 6762 §8.1), not after.
             browser = await trio.to_thread.run_sync(
-                lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler])
+                partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[handler])
             )
             async with trio.open_nursery() as nursery:
-
-                async def register() -> None:
-                    nonlocal registered
-                    registered = True  # from here on, shutdown says goodbye
-                    # Probing our name takes about a second (RFC 6762 §8.1); meanwhile we
-                    # browse and can already see, and dial, the others. A name taken by
-                    # another host is renamed (-2, -3, ...) rather than fought over.
-                    await trio.to_thread.run_sync(
-                        lambda: zc.register_service(info, allow_name_change=True)
-                    )
-                    log.info("advertising %s on %s", info.name, ", ".join(self.interfaces))
-
-                nursery.start_soon(register)
+                nursery.start_soon(browse.tracker.pump, events)
+                for _ in range(MAX_RESOLVING):
+                    nursery.start_soon(browse.resolve_forever, zc)
+                nursery.start_soon(self._register, zc, info, browse, registered)
                 task_status.started()
-                async for name, gone in changes:
-                    if gone:
-                        await events.send(PeerGone(name=name))
-                    elif name != info.name:
-                        nursery.start_soon(_resolve, zc, name, events)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_shutdown, zc, browser, info if registered else None)
+                await trio.to_thread.run_sync(_shutdown, zc, browser, registered)
+
+    async def _register(
+        self, zc: Zeroconf, info: ServiceInfo, browse: _Browse, registered: list[ServiceInfo]
+    ) -> None:
+        from zeroconf import Error as ZeroconfError
+
+        try:
+            # A name another host holds is renamed (-2, -3, ...) rather than fought over.
+            await trio.to_thread.run_sync(
+                partial(zc.register_service, info, allow_name_change=True)
+            )
+        except ZeroconfError as exc:
+            log.error(
+                "cannot advertise on %s (%s: %s): this node still finds the others, "
+                "but they do not find it",
+                ", ".join(self.interfaces),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        registered.append(info)
+        log.info("advertising %s on %s", info.name, ", ".join(self.interfaces))
 
 
-async def _resolve(zc: Any, name: str, events: trio.MemorySendChannel[Event]) -> None:
-    info = await trio.to_thread.run_sync(
-        zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS
-    )
-    seen = parse_info(name, info)
-    if seen is not None:
-        await events.send(seen)
+class _BrowseHandler:
+    """The `ServiceBrowser` handler. It runs on zeroconf's thread: it only hands
+    ``(name, gone)`` to the trio thread, and never raises (after the trio run has
+    finished, the change is dropped)."""
+
+    __slots__ = ("_deliver", "_removed", "_token")
+
+    def __init__(
+        self, token: trio.lowlevel.TrioToken, deliver: Callable[[str, bool], None]
+    ) -> None:
+        from zeroconf import ServiceStateChange
+
+        self._token = token
+        self._deliver = deliver
+        self._removed = ServiceStateChange.Removed
+
+    def __call__(
+        self, zeroconf: object, service_type: str, name: str, state_change: object
+    ) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._deliver, name, state_change is self._removed)
 
 
-def _shutdown(zc: Any, browser: Any, info: Any) -> None:
-    """Withdraw the advert (a goodbye packet, RFC 6762 §10.1) and stop zeroconf."""
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """A resolved advert as plain values, copied out of zeroconf on its worker thread."""
+
+    properties: tuple[tuple[bytes, bytes | None], ...]
+    hosts: tuple[str, ...]
+    port: int | None
+
+
+class _Browse:
+    """The trio side of browsing: which names to resolve, and what they said (trio
+    thread only).
+
+    Each browse change bumps the name's generation; a resolve whose name changed or went
+    while it ran is discarded, and the newer change decides.
+    """
+
+    def __init__(self, own_id: bytes) -> None:
+        self.tracker = _Tracker(own_id)
+        self._want: dict[str, int] = {}  # names to follow -> generation of their last change
+        self._queue: dict[str, None] = {}  # names waiting for a resolver (ordered set)
+        self._waiting = trio.lowlevel.ParkingLot()
+        self._generations = itertools.count()
+        self._refused: dict[str, str] = {}  # the reason last logged for each refused name
+        self._full = False
+
+    def changed(self, name: str, gone: bool) -> None:
+        """A browse change (from `_BrowseHandler`, on the trio thread); never raises."""
+        if gone:
+            self._want.pop(name, None)
+            self._queue.pop(name, None)
+            self._refused.pop(name, None)
+            self.tracker.gone(name)
+            return
+        if name not in self._want and len(self._want) >= MAX_PEERS_TRACKED:
+            if not self._full:
+                log.warning(
+                    "browsing %d adverts already; ignoring %r and any more", len(self._want), name
+                )
+                self._full = True
+            return
+        self._want[name] = next(self._generations)
+        self._queue[name] = None
+        self._waiting.unpark()
+
+    async def resolve_forever(self, zc: Zeroconf) -> NoReturn:
+        """One of `MAX_RESOLVING` resolvers: resolve queued names, one at a time."""
+        while True:
+            while not self._queue:
+                await self._waiting.park()
+            name = next(iter(self._queue))
+            del self._queue[name]
+            generation = self._want.get(name)
+            records = await trio.to_thread.run_sync(_resolve, zc, name)
+            if generation is not None and self._want.get(name) == generation:
+                self._resolved(name, records)
+
+    def _resolved(self, name: str, records: _Records | str | None) -> None:
+        if records is None:  # adverts are hints: keep what we knew, wait for a change
+            log.debug("advert %r did not resolve within %d ms", name, RESOLVE_TIMEOUT_MS)
+            return
+        if isinstance(records, _Records):
+            try:
+                txt = parse_txt(dict(records.properties))
+                addresses = parse_endpoints(records.hosts, records.port)
+            except InvalidRemoteDataError as exc:
+                records = str(exc)
+            else:
+                self._refused.pop(name, None)
+                self.tracker.seen(
+                    PeerSeen(
+                        name=name,
+                        node_id=txt.node_id,
+                        addresses=addresses,
+                        mesh_tag=txt.mesh_tag,
+                        version=txt.version,
+                        hub_eligible=txt.hub_eligible,
+                    )
+                )
+                return
+        if self._refused.get(name) != records:
+            log.info("ignoring advert %r: %s", name, records)
+            self._refused[name] = records
+        self.tracker.gone(name)  # if it was a blazemesh advert, it is no longer one
+
+
+def _resolve(zc: Zeroconf, name: str) -> _Records | str | None:
+    """On a worker thread: ``name``'s records, None if they did not come in time, or
+    why ``name`` cannot be resolved at all."""
     from zeroconf import Error as ZeroconfError
 
-    if browser is not None:
-        browser.cancel()
-    if info is not None:
-        with contextlib.suppress(ZeroconfError):  # the network may already be gone
-            zc.unregister_service(info)
-    zc.close()
-
-
-def parse_info(name: str, info: Any) -> PeerSeen | None:
-    """The `PeerSeen` of a resolved advert, or None (logged) if it is not a blazemesh one."""
-    if info is None:
-        log.debug("advert %s could not be resolved", name)
-        return None
     try:
-        txt = parse_txt(info.properties or {})
-    except InvalidRemoteDataError as exc:
-        log.info("ignoring advert %s: %s", name, exc)
+        info = zc.get_service_info(SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS)
+    except ZeroconfError as exc:  # a stranger's name outside our service type, say
+        return f"{type(exc).__name__}: {exc}"
+    if info is None:
         return None
-    addresses = tuple((host, info.port) for host in info.parsed_addresses())
-    return PeerSeen(
-        name=name,
-        node_id=txt.node_id,
-        addresses=addresses,
-        mesh_tag=txt.mesh_tag,
-        hub_eligible=txt.hub_eligible,
-        version=txt.version,
+    return _Records(
+        properties=tuple(info.properties.items()),
+        hosts=tuple(info.parsed_scoped_addresses()),
+        port=info.port,
     )
+
+
+def _shutdown(
+    zc: Zeroconf | None, browser: ServiceBrowser | None, registered: list[ServiceInfo]
+) -> None:
+    """On a worker thread: stop browsing, withdraw the advert (goodbye packets, RFC 6762
+    §10.1) and stop zeroconf, joining its threads."""
+    from zeroconf import Error as ZeroconfError
+
+    if zc is None:
+        return
+    try:
+        if browser is not None:
+            browser.cancel()
+        for info in registered:
+            try:
+                zc.unregister_service(info)
+            except ZeroconfError as exc:  # the network may already be gone
+                log.warning("could not withdraw advert %s: %s", info.name, exc)
+    finally:
+        zc.close()

@@ -1,14 +1,47 @@
-"""`MemoryDiscovery` passes the discovery contract."""
+"""`MemoryDiscovery` passes the discovery contract, on virtual time; and its own limits."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
+from zeroconf import InterfaceChoice
 
-from agent.discovery import MemoryDiscovery
-from tests.agent.discovery_contract import check_contract
+from agent.discovery import Advert, Event, MemoryDiscovery, ZeroconfDiscovery
+from protocol.discovery import mesh_tag
+from protocol.errors import LocalProtocolError
+from tests.agent.discovery_contract import CONTRACT, Harness
 
 
-async def test_memory_discovery_passes_the_contract(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+async def test_memory_discovery_keeps_the_contract(
+    check: Callable[[Harness], Awaitable[None]], autojump_clock: trio.testing.MockClock
+) -> None:
     shared = MemoryDiscovery()
-    await check_contract(lambda i: shared, ["node0", "node1", "node2"], timeout_s=5)
+    await check(Harness(make=lambda i: shared, host=lambda i: f"node{i}", timeout_s=60))
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [(), (("node0", 7400), ("node1", 7401))],
+    ids=["no address", "two ports"],
+)
+async def test_an_advert_that_cannot_be_announced_is_refused_at_once(
+    addresses: tuple[tuple[str, int], ...],
+) -> None:
+    advert = Advert(node_id=b"\1" * 16, addresses=addresses, mesh_tag=mesh_tag(bytes(32)))
+    send, _ = trio.open_memory_channel[Event](0)
+    with pytest.raises(LocalProtocolError, match="one port"):
+        await MemoryDiscovery().run(advert, send)
+
+
+@pytest.mark.parametrize(
+    "interfaces",
+    [[], "127.0.0.81", ["0.0.0.0"], ["::"], ["224.0.0.251"], ["eth0"], InterfaceChoice.All],
+)
+def test_zeroconf_never_runs_on_all_or_unnamed_interfaces(interfaces: Any) -> None:
+    with pytest.raises(LocalProtocolError):
+        ZeroconfDiscovery(interfaces)
