@@ -78,8 +78,18 @@ class Link:
         return self.sync.status()
 
     def wake(self) -> None:
-        """Something may be ready to send (a commit, an ack, a timer)."""
+        """Something may be ready to send (an ack, a timer)."""
         self._wake.set()
+
+    def committed(self) -> None:
+        """A commit grew what this node holds: wake the writer if it has something to send.
+
+        Most commits leave nothing to send now (the peer sent the change, or small batches
+        wait for an ACK, which wakes the writer when it comes), and a task switch for
+        nothing costs as much as deciding so.
+        """
+        if self.sync.ready():
+            self.wake()
 
     def end(self, reason: str) -> None:
         """End the link from outside (it was replaced, or the node is stopping)."""

@@ -309,6 +309,16 @@ class SyncLink:
         writes that come faster than the peer acknowledges travel together, each message
         and each commit on the peer carrying many.
         """
+        ranges = self._next_ranges()
+        for origin, (first, last) in ranges:
+            self._peer_has.add_range(origin, first, last)
+        return ranges
+
+    def ready(self) -> bool:
+        """Whether `plan` would name anything now: worth waking a writer for."""
+        return bool(self._next_ranges())
+
+    def _next_ranges(self) -> list[Range]:
         config = self._config
         if self.peer_id is None or self._in_flight >= config.window_bytes:
             return []
@@ -322,8 +332,6 @@ class SyncLink:
                 break
         if budget and self._small_unacked >= config.small_in_flight:
             return []
-        for origin, (first, last) in ranges:
-            self._peer_has.add_range(origin, first, last)
         return ranges
 
     def send_changes(self, changes: Sequence[Change]) -> None:

@@ -135,6 +135,7 @@ def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
         assert la.plan()
         la.send_changes(a.fetch([(a.id, (a.seq, a.seq))]))
     a.write(3)
+    assert not la.ready()
     assert la.plan() == []  # two small batches await their ACK: these three wait
     a.write(10)
     full = la.plan()
@@ -144,7 +145,9 @@ def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
     assert la.plan() == []
     deliver(la, lb, b)
     deliver(lb, la, a)  # one cumulative ACK for all three batches
+    assert la.ready()
     assert la.plan() == [(a.id, (13, 16))]  # everything that waited, in one batch
+    assert not la.ready()  # the peer has been sent everything
 
 
 def test_forwarding_along_a_line() -> None:
