@@ -185,3 +185,7 @@ def test_endpoint_limits(addresses: list[str], port: int | None, why: str | None
     else:
         with pytest.raises(InvalidRemoteDataError, match=why):
             parse_endpoints(addresses, port)
+
+
+def test_the_mesh_tag_of_a_zero_secret_matches_the_spec_vector() -> None:
+    assert mesh_tag(bytes(32)) == "bzsaxy4ip7kjz46b"  # docs/protocol.md section 9.2
