@@ -7,14 +7,31 @@ import json
 import random
 from dataclasses import asdict
 
+import trio
+from trio.testing import MockClock
+
 from agent.errors import ConfigError
-from simulations.epidemic import MODELS, Rule, simulate, summarize
+from simulations.epidemic import MODELS, Rule, summarize
+from simulations.epidemic import simulate as simulate_epidemic
+from simulations.harness import Scenario, simulate
+from simulations.network import LinkProfile
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sim`` and its commands to the ``blazemesh`` parser."""
-    p = sub.add_parser("sim", help="simulations: reference epidemic models")
+    p = sub.add_parser("sim", help="simulate a mesh in virtual time; reference epidemic models")
     commands = p.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
+    r = commands.add_parser("run", help="real nodes on a simulated network, in virtual time")
+    r.add_argument("--nodes", type=int, default=20)
+    r.add_argument("--topology", choices=["mesh", "star"], default="mesh")
+    r.add_argument("--writes", type=int, default=100)
+    r.add_argument("--latency-ms", type=float, default=1.0)
+    r.add_argument("--jitter-ms", type=float, default=0.0)
+    r.add_argument("--loss", type=float, default=0.0, help="probability a chunk is lost")
+    r.add_argument("--partition", nargs=2, type=float, metavar=("FROM_S", "TO_S"))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(run=cmd_run)
     e = commands.add_parser(
         "epidemic", help="Demers et al.'s anti-entropy and rumor mongering on n sites"
     )
@@ -37,6 +54,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.set_defaults(run=cmd_epidemic)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        scenario = Scenario(
+            nodes=args.nodes,
+            topology=args.topology,
+            writes=args.writes,
+            profile=LinkProfile(
+                latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, loss=args.loss
+            ),
+            partition_s=None if args.partition is None else tuple(args.partition),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report = trio.run(simulate, scenario, clock=MockClock(autojump_threshold=0))
+    if args.json:
+        print(json.dumps(asdict(report)))
+    else:
+        when = "never" if report.converged_at_s is None else f"{report.converged_at_s:.3f} s"
+        print(f"{args.nodes} nodes, {args.topology}, {args.writes} writes: converged {when}")
+        for name, value in report.spread_s.items():
+            print(f"  spread {name:<16} {value * 1000:10.1f} ms")
+        traffic = report.bytes_per_node
+        print(f"  bytes sent per node: mean {traffic['mean']:.0f}, max {traffic['max']:.0f}")
+        for failure in report.failures:
+            print(f"  CHECK FAILED: {failure}")
+    return 1 if report.failures else 0
+
+
 def cmd_epidemic(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise ConfigError("--runs must be at least 1")
@@ -44,7 +90,7 @@ def cmd_epidemic(args: argparse.Namespace) -> int:
         k = args.coin if args.coin is not None else (args.counter or 1)
         rule = Rule(feedback=args.feedback, counter=args.coin is None, k=k)
         outcomes = [
-            simulate(args.model, args.sites, random.Random(args.seed + i), rule)
+            simulate_epidemic(args.model, args.sites, random.Random(args.seed + i), rule)
             for i in range(args.runs)
         ]
     except ValueError as exc:

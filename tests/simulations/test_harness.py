@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 import trio.testing
 
+from agent.cli import main
 from protocol import crdt
 from simulations.harness import Scenario, simulate
 from simulations.network import LinkProfile
@@ -43,3 +46,13 @@ async def test_the_checks_catch_a_merge_that_ignores_the_clock(
     monkeypatch.setattr(crdt.RecordState, "put", last_applied_wins)
     report = await simulate(Scenario(nodes=6, writes=60, hot_keys=2, profile=LOSSY))
     assert any("replicas differ" in failure for failure in report.failures)
+
+
+def test_the_command_runs_a_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sim", "run", "--nodes", "5", "--writes", "10", "--loss", "0.05", "--json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failures"] == []
+    assert report["converged_at_s"] > 0
