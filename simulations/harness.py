@@ -76,12 +76,13 @@ class _Tracker:
         self.count = count
         self.all_held = trio.Event()
         self.expected: set[tuple[bytes, int]] = set()
+        self.writing = True  # until every write is in `expected`, nothing is complete
 
     def listener(self, applied: list[Applied]) -> None:
         now = trio.current_time()
         for item in applied:
             self.held.setdefault(item.change.dot, []).append(now)
-        if self.expected and all(
+        if not self.writing and all(
             len(self.held.get(dot, ())) == self.count for dot in self.expected
         ):
             self.all_held.set()
@@ -177,6 +178,7 @@ async def _write(
         await trio.sleep(scenario.write_every_s)
     if partitioned:
         net.heal()
+    tracker.writing = False
     tracker.listener([])  # the last write may have been everyone's last commit
     return acknowledged
 
