@@ -78,18 +78,15 @@ class Link:
         return self.sync.status()
 
     def wake(self) -> None:
-        """Something may be ready to send (an ack, a timer)."""
-        self._wake.set()
+        """Something happened (a commit, bytes received, a timer): wake the writer if the
+        link has something to send now.
 
-    def committed(self) -> None:
-        """A commit grew what this node holds: wake the writer if it has something to send.
-
-        Most commits leave nothing to send now (the peer sent the change, or small batches
-        wait for an ACK, which wakes the writer when it comes), and a task switch for
-        nothing costs as much as deciding so.
+        Most events leave nothing to send (the peer sent the change just committed; small
+        batches wait for an ACK, whose arrival wakes the writer again), and a task switch
+        for nothing costs as much as deciding so.
         """
         if self.sync.ready():
-            self.wake()
+            self._wake.set()
 
     def end(self, reason: str) -> None:
         """End the link from outside (it was replaced, or the node is stopping)."""

@@ -290,7 +290,7 @@ class Node:
         while len(cache) > self.config.cache_changes:
             cache.popitem(last=False)
         for link in self._links.values():
-            link.committed()
+            link.wake()
 
     def fetch(self, ranges: Sequence[Range]) -> list[Change]:
         """The changes of ``ranges``, from memory if recent, else from the log."""

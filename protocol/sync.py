@@ -315,8 +315,8 @@ class SyncLink:
         return ranges
 
     def ready(self) -> bool:
-        """Whether `plan` would name anything now: worth waking a writer for."""
-        return bool(self._next_ranges())
+        """Whether `plan` or `data_to_send` would give anything now: worth waking for."""
+        return bool(self._out) or self._applied_batch > self._ack_sent or bool(self._next_ranges())
 
     def _next_ranges(self) -> list[Range]:
         config = self._config

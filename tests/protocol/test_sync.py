@@ -134,8 +134,9 @@ def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
         a.write()
         assert la.plan()
         la.send_changes(a.fetch([(a.id, (a.seq, a.seq))]))
+    sent = la.data_to_send()
     a.write(3)
-    assert not la.ready()
+    assert not la.ready()  # nothing worth waking a writer for
     assert la.plan() == []  # two small batches await their ACK: these three wait
     a.write(10)
     full = la.plan()
@@ -143,11 +144,15 @@ def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
     la.send_changes(a.fetch(full))
     a.write(1)
     assert la.plan() == []
+    lb.receive_data(sent, 0.0)
     deliver(la, lb, b)
     deliver(lb, la, a)  # one cumulative ACK for all three batches
     assert la.ready()
     assert la.plan() == [(a.id, (13, 16))]  # everything that waited, in one batch
+    la.send_changes(a.fetch([(a.id, (13, 16))]))
+    deliver(la, lb, b)
     assert not la.ready()  # the peer has been sent everything
+    assert lb.ready()  # an ACK to send
 
 
 def test_forwarding_along_a_line() -> None:
