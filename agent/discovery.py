@@ -260,7 +260,11 @@ class MemoryDiscovery:
 
 
 class ZeroconfDiscovery:
-    """mDNS on exactly ``interfaces``: IP addresses of this host, never "all"."""
+    """mDNS on exactly ``interfaces``: IP addresses of this host, never "all".
+
+    Stopping waits for the resolves in flight (each at most `RESOLVE_TIMEOUT_MS`, as a
+    worker thread cannot be interrupted) and for the goodbye packets (about 0.5 s).
+    """
 
     def __init__(self, interfaces: Sequence[str]) -> None:
         if not isinstance(interfaces, list | tuple) or not interfaces:
@@ -425,8 +429,10 @@ class _Browse:
             name = next(iter(self._queue))
             del self._queue[name]
             generation = self._want.get(name)
+            if generation is None:
+                continue
             records = await trio.to_thread.run_sync(_resolve, zc, name)
-            if generation is not None and self._want.get(name) == generation:
+            if self._want.get(name) == generation:
                 self._resolved(name, records)
 
     def _resolved(self, name: str, records: _Records | str | None) -> None:

@@ -10,7 +10,15 @@ import trio
 import trio.testing
 from zeroconf import InterfaceChoice
 
-from agent.discovery import Advert, Event, MemoryDiscovery, ZeroconfDiscovery
+from agent.discovery import (
+    Advert,
+    Event,
+    MemoryDiscovery,
+    PeerGone,
+    PeerSeen,
+    ZeroconfDiscovery,
+    _Tracker,
+)
 from protocol.discovery import mesh_tag
 from protocol.errors import LocalProtocolError
 from tests.agent.discovery_contract import CONTRACT, Harness
@@ -45,3 +53,34 @@ async def test_an_advert_that_cannot_be_announced_is_refused_at_once(
 def test_zeroconf_never_runs_on_all_or_unnamed_interfaces(interfaces: Any) -> None:
     with pytest.raises(LocalProtocolError):
         ZeroconfDiscovery(interfaces)
+
+
+async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> None:
+    tracker = _Tracker(b"\0" * 16)
+    send, receive = trio.open_memory_channel[Event](10)
+
+    def seen(name: str, *, hub: bool = False, node_id: bytes = b"\1" * 16) -> PeerSeen:
+        return PeerSeen(
+            name=name,
+            node_id=node_id,
+            addresses=(("node1", 7400),),
+            mesh_tag=mesh_tag(bytes(32)),
+            version=1,
+            hub_eligible=hub,
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tracker.pump, send)
+        tracker.seen(seen("a"))
+        tracker.seen(seen("a"))  # the same again: no news
+        tracker.seen(seen("b"))
+        tracker.gone("b")  # came and went before it was told: nothing
+        tracker.gone("c")  # never seen: nothing
+        tracker.seen(seen("me", node_id=b"\0" * 16))  # this node's own id: never
+        tracker.seen(seen("a", hub=True))
+        await trio.testing.wait_all_tasks_blocked()
+        tracker.gone("a")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    send.close()
+    assert [event async for event in receive] == [seen("a", hub=True), PeerGone(name="a")]
