@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 import trio
@@ -48,6 +49,8 @@ from protocol.model import (
     validate_name,
     validate_op,
 )
+
+T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
@@ -128,13 +131,13 @@ class Replica:
         identity: Identity,
         data_dir: Path,
         max_batch_ops: int,
-        inline_ops: int,
+        threads: bool,
     ) -> None:
         self._store = store
         self.identity = identity
         self.data_dir = data_dir
         self._max_batch_ops = max_batch_ops
-        self._inline_ops = inline_ops
+        self._threads = threads
         self._queue: deque[_Pending] = deque()
         self._work = trio.Event()
         self._busy = 0  # write calls in progress; close waits for them
@@ -231,13 +234,16 @@ class Replica:
                 self._idle.set()
 
     def _inline_ok(self, ops: int) -> bool:
-        """Whether a batch may commit on the trio thread (see the module docstring)."""
-        return (
-            self._store.durability is Durability.NORMAL
-            and ops <= self._inline_ops
-            and not self._committing
-            and not self._queue
+        """Whether a batch may commit on the trio thread at once (module docstring)."""
+        return self._small(ops) and not self._committing and not self._queue
+
+    def _small(self, ops: int) -> bool:
+        return not self._threads or (
+            self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS
         )
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        return await _off_loop(fn, threads=self._threads)
 
     async def _write_queued(self, jobs: Sequence[Job]) -> list[Outcome]:
         pending = [_Pending(chunk) for chunk in _chunks(jobs, self._max_batch_ops)]
@@ -291,13 +297,10 @@ class Replica:
                 batch.append(self._queue.popleft())
             jobs = [job for p in batch for job in p.jobs]
             try:
-                if self._store.durability is Durability.NORMAL and ops <= self._inline_ops:
-                    outcomes = self._store.write_batch(jobs, with_updates=self._hub.active)
-                else:
-                    write = functools.partial(
-                        self._store.write_batch, with_updates=self._hub.active
-                    )
-                    outcomes = await trio.to_thread.run_sync(write, jobs)
+                write = functools.partial(
+                    self._store.write_batch, jobs, with_updates=self._hub.active
+                )
+                outcomes = write() if self._small(ops) else await self._off_loop(write)
                 self._published(outcomes)
             except StorageError as exc:
                 for p in batch:
@@ -313,7 +316,7 @@ class Replica:
 
     async def _checkpoint(self) -> None:
         try:
-            await trio.to_thread.run_sync(self._store.checkpoint)
+            await self._off_loop(self._store.checkpoint)
         finally:
             self._checkpointing = False
 
@@ -458,7 +461,7 @@ async def open_replica(
     wall_ms: Callable[[], int] = wall_clock_ms,
     max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
     max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
-    inline_ops: int = INLINE_MAX_OPS,
+    threads: bool = True,
     lock_wait_s: float = 0.0,
 ) -> AsyncIterator[Replica]:
     """Open the replica in ``data_dir`` for this process alone, until the block exits.
@@ -467,9 +470,9 @@ async def open_replica(
 
     With ``create=True`` a missing directory and identity are created; otherwise they
     must exist (``blazemesh init``). Pending writes commit before the block returns.
-    ``inline_ops`` is the largest `Durability.NORMAL` batch committed on the trio thread;
-    deterministic runs (tests on a virtual clock, the simulator) raise it so that no
-    commit ever leaves the thread.
+    With ``threads=False`` nothing leaves the trio thread (the open, every commit,
+    checkpoints, the close), so that a run on a virtual clock (tests, the simulator)
+    depends on nothing but its own tasks; the loop then waits whenever SQLite works.
     """
     if max_batch_ops < 1:
         raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
@@ -498,11 +501,11 @@ async def open_replica(
             identity=identity,
             data_dir=path,
             max_batch_ops=max_batch_ops,
-            inline_ops=inline_ops,
+            threads=threads,
         )
 
     with contextlib.ExitStack() as stack:
-        replica = await trio.to_thread.run_sync(open_files, stack)
+        replica = await _off_loop(functools.partial(open_files, stack), threads=threads)
         # The caller's exception is carried past the nursery so that it comes out as
         # itself, not wrapped in an ExceptionGroup (the background tasks never raise).
         body_error: BaseException | None = None
@@ -518,4 +521,14 @@ async def open_replica(
         if body_error is not None:
             raise body_error
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(lambda: replica.store.checkpoint(truncate=True))
+            await _off_loop(
+                functools.partial(replica.store.checkpoint, truncate=True), threads=threads
+            )
+
+
+async def _off_loop(fn: Callable[[], T], *, threads: bool) -> T:
+    """``fn()`` in a worker thread, or right here (after a checkpoint) without threads."""
+    if threads:
+        return await trio.to_thread.run_sync(fn)
+    await trio.lowlevel.checkpoint()
+    return fn()

@@ -15,6 +15,7 @@ mDNS pinned to each, Noise, durable writes.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Iterator
 
@@ -71,9 +72,11 @@ async def seen(agent: LocalAgent, key: str) -> float:
     """trio time at which ``key`` shows up in ``agent``'s watch stream."""
     client = await agent.connect()
     try:
-        async for event in client.stream("watch", {"collection": "bench", "since": 0}):
-            if any(op["key"] == key for op in event["ops"]):
-                return trio.current_time()
+        events = client.stream("watch", {"collection": "bench", "since": 0})
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if any(op["key"] == key for op in event["ops"]):
+                    return trio.current_time()
     finally:
         await client.aclose()
     raise AssertionError("the watch ended")

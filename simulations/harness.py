@@ -100,7 +100,7 @@ async def simulate(scenario: Scenario) -> Report:
                     open_replica(
                         Path(top) / host(i),
                         create=True,
-                        inline_ops=1 << 30,
+                        threads=False,
                         wall_ms=lambda: int(trio.current_time() * 1000) + 1_700_000_000_000,
                     )
                 )

@@ -101,7 +101,7 @@ async def cluster(
             options = {} if wall_ms is None else {"wall_ms": wall_ms}
             replicas.append(
                 await stack.enter_async_context(
-                    open_replica(tmp_path / f"n{i}", create=True, inline_ops=10_000, **options)
+                    open_replica(tmp_path / f"n{i}", create=True, threads=False, **options)
                 )
             )
         nursery = await stack.enter_async_context(trio.open_nursery())

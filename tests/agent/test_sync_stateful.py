@@ -138,7 +138,7 @@ class MeshMachine(RuleBasedStateMachine):
         async def run() -> None:
             with trio.CancelScope() as scope:
                 self.scopes[i] = scope
-                async with open_replica(self.tmp / f"n{i}", create=True, inline_ops=10_000) as r:
+                async with open_replica(self.tmp / f"n{i}", create=True, threads=False) as r:
                     self.replicas[i] = r
                     node = Node(
                         replica=r,
