@@ -67,16 +67,20 @@ def create_identity(data_dir: Path) -> Identity:
     """Generate a key pair and write it to ``data_dir`` (mode 0600); refuse to overwrite."""
     identity = Identity.generate()
     path = data_dir / KEY_FILE
-    seed = base64.b64encode(bytes(identity.signing_key)).decode("ascii")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ConfigError(f"{path} already exists: this data directory has an identity") from None
     with os.fdopen(fd, "w") as f:
-        f.write(f"{_HEADER}\n{seed}\n")
+        f.write(identity_file_text(bytes(identity.signing_key)))
         f.flush()
         os.fsync(f.fileno())
     return identity
+
+
+def identity_file_text(seed: bytes) -> str:
+    """The key file's contents for the 32-byte Ed25519 ``seed``."""
+    return f"{_HEADER}\n{base64.b64encode(seed).decode('ascii')}\n"
 
 
 def load_identity(data_dir: Path) -> Identity:

@@ -20,6 +20,7 @@ import trio
 from agent.errors import StorageError
 from agent.network import Address, format_address
 from agent.replica import Replica
+from agent.store import Outcome
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
@@ -48,6 +49,7 @@ class Link:
         replica: Replica,
         fetch: Callable[[Sequence[Range]], list[Change]],
         on_hello: Callable[[Link], None],
+        on_applied: Callable[[Link, Sequence[Change], Sequence[Outcome]], None],
         address: Address,
         initiated: bool,
     ) -> None:
@@ -59,6 +61,7 @@ class Link:
         self._replica = replica
         self._fetch = fetch
         self._on_hello = on_hello
+        self._on_applied = on_applied
         self._wake = trio.Event()
         self._incoming_send, self._incoming = trio.open_memory_channel[Incoming](float("inf"))
         self._scope: trio.CancelScope | None = None
@@ -151,6 +154,7 @@ class Link:
                     next(o for o in outcomes if isinstance(o, ProtocolError)),
                 )
                 self.sync.refused(refused)
+            self._on_applied(self, changes, outcomes)
             # The commit woke this node's observers, which wait on the app; the ACK does
             # not (the window is megabytes). A round of scheduling lets them go first,
             # instead of waiting behind the ACK's send, which on loopback costs as much as

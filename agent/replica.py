@@ -138,6 +138,9 @@ class Replica:
         self.data_dir = data_dir
         self._max_batch_ops = max_batch_ops
         self._threads = threads
+        # Since open: changes received from peers, and how many were already held.
+        self.received_changes = 0
+        self.duplicate_changes = 0
         self._queue: deque[_Pending] = deque()
         self._work = trio.Event()
         self._busy = 0  # write calls in progress; close waits for them
@@ -213,7 +216,10 @@ class Replica:
         Changes a rule refuses (a clock too far ahead, say) come back as their
         `RemoteProtocolError`; the others still apply.
         """
-        return await self._write(changes)
+        outcomes = await self._write(changes)
+        self.received_changes += len(changes)
+        self.duplicate_changes += outcomes.count(None)
+        return outcomes
 
     async def _write(self, jobs: Sequence[Job]) -> list[Outcome]:
         self._check_open()

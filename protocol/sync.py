@@ -11,6 +11,8 @@ What to send is always ``missing(have, peer_has)``: the local version vector ``h
 holds. Catching up after a reconnect, streaming new local writes and forwarding changes
 that arrived from other peers are all that one rule, so none of them can be forgotten:
 a link that has nothing in flight and nothing missing is in sync, and `status` says so.
+(The difference is computed only for the origins where it may have changed: those
+``have`` grew in since the last look, and every origin after a SUMMARY.)
 
 `plan` names the next ranges to send (marking them as sent); the agent fetches them and
 hands them to `send_changes`. Bytes of CHANGES not yet acknowledged are bounded by the
@@ -26,23 +28,34 @@ offered again. `tick` also sends keepalive PINGs, measures round trips from the 
 declares the link dead when nothing has arrived for `dead_after_s`, and declares it
 stalled when the peer is behind and acknowledges nothing, or ahead and sends nothing, for
 `stall_after_s`: the agent then drops and redials the link, and says why.
+
+Pruning. That one rule sends a change to every neighbour of every node that holds it, so
+in a dense mesh each change arrives many times. A side may `prune` origins: it sends
+PRUNE, and the peer stops pushing their changes on this link ("lazy" origins) until a
+GRAFT. Which link to prune is the node's choice (it sees all its links; see
+agent.node); this side grafts back by itself when the peer's SUMMARY shows it holds
+changes of a pruned origin that this side still lacks `graft_after_s` later. The result
+is a spanning tree per origin, as in Plumtree (Leitao et al., "Epidemic Broadcast
+Trees", 2007), with SUMMARY in the role of its lazy IHAVE.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocol.codec import PROTOCOL_VERSION
 from protocol.codec.messages import (
     Ack,
     Changes,
+    Graft,
     Hello,
     MessageDecoder,
     MessageEncoder,
     Ping,
     Pong,
+    Prune,
     Summary,
 )
 from protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -67,6 +80,7 @@ class SyncConfig:
     dead_after_s: float = 5.0  # silence this long means the link is dead
     summary_every_s: float = 5.0  # anti-entropy: a SUMMARY this often
     stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
+    graft_after_s: float = 1.0  # behind on a pruned origin this long: graft it back
     receive_limit_bytes: int = 8 << 20  # CHANGES received, not yet applied: a peer past this
     # ignores flow control (an honest sender stays within its window, 4 MiB by default)
     small_in_flight: int = 2  # CHANGES messages short of a full batch awaiting their ACK at
@@ -157,6 +171,10 @@ class SyncLink:
         self.peer_id: bytes | None = None
         self._peer_has = VersionVector()
         self._peer_told = VersionVector()
+        self._unsure = have.origins()  # origins where `have` may hold what `peer_has` lacks
+        self._have_stamp = have.stamp  # ... as of this stamp of `have`
+        self._lazy: set[bytes] = set()  # origins the peer pruned: not pushed to it
+        self.pruned: set[bytes] = set()  # origins this side pruned: the peer does not push
         self._unacked: deque[_Batch] = deque()
         self._in_flight = 0
         self._small_unacked = 0  # of `_unacked`, those short of a full batch (see `plan`)
@@ -207,6 +225,11 @@ class SyncLink:
                 self._ack(message.batch)
             elif isinstance(message, Summary):
                 self._summary(message.vv)
+            elif isinstance(message, Prune):
+                self._lazy.update(message.origins)
+            elif isinstance(message, Graft):
+                self._lazy.difference_update(message.origins)
+                self._unsure.update(message.origins)
             elif isinstance(message, Ping):
                 self._out.append(self._encoder.encode(Pong(token=message.token)))
             elif isinstance(message, Pong):
@@ -266,6 +289,7 @@ class SyncLink:
             for origin, seq in sent.dots:
                 has.add(origin, seq)
         self._peer_told, self._peer_has = told, has
+        self._unsure = self._have.origins()
         self._check_behind()
 
     def _lacking(self) -> list[Range]:
@@ -299,6 +323,21 @@ class SyncLink:
         for origin, seq in dots:
             self._refused.add(origin, seq)
 
+    def prune(self, origins: Iterable[bytes]) -> None:
+        """Ask the peer to stop pushing changes of ``origins`` (this node gets them
+        another way); they come back by `graft`, by hand or when this side falls behind."""
+        fresh = sorted(set(origins) - self.pruned)
+        if fresh and self.open:
+            self.pruned.update(fresh)
+            self._out.append(self._encoder.encode(Prune(origins=fresh)))
+
+    def graft(self, origins: Iterable[bytes] | None = None) -> None:
+        """Ask the peer to push changes of ``origins`` (default: every pruned one) again."""
+        back = sorted(self.pruned if origins is None else self.pruned.intersection(origins))
+        if back:
+            self.pruned.difference_update(back)
+            self._out.append(self._encoder.encode(Graft(origins=back)))
+
     # -- outbound --------------------------------------------------------------------------
 
     def plan(self) -> list[Range]:
@@ -322,9 +361,18 @@ class SyncLink:
         config = self._config
         if self.peer_id is None or self._in_flight >= config.window_bytes:
             return []
+        have = self._have
+        if have.stamp != self._have_stamp:
+            self._unsure.update(have.grown_since(self._have_stamp))
+            self._have_stamp = have.stamp
+        unsure = self._unsure - self._lazy if self._lazy else self._unsure
+        if not unsure:
+            return []
+        lacking = missing(have, self._peer_has, unsure)
+        self._unsure = {origin for origin, _ in lacking}
         budget = config.batch_changes
         ranges: list[Range] = []
-        for origin, (first, last) in missing(self._have, self._peer_has):
+        for origin, (first, last) in lacking:
             last = min(last, first + budget - 1)
             ranges.append((origin, (first, last)))
             budget -= last - first + 1
@@ -384,6 +432,8 @@ class SyncLink:
             )
         self._check_behind()
         if self._behind_since is not None:
+            if self.pruned and now - self._behind_since >= config.graft_after_s:
+                self.graft({origin for origin, _ in self._lacking()})
             idle = now - max(self._behind_since, self._last_changes)
             if idle >= config.stall_after_s:
                 lag = _count(self._lacking())
@@ -400,15 +450,18 @@ class SyncLink:
             rtt_s=self.rtt_s,
             last_contact=self._last_received,
             behind_in=_count(self._lacking()) if self.open else 0,
-            behind_out=(_count(missing(self._have, self._peer_has)) + in_flight)
-            if self.open
-            else 0,
+            behind_out=(_count(self._missing_pushed()) + in_flight) if self.open else 0,
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
             changes_sent=self.changes_sent,
             changes_received=self.changes_received,
             in_flight_bytes=self._in_flight,
         )
+
+    def _missing_pushed(self) -> list[Range]:
+        """What the peer lacks of the origins this side pushes to it (not the lazy ones:
+        the peer gets those another way, and says what it holds in its SUMMARY)."""
+        return missing(self._have, self._peer_has, self._have.origins() - self._lazy)
 
 
 def _count(ranges: list[Range]) -> int:

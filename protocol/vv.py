@@ -4,6 +4,10 @@ A replica's knowledge is the set of dots ``(origin, seq)`` it holds. Per origin 
 stored as a contiguous prefix ``1..base`` plus the few seqs above it that arrived early
 (changes can overtake each other across different paths). Gaps close as the missing
 changes arrive and the prefix absorbs them.
+
+A vector only grows. It counts its growth in `stamp` and remembers the order in which
+origins last grew, so that a reader can ask which origins grew since a stamp it saw
+(`grown_since`) at a cost that follows the answer, not the number of origins.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ SeqRange = tuple[int, int]  # inclusive: (first, last)
 class VersionVector:
     """A mutable set of dots, compact when arrivals are in order."""
 
-    __slots__ = ("_base", "_extra")
+    __slots__ = ("_base", "_extra", "_grown", "stamp")
 
     def __init__(self) -> None:
         self._base: dict[bytes, int] = {}
         self._extra: dict[bytes, set[int]] = {}
+        self._grown: dict[bytes, int] = {}  # origin -> stamp of its last growth, in that order
+        self.stamp = 0  # how many times the vector grew
 
     @classmethod
     def from_parts(
@@ -36,6 +42,7 @@ class VersionVector:
                 raise LocalProtocolError(f"negative base {base} in version vector")
             if base:
                 vv._base[origin] = base
+                vv._grow(origin)
         for origin, seqs in extras.items():
             for seq in seqs:
                 vv.add(origin, seq)
@@ -45,6 +52,8 @@ class VersionVector:
         other = VersionVector()
         other._base = dict(self._base)
         other._extra = {o: set(s) for o, s in self._extra.items()}
+        other._grown = dict(self._grown)
+        other.stamp = self.stamp
         return other
 
     def __contains__(self, dot: Dot) -> bool:
@@ -70,10 +79,11 @@ class VersionVector:
         if seq != base + 1:
             if extra is None:
                 self._extra[origin] = {seq}
-                return True
-            if seq in extra:
+            elif seq in extra:
                 return False
-            extra.add(seq)
+            else:
+                extra.add(seq)
+            self._grow(origin)
             return True
         base = seq
         if extra:
@@ -83,6 +93,7 @@ class VersionVector:
             if not extra:
                 del self._extra[origin]
         self._base[origin] = base
+        self._grow(origin)
         return True
 
     def add_range(self, origin: bytes, first: int, last: int) -> None:
@@ -98,6 +109,7 @@ class VersionVector:
             return
         self._base[origin] = last
         self._absorb(origin)
+        self._grow(origin)
 
     def merge(self, other: VersionVector) -> None:
         """Add every dot of ``other`` (set union)."""
@@ -105,9 +117,26 @@ class VersionVector:
             if base > self._base.get(origin, 0):
                 self._base[origin] = base
                 self._absorb(origin)
+                self._grow(origin)
         for origin, seqs in other._extra.items():
             for seq in seqs:
                 self.add(origin, seq)
+
+    def _grow(self, origin: bytes) -> None:
+        self.stamp += 1
+        grown = self._grown
+        grown.pop(origin, None)
+        grown[origin] = self.stamp
+
+    def grown_since(self, stamp: int) -> list[bytes]:
+        """The origins whose dots grew after the vector's `stamp` was ``stamp``."""
+        out = []
+        grown = self._grown
+        for origin in reversed(grown):
+            if grown[origin] <= stamp:
+                break
+            out.append(origin)
+        return out
 
     def _absorb(self, origin: bytes) -> None:
         """Fold early seqs that the prefix now reaches into it."""
@@ -150,14 +179,17 @@ class VersionVector:
         return {o: frozenset(s) for o, s in self._extra.items()}
 
 
-def missing(have: VersionVector, peer: VersionVector) -> list[tuple[bytes, SeqRange]]:
-    """The dots ``have`` holds that ``peer`` lacks, as inclusive per-origin seq ranges.
+def missing(
+    have: VersionVector, peer: VersionVector, origins: Iterable[bytes] | None = None
+) -> list[tuple[bytes, SeqRange]]:
+    """The dots ``have`` holds that ``peer`` lacks, as inclusive per-origin seq ranges;
+    only those of ``origins``, if given.
 
     Ranges come sorted by origin, then seq, each maximal. The cost grows with the number
-    of early seqs on either side, not with the number of missing dots.
+    of origins and of early seqs on either side, not with the number of missing dots.
     """
     out: list[tuple[bytes, SeqRange]] = []
-    for origin in sorted(have.origins()):
+    for origin in sorted(have.origins() if origins is None else origins):
         floor = peer.base(origin)
         holes = sorted(s for s in peer.extras(origin) if s > floor)
         for first, last in _ranges_above(have, origin, floor):

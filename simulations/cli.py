@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
-from dataclasses import asdict
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import trio
 from trio.testing import MockClock
@@ -13,25 +17,47 @@ from trio.testing import MockClock
 from agent.errors import ConfigError
 from simulations.epidemic import MODELS, Rule, summarize
 from simulations.epidemic import simulate as simulate_epidemic
-from simulations.harness import Scenario, simulate
-from simulations.network import LinkProfile
+from simulations.harness import simulate
+from simulations.plots import write_plots
+from simulations.report import Report
+from simulations.scenario import BUILTIN, Fault, Scenario, load
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sim`` and its commands to the ``blazemesh`` parser."""
     p = sub.add_parser("sim", help="simulate a mesh in virtual time; reference epidemic models")
     commands = p.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
-    r = commands.add_parser("run", help="real nodes on a simulated network, in virtual time")
-    r.add_argument("--nodes", type=int, default=20)
-    r.add_argument("--topology", choices=["mesh", "star"], default="mesh")
-    r.add_argument("--writes", type=int, default=100)
-    r.add_argument("--latency-ms", type=float, default=1.0)
-    r.add_argument("--jitter-ms", type=float, default=0.0)
-    r.add_argument("--loss", type=float, default=0.0, help="probability a chunk is lost")
-    r.add_argument("--partition", nargs=2, type=float, metavar=("FROM_S", "TO_S"))
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--json", action="store_true")
+    r = commands.add_parser(
+        "run",
+        help="real nodes on a simulated network, in virtual time",
+        description="Run a scenario: a TOML file, a built-in name (`blazemesh sim list`), "
+        "or flags alone. Flags given beside a scenario override its values.",
+    )
+    r.add_argument("scenario", nargs="?", help="a .toml file or a built-in scenario's name")
+    r.add_argument("--nodes", type=int)
+    r.add_argument("--topology", choices=["mesh", "star"])
+    r.add_argument("--max-links", type=int, help="mesh: links each node dials (bounded mesh)")
+    r.add_argument("--hub-candidates", type=int, metavar="N", help="star: nodes 0..N-1 may be hub")
+    r.add_argument("--writes", type=int)
+    r.add_argument("--write-every-ms", type=float)
+    r.add_argument("--hot-keys", type=int, help="writes overwrite this many keys (conflicts)")
+    r.add_argument("--deletes", type=float, help="share of writes that delete (needs --hot-keys)")
+    r.add_argument("--skew-ms", type=float, help="each node's clock is off by up to this")
+    r.add_argument("--latency-ms", type=float)
+    r.add_argument("--jitter-ms", type=float)
+    r.add_argument("--loss", type=float, help="probability a chunk needs a retransmission")
+    r.add_argument("--bandwidth", type=float, metavar="BYTES_PER_S")
+    r.add_argument("--partition", nargs=2, type=float, metavar=("FROM_S", "TO_S"),
+                   help="split the nodes in halves for this span")  # fmt: skip
+    r.add_argument("--storm", type=float, metavar="AT_S", help="drop every connection then")
+    r.add_argument("--secure", action="store_true", help="keep the Noise channel (slower)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", type=Path, metavar="DIR",
+                   help="write report.json, summary.txt, trace.txt and plots there")  # fmt: skip
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(run=cmd_run)
+    ls = commands.add_parser("list", help="the built-in scenarios")
+    ls.set_defaults(run=cmd_list)
     e = commands.add_parser(
         "epidemic", help="Demers et al.'s anti-entropy and rumor mongering on n sites"
     )
@@ -54,33 +80,113 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.set_defaults(run=cmd_epidemic)
 
 
+def scenario_from(args: argparse.Namespace) -> Scenario:
+    """The scenario the arguments name, with the flags given applied over it."""
+    base = Scenario()
+    if args.scenario is not None:
+        if args.scenario in BUILTIN:
+            base = BUILTIN[args.scenario]
+        else:
+            base = load(Path(args.scenario))
+    plain = {
+        "nodes": args.nodes,
+        "topology": args.topology,
+        "max_links": args.max_links,
+        "hub_candidates": args.hub_candidates,
+        "writes": args.writes,
+        "write_every_s": None if args.write_every_ms is None else args.write_every_ms / 1000,
+        "hot_keys": args.hot_keys,
+        "deletes": args.deletes,
+        "skew_ms": args.skew_ms,
+        "secure": args.secure or None,
+        "seed": args.seed,
+    }
+    link = {
+        "latency_s": None if args.latency_ms is None else args.latency_ms / 1000,
+        "jitter_s": None if args.jitter_ms is None else args.jitter_ms / 1000,
+        "loss": args.loss,
+        "bandwidth_bps": args.bandwidth,
+    }
+    faults = list(base.faults)
+    if args.partition is not None:
+        begin, end = args.partition
+        nodes = args.nodes or base.nodes
+        halves = (tuple(range(nodes // 2)), tuple(range(nodes // 2, nodes)))
+        faults += [
+            Fault(at_s=begin, action="partition", groups=halves),
+            Fault(at_s=end, action="heal"),
+        ]
+    if args.storm is not None:
+        faults.append(Fault(at_s=args.storm, action="storm"))
+    return replace(
+        base,
+        link=replace(base.link, **{k: v for k, v in link.items() if v is not None}),
+        faults=tuple(faults),
+        **{k: v for k, v in plain.items() if v is not None},
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        scenario = Scenario(
-            nodes=args.nodes,
-            topology=args.topology,
-            writes=args.writes,
-            profile=LinkProfile(
-                latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, loss=args.loss
-            ),
-            partition_s=None if args.partition is None else tuple(args.partition),
-            seed=args.seed,
-        )
+        scenario = scenario_from(args)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    report = trio.run(simulate, scenario, clock=MockClock(autojump_threshold=0))
-    if args.json:
-        print(json.dumps(asdict(report)))
-    else:
-        when = "never" if report.converged_at_s is None else f"{report.converged_at_s:.3f} s"
-        print(f"{args.nodes} nodes, {args.topology}, {args.writes} writes: converged {when}")
-        for name, value in report.spread_s.items():
-            print(f"  spread {name:<16} {value * 1000:10.1f} ms")
-        traffic = report.bytes_per_node
-        print(f"  bytes sent per node: mean {traffic['mean']:.0f}, max {traffic['max']:.0f}")
-        for failure in report.failures:
-            print(f"  CHECK FAILED: {failure}")
+    show = Progress() if sys.stderr.isatty() and not args.json else None
+    report = trio.run(
+        functools.partial(simulate, scenario, keep_trace=args.out is not None, progress=show),
+        clock=MockClock(autojump_threshold=0),
+    )
+    if show is not None:
+        show.done()
+    if args.out is not None:
+        for path in write_outputs(report, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(report.to_json()) if args.json else report.summary())
     return 1 if report.failures else 0
+
+
+def write_outputs(report: Report, out: Path) -> list[Path]:
+    """report.json, summary.txt, trace.txt and, with matplotlib, the plots, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    data = report.to_json()
+    trace = data.pop("trace", None) or []
+    for name, text in (
+        ("report.json", json.dumps(data, indent=1)),
+        ("summary.txt", report.summary() + "\n"),
+        ("trace.txt", "".join(line + "\n" for line in trace)),
+    ):
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    try:
+        written += write_plots(data, out)
+    except RuntimeError as exc:  # matplotlib is not installed
+        print(f"no plots: {exc}", file=sys.stderr)
+    return written
+
+
+class Progress:
+    """A one-line progress bar on standard error, redrawn at most ten times a second."""
+
+    def __init__(self) -> None:
+        self._drawn = 0.0
+
+    def __call__(self, share: float) -> None:
+        now = time.monotonic()
+        if now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        bar = "#" * int(share * 40)
+        print(f"\r  converging [{bar:<40}] {share:6.1%}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, scenario in BUILTIN.items():
+        print(f"{name:<20} {scenario.describe()}")
+    return 0
 
 
 def cmd_epidemic(args: argparse.Namespace) -> int:

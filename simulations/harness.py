@@ -1,218 +1,363 @@
 """Run real nodes on the simulated network, in virtual time, and check how they converge.
 
 Every node is the agent's own `Node` with its own replica (SQLite in a temporary
-directory, committed on the trio thread so that virtual time stands still while it
-works) and the real sync code; only the channel's encryption is off, and the network is
-a `SimNetwork`. The harness writes, applies the scenario's faults at their virtual times,
-waits for the replicas to converge, and then checks them (docs/simulation.md).
+directory, every commit on the trio thread so that virtual time stands still while it
+works), the real sync code, and the real `Peering` that turns discovery into links by
+the topology's rules; only the channel's encryption is off unless the scenario asks for
+it, the network is a `SimNetwork` and discovery a `MemoryDiscovery`. The harness writes,
+applies the scenario's faults at their virtual times, waits for the live replicas to
+converge, and then checks them (docs/simulation.md).
 
-This is the harness's core: scenarios as files, the command line, plots and exact replay
-of a seed's trace come with the rest of the simulation issue.
+Determinism: node identities, the mesh secret, every node's RNG, the network's RNG and
+trio's own scheduling order all derive from the scenario's seed, and nothing leaves the
+trio thread; the trace (every write, fault and commit with its virtual time) and its
+digest are then the same on every run of the same scenario, in any process.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import hashlib
 import random
-import statistics
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from agent.mesh import new_mesh
+from agent.discovery import MemoryDiscovery
+from agent.identity import identity_file_text
+from agent.mesh import Mesh
 from agent.node import Node, NodeConfig
+from agent.paths import KEY_FILE
+from agent.peering import Peering
 from agent.replica import Replica, open_replica
 from agent.store import Applied
+from protocol.ids import node_id_short
 from protocol.sync import SyncConfig
-from simulations.network import LinkProfile, SimNetwork
+from protocol.topology import TopologyConfig
+from simulations.network import SimNetwork
+from simulations.report import Report, Write, build_report, check
+from simulations.scenario import Fault, Scenario
 
 PORT = 7420
 COLLECTION = "sim"
 SIM_SYNC = SyncConfig(batch_changes=64)  # batches small enough to commit on the trio thread
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scenario:
-    """What to simulate. Times are virtual seconds."""
-
-    nodes: int = 10
-    topology: str = "mesh"  # "mesh": every pair linked; "star": node 0 is the hub
-    writes: int = 100  # spread round-robin over the nodes, one change each
-    hot_keys: int | None = None  # if set, writes overwrite this many keys: conflicts
-    write_every_s: float = 0.01
-    profile: LinkProfile = field(default_factory=LinkProfile)
-    partition_s: tuple[float, float] | None = None  # (from, to): halves cannot talk
-    seed: int = 0
-    converge_within_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        if self.nodes < 2:
-            raise ValueError("a simulation needs at least 2 nodes")
-        if self.topology not in ("mesh", "star"):
-            raise ValueError(f"topology {self.topology!r} is not mesh or star")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Report:
-    """How the run went: convergence, per-change spread times, traffic, failed checks."""
-
-    converged_at_s: float | None
-    spread_s: dict[str, float]  # p50/p99/max over changes of the time to reach 50/99/100 %
-    bytes_per_node: dict[str, float]  # mean and max bytes sent per node
-    failures: list[str]  # empty when every check passed
+EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
 
 
 def host(i: int) -> str:
     return f"n{i}"
 
 
-class _Tracker:
-    """When each node first held each change (from commit listeners)."""
+class Trace:
+    """What happened, one line per event at its virtual time since the trace began,
+    hashed as it goes (and kept if asked)."""
 
-    def __init__(self, count: int) -> None:
-        self.held: dict[tuple[bytes, int], list[float]] = {}
-        self.count = count
-        self.all_held = trio.Event()
+    def __init__(self, keep: bool) -> None:
+        self.lines: list[str] | None = [] if keep else None
+        self._hash = hashlib.blake2b(digest_size=16)
+        self._began = trio.current_time()
+
+    def __call__(self, text: str) -> None:
+        line = f"{trio.current_time() - self._began:.6f} {text}"
+        self._hash.update(line.encode() + b"\n")
+        if self.lines is not None:
+            self.lines.append(line)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class Tracker:
+    """When each node first held each change, from the replicas' commit listeners."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.held: dict[tuple[bytes, int], dict[int, float]] = {}
         self.expected: set[tuple[bytes, int]] = set()
-        self.writing = True  # until every write is in `expected`, nothing is complete
+        self.live: set[int] = set()
+        self.changed = trio.Event()
+        self.pairs_held = 0  # (change, node) pairs, counted as they come: progress
 
-    def listener(self, applied: list[Applied]) -> None:
+    def listener(self, node: int, applied: list[Applied]) -> None:
         now = trio.current_time()
         for item in applied:
-            self.held.setdefault(item.change.dot, []).append(now)
-        if not self.writing and all(
-            len(self.held.get(dot, ())) == self.count for dot in self.expected
-        ):
-            self.all_held.set()
+            dot = item.change.dot
+            holders = self.held.setdefault(dot, {})
+            if node not in holders:
+                holders[node] = now
+                self.pairs_held += 1
+            self.trace(f"{host(node)} holds {node_id_short(dot[0])}:{dot[1]}")
+        self.changed.set()
+
+    @property
+    def share_held(self) -> float:
+        pairs = len(self.expected) * len(self.live)
+        return min(1.0, self.pairs_held / pairs) if pairs else 1.0
+
+    def complete(self) -> bool:
+        """Every expected change is held by every live node."""
+        if self.pairs_held < len(self.expected) * len(self.live):
+            return False
+        return all(self.live <= self.held.get(dot, {}).keys() for dot in self.expected)
 
 
-async def simulate(scenario: Scenario) -> Report:
-    """Run ``scenario`` (under a `trio.testing.MockClock`, for virtual time)."""
-    rng = random.Random(scenario.seed)
-    net = SimNetwork(random.Random(rng.random()), scenario.profile)
-    tracker = _Tracker(scenario.nodes)
-    with tempfile.TemporaryDirectory(prefix="blazemesh-sim-") as top:
-        async with contextlib.AsyncExitStack() as stack:
-            replicas = [
-                await stack.enter_async_context(
-                    open_replica(
-                        Path(top) / host(i),
-                        create=True,
-                        threads=False,
-                        wall_ms=lambda: int(trio.current_time() * 1000) + 1_700_000_000_000,
+class SimNode:
+    """One node: its storage outlives its runs (crash, restart, leave, join)."""
+
+    def __init__(self, index: int, sim: _Simulation) -> None:
+        self.index = index
+        self.sim = sim
+        self.dir = sim.top / host(index)
+        self.skew_ms = sim.rng.uniform(-sim.scenario.skew_ms, sim.scenario.skew_ms)
+        self.rng = random.Random(sim.rng.random())
+        self.dir.mkdir(mode=0o700)
+        key = self.dir / KEY_FILE
+        key.write_text(identity_file_text(sim.rng.randbytes(32)))
+        key.chmod(0o600)
+        self.replica: Replica | None = None
+        self.peering: Peering | None = None
+        self.node: Node | None = None
+        self._scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._received = (0, 0)  # changes received and duplicates, over finished runs
+
+    @property
+    def up(self) -> bool:
+        return self._scope is not None
+
+    def received_changes(self) -> tuple[int, int]:
+        """Changes received from peers over every run so far, and how many were held."""
+        received, duplicates = self._received
+        if self.replica is not None:
+            received += self.replica.received_changes
+            duplicates += self.replica.duplicate_changes
+        return received, duplicates
+
+    def wall_ms(self) -> int:
+        return EPOCH_MS + int(trio.current_time() * 1000 + self.skew_ms)
+
+    async def start(self) -> None:
+        self._scope, self._stopped = trio.CancelScope(), trio.Event()
+        await self.sim.nursery.start(self._run, self._scope, self._stopped)
+        self.sim.tracker.live.add(self.index)
+
+    async def stop(self) -> None:
+        assert self._scope is not None
+        self.sim.tracker.live.discard(self.index)
+        self._scope.cancel()
+        self._scope = None
+        await self._stopped.wait()
+        self.replica = self.peering = self.node = None
+
+    async def _run(
+        self, scope: trio.CancelScope, stopped: trio.Event, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        sim, scenario = self.sim, self.sim.scenario
+        try:
+            with scope:
+                async with open_replica(self.dir, threads=False, wall_ms=self.wall_ms) as replica:
+                    stop = replica.on_commit(functools.partial(sim.tracker.listener, self.index))
+                    address = (host(self.index), PORT)
+                    node = Node(
+                        replica=replica,
+                        identity=replica.identity,
+                        mesh=Mesh(name="sim", secret=sim.secret),
+                        network=sim.net.host(host(self.index)),
+                        config=NodeConfig(listen=[address], secure=scenario.secure, sync=SIM_SYNC),
+                        rng=self.rng,
+                        random_bytes=self.rng.randbytes,
                     )
-                )
-                for i in range(scenario.nodes)
-            ]
-            for replica in replicas:
-                stack.callback(replica.on_commit(tracker.listener))
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            await _start_nodes(scenario, net, replicas, rng, nursery)
-            start = trio.current_time()
-            acknowledged = await _write(scenario, net, replicas, tracker)
-            converged_at: float | None = None
-            with trio.move_on_after(scenario.converge_within_s):
-                await tracker.all_held.wait()
-                converged_at = trio.current_time() - start
-            failures = await _check(replicas, acknowledged)
-            nursery.cancel_scope.cancel()
-    return Report(
-        converged_at_s=converged_at,
-        spread_s=_spread(tracker, scenario.nodes),
-        bytes_per_node=_traffic(net, scenario.nodes),
-        failures=failures if converged_at is not None else ["did not converge", *failures],
-    )
+                    peering = Peering(
+                        node,
+                        sim.discovery,
+                        advertise=(address,),
+                        topology=TopologyConfig(
+                            mode=scenario.topology, max_links=scenario.max_links
+                        ),
+                        hub_eligible=self.index < scenario.hub_candidates,
+                    )
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(node.run)
+                        await nursery.start(peering.run)
+                        self.replica, self.node, self.peering = replica, node, peering
+                        task_status.started()
+                        try:
+                            await trio.sleep_forever()
+                        finally:
+                            stop()
+                            self._received = self.received_changes()
+        finally:
+            stopped.set()
 
 
-async def _start_nodes(
+@dataclass(slots=True)
+class _Simulation:
+    scenario: Scenario
+    rng: random.Random
+    net: SimNetwork
+    discovery: MemoryDiscovery
+    tracker: Tracker
+    top: Path
+    secret: bytes
+    nursery: trio.Nursery
+
+
+async def simulate(
     scenario: Scenario,
-    net: SimNetwork,
-    replicas: list[Replica],
-    rng: random.Random,
-    nursery: trio.Nursery,
-) -> None:
-    mesh = new_mesh("sim")
-    for i, replica in enumerate(replicas):
-        if scenario.topology == "star":
-            peers = [(host(0), PORT)] if i else []
-        else:
-            peers = [(host(j), PORT) for j in range(i + 1, scenario.nodes)]
-        node = Node(
-            replica=replica,
-            identity=replica.identity,
-            mesh=mesh,
-            network=net.host(host(i)),
-            config=NodeConfig(listen=[(host(i), PORT)], peers=peers, secure=False, sync=SIM_SYNC),
-            rng=random.Random(rng.random()),
-        )
-        await nursery.start(node.run)
+    *,
+    keep_trace: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> Report:
+    """Run ``scenario`` under a `trio.testing.MockClock` (virtual time) and report.
+
+    ``progress`` is called with the share of (change, node) pairs held so far whenever
+    it grows. With ``keep_trace`` the report carries every trace line.
+    """
+    seed_scheduler(scenario.seed)
+    rng = random.Random(scenario.seed)
+    trace = Trace(keep_trace)
+    tracker = Tracker(trace)
+    with tempfile.TemporaryDirectory(prefix="blazemesh-sim-") as top:
+        async with trio.open_nursery() as nursery:
+            sim = _Simulation(
+                scenario=scenario,
+                rng=rng,
+                net=SimNetwork(random.Random(rng.random()), scenario.link),
+                discovery=MemoryDiscovery(),
+                tracker=tracker,
+                top=Path(top),
+                secret=rng.randbytes(32),
+                nursery=nursery,
+            )
+            nodes = [SimNode(i, sim) for i in range(scenario.nodes)]
+            for node in nodes:
+                if node.index not in scenario.absent:
+                    await node.start()
+            start = trio.current_time()
+            writes = await _run_writes_and_faults(sim, nodes)
+            converged_at = await _converge(sim, start, progress)
+            live = [n for n in nodes if n.up]
+            failures = await check(
+                scenario, [(n.index, n.replica) for n in live if n.replica is not None], writes
+            )
+            report = build_report(
+                scenario=scenario,
+                net=sim.net,
+                tracker=tracker,
+                nodes=nodes,
+                converged_at=converged_at,
+                failures=failures,
+                trace=trace,
+            )
+            nursery.cancel_scope.cancel()
+    return report
 
 
-async def _write(
-    scenario: Scenario, net: SimNetwork, replicas: list[Replica], tracker: _Tracker
-) -> dict[str, int]:
-    """Write the scenario's changes (applying its partition on the way); return what
-    each acknowledged key holds."""
-    acknowledged: dict[str, int] = {}
+def seed_scheduler(seed: int) -> None:
+    """Seed the order in which trio runs tasks that are ready at once.
+
+    trio shuffles each batch of runnable tasks with a module-level RNG to shake out
+    ordering assumptions; a replayable simulation needs that order to follow the seed.
+    (`trio._core._run._r` is private; its name has been stable since trio 0.2.)
+    """
+    scheduler_rng: random.Random = trio._core._run._r
+    scheduler_rng.seed(seed)
+
+
+async def _run_writes_and_faults(sim: _Simulation, nodes: list[SimNode]) -> list[Write]:
+    scenario = sim.scenario
     start = trio.current_time()
-    half = [host(i) for i in range(scenario.nodes // 2)]
-    rest = [host(i) for i in range(scenario.nodes // 2, scenario.nodes)]
-    partitioned = False
+    faults = sorted(scenario.faults, key=lambda f: f.at_s)
+    writes: list[Write] = []
     for i in range(scenario.writes):
-        now = trio.current_time() - start
-        if scenario.partition_s is not None:
-            begin, end = scenario.partition_s
-            if not partitioned and begin <= now < end:
-                net.partition(half, rest)
-                partitioned = True
-            elif partitioned and now >= end:
-                net.heal()
-                partitioned = False
-        key = f"w{i}" if scenario.hot_keys is None else f"hot{i % scenario.hot_keys}"
-        change = await replicas[i % len(replicas)].put(COLLECTION, key, {"i": i})
-        tracker.expected.add(change.dot)
-        if scenario.hot_keys is None:  # an overwritten key holds some later write
-            acknowledged[key] = i
+        while faults and faults[0].at_s <= trio.current_time() - start:
+            await _apply(sim, nodes, faults.pop(0))
+        live = [n for n in nodes if n.up]
+        writer = live[i % len(live)]
+        writes.append(await _write(sim, writer, i))
         await trio.sleep(scenario.write_every_s)
-    if partitioned:
-        net.heal()
-    tracker.writing = False
-    tracker.listener([])  # the last write may have been everyone's last commit
-    return acknowledged
+    for fault in faults:
+        await trio.sleep_until(start + fault.at_s)
+        await _apply(sim, nodes, fault)
+    return writes
 
 
-async def _check(replicas: list[Replica], acknowledged: dict[str, int]) -> list[str]:
-    """Every replica identical, and every acknowledged write present everywhere."""
-    failures = []
-    digests = [replica.digest() for replica in replicas]
-    if len(set(digests)) > 1:
-        first = next(i for i, d in enumerate(digests) if d != digests[0])
-        failures.append(f"replicas differ: node {host(first)} is not like node {host(0)}")
-    for i, replica in enumerate(replicas):
-        for key, value in acknowledged.items():
-            if await replica.get(COLLECTION, key) != {"i": value}:
-                failures.append(f"node {host(i)} lacks acknowledged write {key}")
-                break
-    return failures
+async def _write(sim: _Simulation, writer: SimNode, i: int) -> Write:
+    scenario = sim.scenario
+    replica = writer.replica
+    assert replica is not None
+    key = f"w{i}" if scenario.hot_keys is None else f"k{sim.rng.randrange(scenario.hot_keys)}"
+    if scenario.deletes and sim.rng.random() < scenario.deletes:
+        change, value = await replica.delete(COLLECTION, key), None
+    else:
+        change, value = await replica.put(COLLECTION, key, {"i": i}), i
+    sim.tracker.expected.add(change.dot)
+    sim.tracker.trace(f"{host(writer.index)} writes {key}={value}")
+    return Write(key=key, value=value, stamp=(change.hlc, change.origin), dot=change.dot)
 
 
-def _spread(tracker: _Tracker, nodes: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for share, name in ((0.5, "50%"), (0.99, "99%"), (1.0, "100%")):
-        reach = []
-        for dot in tracker.expected:
-            times = sorted(tracker.held.get(dot, ()))
-            needed = max(1, int(share * nodes + 0.999))
-            if len(times) >= needed:
-                reach.append(times[needed - 1] - times[0])
-        if reach:
-            out[f"to {name}, median"] = statistics.median(reach)
-            out[f"to {name}, max"] = max(reach)
-    return out
+async def _apply(sim: _Simulation, nodes: list[SimNode], fault: Fault) -> None:
+    net = sim.net
+    targets = [nodes[_resolve(n, nodes)] for n in fault.nodes]
+    sim.tracker.trace(f"fault {fault.action} {[host(t.index) for t in targets]} {fault.groups}")
+    match fault.action:
+        case "partition":
+            net.partition(*([host(i) for i in group] for group in fault.groups))
+        case "heal":
+            net.heal()
+        case "cut":
+            for t in targets:
+                net.cut(host(t.index))
+        case "restore":
+            for t in targets:
+                net.restore(host(t.index))
+        case "crash":
+            for t in targets:
+                if t.up:
+                    net.break_connections(host(t.index))
+                    await t.stop()
+        case "leave":
+            for t in targets:
+                if t.up:
+                    await t.stop()
+        case "restart" | "join":
+            for t in targets:
+                if not t.up:
+                    await t.start()
+        case "storm":
+            net.break_connections()
 
 
-def _traffic(net: SimNetwork, nodes: int) -> dict[str, float]:
-    sent = [net.stats[host(i)].bytes_sent if host(i) in net.stats else 0 for i in range(nodes)]
-    return {"mean": statistics.fmean(sent), "max": float(max(sent))}
+def _resolve(target: int | str, nodes: list[SimNode]) -> int:
+    """A node number, or the node that most live spokes use as their hub."""
+    if isinstance(target, int):
+        return target
+    votes: dict[bytes, int] = {}
+    for n in nodes:
+        if n.peering is not None and n.peering.hub is not None:
+            votes[n.peering.hub] = votes.get(n.peering.hub, 0) + 1
+    if votes:
+        hub = max(sorted(votes), key=lambda h: votes[h])
+        for n in nodes:
+            if n.node is not None and n.node.node_id == hub:
+                return n.index
+    return 0
+
+
+async def _converge(
+    sim: _Simulation, start: float, progress: Callable[[float], None] | None
+) -> float | None:
+    """Wait until every live node holds every write; the virtual time it took, or None."""
+    tracker = sim.tracker
+    with trio.move_on_after(sim.scenario.converge_within_s):
+        while not tracker.complete():
+            if progress is not None:
+                progress(tracker.share_held)
+            tracker.changed = trio.Event()
+            await tracker.changed.wait()
+        return trio.current_time() - start
+    return None

@@ -4,11 +4,14 @@ Hosts are the host part of addresses. Every connection carries bytes in order, l
 and each chunk arrives after the link's latency (plus jitter), its transmission time at
 the link's bandwidth, and, with probability ``loss``, a retransmission stall: what a lost
 segment costs a reliable stream (one retransmission timeout, doubled for every further
-loss of the same chunk). The network can also break connections (one host's, all of
-them: a reconnect storm), partition hosts into groups (connections across are broken; a
-connect across hangs, as into a silent network, until the dialler gives up) and cut a
-host off entirely. All randomness comes from the one ``random.Random`` it is given, so a
-run under `trio.testing.MockClock` replays exactly from its seed.
+loss of the same chunk). The network can also break connections (one host's, as a
+crashed host's kernel resets them, or all of them: a reconnect storm), and it can fall
+silent between hosts: a partition into groups, or a host cut off (a cable pulled).
+Silence is what TCP sees when packets vanish: connections stay open, bytes sent across
+wait (TCP retransmitting them) and arrive once the path is back, unless an end gives up
+first, as the agent's dead-link timeout does; a connect across hangs until the dialler's
+timeout. All randomness comes from the one ``random.Random`` it is given, so a run
+under `trio.testing.MockClock` replays exactly from its seed.
 
 Memory is bounded by the senders: bytes wait in the receiver's queue, and the agent's sync
 links never have more than their window in flight.
@@ -54,18 +57,25 @@ class HostStats:
     bytes_received: int = 0
     chunks_sent: int = 0
     connections: int = 0
+    queue_peak_bytes: int = 0  # the most bytes ever waiting on one connection to this host
 
 
 class _Pipe:
     """One direction of a connection: chunks in flight, each with its arrival time."""
 
-    def __init__(self) -> None:
+    def __init__(self, receiver: HostStats) -> None:
         self.chunks: deque[tuple[float, bytes]] = deque()
+        self.held: list[bytes] = []  # sent while the path is silent, in order
         self.eof = False
         self.changed = trio.Event()
+        self.queued = 0  # bytes sent and not yet read
+        self._receiver = receiver
 
     def push(self, when: float, data: bytes) -> None:
         self.chunks.append((when, data))
+        self.queued += len(data)
+        if self.queued > self._receiver.queue_peak_bytes:
+            self._receiver.queue_peak_bytes = self.queued
         self.changed.set()
 
     def close(self) -> None:
@@ -82,30 +92,42 @@ class SimStream(trio.abc.Stream):
         self._net = net
         self.local, self.remote = local, remote
         self._inbox, self._outbox = inbox, outbox
-        self._closed = False
+        self.closed = False
         self.broken = False
         self._last_arrival = 0.0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
-        if self._closed:
+        if self.closed:
             raise trio.ClosedResourceError("this end is closed")
         if self.broken:
             raise trio.BrokenResourceError("the simulated connection broke")
         if not data:
             return
         chunk = bytes(data)
+        self._net.count(self.local, self.remote, len(chunk))
+        if self._outbox.held or not self._net.reachable(self.local, self.remote):
+            self._outbox.held.append(chunk)
+        else:
+            self._deliver(chunk)
+
+    def _deliver(self, chunk: bytes) -> None:
         arrival = max(self._last_arrival, self._net.arrival(self.local, self.remote, len(chunk)))
         self._last_arrival = arrival
         self._outbox.push(arrival, chunk)
-        self._net.count(self.local, self.remote, len(chunk))
+
+    def release(self) -> None:
+        """The path is back: what was sent into the silence goes out now."""
+        held, self._outbox.held = self._outbox.held, []
+        for chunk in held:
+            self._deliver(chunk)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while True:
-            if self._closed:
+            if self.closed:
                 raise trio.ClosedResourceError("this end is closed")
             if self.broken:
                 raise trio.BrokenResourceError("the simulated connection broke")
@@ -118,12 +140,13 @@ class SimStream(trio.abc.Stream):
                         data = data[:max_bytes]
                     else:
                         inbox.chunks.popleft()
+                    inbox.queued -= len(data)
                     await trio.lowlevel.checkpoint()
                     return data
                 with trio.move_on_at(when):
                     await self._wait()
                 continue
-            if inbox.eof:
+            if inbox.eof and not inbox.held:
                 await trio.lowlevel.checkpoint()
                 return b""
             await self._wait()
@@ -133,10 +156,11 @@ class SimStream(trio.abc.Stream):
         await self._inbox.changed.wait()
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self._outbox.close()
-            self._net.forget(self)
+            if not self._outbox.held:  # else the network keeps it until the path is back
+                self._net.forget(self)
         await trio.lowlevel.checkpoint()
 
     def break_(self) -> None:
@@ -153,7 +177,7 @@ class SimNetwork:
         self.default = default or LinkProfile()
         self._profiles: dict[frozenset[str], LinkProfile] = {}
         self._listeners: dict[Address, tuple[Handler, trio.Nursery]] = {}
-        self._streams: set[SimStream] = set()
+        self._streams: dict[SimStream, None] = {}  # ordered: breaking them replays exactly
         self._group: dict[str, int] = {}  # host -> partition group; absent: group 0
         self._cut: set[str] = set()
         self.stats: dict[str, HostStats] = {}
@@ -170,26 +194,31 @@ class SimNetwork:
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Split the hosts: each group reaches only itself (hosts in no group form one
-        more). Connections across break."""
+        more); the network between groups falls silent."""
         self._group = {host: i + 1 for i, group in enumerate(groups) for host in group}
-        self._break(lambda s: not self.reachable(s.local, s.remote))
+        self._release()
 
     def heal(self) -> None:
         """End every partition."""
         self._group = {}
+        self._release()
 
     def cut(self, host: str) -> None:
-        """Take ``host`` off the network: its connections break, nothing reaches it."""
+        """Take ``host`` off the network: silence between it and every other host."""
         self._cut.add(host)
-        self._break(lambda s: host in (s.local, s.remote))
 
     def restore(self, host: str) -> None:
         self._cut.discard(host)
+        self._release()
 
     def break_connections(self, host: str | None = None) -> int:
-        """Break every connection (of ``host``, if given), as a reconnect storm does;
-        return how many ends broke."""
-        return self._break(lambda s: host is None or host in (s.local, s.remote))
+        """Break every connection (of ``host``, if given), as a reconnect storm or a
+        crashed host's kernel does; return how many ends broke."""
+        doomed = [s for s in self._streams if host is None or host in (s.local, s.remote)]
+        for stream in doomed:
+            stream.break_()
+            del self._streams[stream]
+        return len(doomed)
 
     def profile(self, a: str, b: str) -> LinkProfile:
         return self._profiles.get(frozenset((a, b)), self.default)
@@ -199,12 +228,12 @@ class SimNetwork:
             return False
         return self._group.get(a, 0) == self._group.get(b, 0)
 
-    def _break(self, which: Callable[[SimStream], bool]) -> int:
-        doomed = [s for s in self._streams if which(s)]
-        for stream in doomed:
-            stream.break_()
-            self._streams.discard(stream)
-        return len(doomed)
+    def _release(self) -> None:
+        for stream in list(self._streams):
+            if self.reachable(stream.local, stream.remote):
+                stream.release()
+                if stream.closed:
+                    del self._streams[stream]
 
     # -- for the streams -----------------------------------------------------------------
 
@@ -225,13 +254,13 @@ class SimNetwork:
         return trio.current_time() + delay
 
     def count(self, sender: str, receiver: str, size: int) -> None:
-        out = self.stats.setdefault(sender, HostStats())
+        out = self.stats_of(sender)
         out.bytes_sent += size
         out.chunks_sent += 1
-        self.stats.setdefault(receiver, HostStats()).bytes_received += size
+        self.stats_of(receiver).bytes_received += size
 
     def forget(self, stream: SimStream) -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream, None)
 
     def listener(self, address: Address) -> tuple[Handler, trio.Nursery] | None:
         return self._listeners.get(address)
@@ -243,10 +272,13 @@ class SimNetwork:
     def unlisten(self, address: Address) -> None:
         del self._listeners[address]
 
+    def stats_of(self, host: str) -> HostStats:
+        return self.stats.setdefault(host, HostStats())
+
     def connected(self, a: SimStream, b: SimStream) -> None:
-        self._streams |= {a, b}
+        self._streams[a] = self._streams[b] = None
         for end in (a, b):
-            self.stats.setdefault(end.local, HostStats()).connections += 1
+            self.stats_of(end.local).connections += 1
 
 
 class SimHost:
@@ -284,7 +316,7 @@ class SimHost:
         if listening is None or not net.reachable(self.name, remote):
             raise ConnectionRefusedError(f"nothing listens on {format_address(address)}")
         handler, nursery = listening
-        there, back = _Pipe(), _Pipe()
+        there, back = _Pipe(net.stats_of(remote)), _Pipe(net.stats_of(self.name))
         ours = SimStream(net, self.name, remote, inbox=back, outbox=there)
         theirs = SimStream(net, remote, self.name, inbox=there, outbox=back)
         net.connected(ours, theirs)

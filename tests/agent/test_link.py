@@ -49,6 +49,7 @@ async def test_batches_queued_together_commit_together_with_one_ack(
         replica=replica,  # type: ignore[arg-type]
         fetch=lambda ranges: [],
         on_hello=lambda link: None,
+        on_applied=lambda link, changes, outcomes: None,
         address=("peer", 1),
         initiated=False,
     )

@@ -201,6 +201,55 @@ def test_summary_repairs_a_change_the_peer_refused() -> None:
     assert refused.dot in b.vv
 
 
+def test_a_pruned_origin_is_not_pushed_until_grafted() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b, dead_after_s=60), b.link(a, dead_after_s=60)
+    settle([(a, la, b, lb)])
+    lb.prune([a.id])
+    lb.prune([a.id])  # once is enough: nothing more is sent
+    deliver(lb, la, a)
+    assert lb.pruned == {a.id}
+    a.write(3)
+    assert not la.ready()
+    assert la.plan() == []
+    assert la.status().behind_out == 0  # b gets those another way: not a's lag
+    lb.graft()
+    assert lb.pruned == set()
+    deliver(lb, la, a)
+    settle([(a, la, b, lb)])
+    assert b.vv == a.vv
+
+
+def test_a_side_behind_on_a_pruned_origin_grafts_it_back_by_itself() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la = a.link(b, dead_after_s=60, summary_every_s=5, graft_after_s=1)
+    lb = b.link(a, dead_after_s=60, summary_every_s=5, graft_after_s=1)
+    settle([(a, la, b, lb)])
+    lb.prune([a.id])
+    deliver(lb, la, a)
+    a.write(2)
+    assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
+    deliver(la, lb, b, now=5.0)
+    assert lb.tick(5.5) is None
+    assert lb.pruned == {a.id}  # not yet: the changes may be on their way another way
+    assert lb.tick(6.0) is None
+    assert lb.pruned == set()
+    deliver(lb, la, a, now=6.0)
+    push(la, a)
+    deliver(la, lb, b, now=6.0)
+    assert b.vv == a.vv
+
+
+def test_prune_and_graft_before_the_hello_or_of_nothing_send_nothing() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la = a.link(b)
+    hello = la.data_to_send()
+    la.prune([b.id])  # the link is not open yet
+    la.graft([b.id])
+    assert la.data_to_send() == b""
+    assert hello
+
+
 def test_dead_link_is_detected() -> None:
     a, b = FakeNode("a"), FakeNode("b")
     la, lb = a.link(b), b.link(a)

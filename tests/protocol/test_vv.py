@@ -217,3 +217,40 @@ def test_equality() -> None:
     assert build({O1: {1}}) != build({O1: {2}})
     assert VersionVector().__eq__(object()) is NotImplemented
     assert "VersionVector" in repr(build({O1: {1, 3}}))
+
+
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "add_range", "merge"]),
+        st.sampled_from(ORIGINS),
+        st.integers(1, 30),
+        st.integers(0, 5),
+    ),
+    max_size=40,
+)
+
+
+@given(knowledge, mutations, st.integers(0, 40))
+def test_grown_since_names_exactly_the_origins_that_grew(
+    model: dict[bytes, set[int]], steps: list[tuple[str, bytes, int, int]], look_at: int
+) -> None:
+    vv = build(model)
+    seen, before = vv.stamp, vv.copy()
+    for i, (how, origin, seq, width) in enumerate(steps):
+        if i == look_at:
+            seen, before = vv.stamp, vv.copy()
+        if how == "add":
+            vv.add(origin, seq)
+        elif how == "add_range":
+            vv.add_range(origin, seq, seq + width)
+        else:
+            vv.merge(VersionVector.from_parts({origin: seq}, {origin: [seq + width + 2]}))
+    grew = {o for o in ORIGINS if vv.base(o) != before.base(o) or vv.extras(o) != before.extras(o)}
+    assert sorted(vv.grown_since(seen)) == sorted(grew)
+    assert vv.grown_since(vv.stamp) == []
+    assert (vv.stamp == seen) == (not grew)
+
+
+def test_missing_for_some_origins_only() -> None:
+    have = build({O1: {1, 2}, O2: {1}, O3: {4}})
+    assert missing(have, VersionVector(), [O3, O1]) == [(O1, (1, 2)), (O3, (4, 4))]

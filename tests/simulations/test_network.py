@@ -79,30 +79,60 @@ async def test_loss_delays_but_never_reorders_or_drops(
     assert trio.current_time() - start > 0.2  # some chunks paid a retransmission timeout
 
 
-async def test_partitions_break_connections_and_silence_connects(
+async def test_partitions_and_cuts_fall_silent_and_hold_bytes_until_the_path_is_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(random.Random(0))
+    async with trio.open_nursery() as nursery:
+        received = await echo_server(net, nursery)
+        a = net.host("a")
+        stream = await a.connect(("b", 1))
+        net.partition(["a"], ["b"])
+        await stream.send_all(b"across")
+        await trio.sleep(30)
+        assert received == []
+        with pytest.raises(trio.TooSlowError):
+            with trio.fail_after(30):
+                await a.connect(("b", 1))
+        net.heal()
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(1)
+        assert received == [b"across"]
+        net.cut("b")
+        await stream.send_all(b"into the void")
+        await stream.aclose()
+        with trio.move_on_after(30) as silent:
+            await a.connect(("b", 1))
+        assert silent.cancelled_caught
+        assert received == [b"across"]
+        net.restore("b")
+        await trio.sleep(1)
+        assert received == [b"across", b"into the void"]
+        with pytest.raises(ConnectionRefusedError):
+            await a.connect(("b", 2))  # nothing listens there
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_storm_breaks_every_connection_and_a_crash_only_the_hosts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     net = SimNetwork(random.Random(0))
     async with trio.open_nursery() as nursery:
         await echo_server(net, nursery)
-        a = net.host("a")
-        stream = await a.connect(("b", 1))
-        net.partition(["a"], ["b"])
+
+        async def idle(stream: trio.abc.Stream, remote: tuple[str, int]) -> None:
+            await trio.sleep_forever()
+
+        await nursery.start(net.host("c").serve, ("c", 1), idle)
+        to_b = await net.host("a").connect(("b", 1))
+        to_c = await net.host("a").connect(("c", 1))
+        assert net.break_connections("c") == 2
         with pytest.raises(trio.BrokenResourceError):
-            await stream.send_all(b"x")
-        with pytest.raises(trio.TooSlowError):
-            with trio.fail_after(30):
-                await a.connect(("b", 1))
-        net.heal()
-        await (await a.connect(("b", 1))).aclose()
-        net.cut("b")
-        with trio.move_on_after(30) as silent:
-            await a.connect(("b", 1))
-        assert silent.cancelled_caught
-        net.restore("b")
-        with pytest.raises(ConnectionRefusedError):
-            await a.connect(("b", 2))  # nothing listens there
-        assert net.break_connections() >= 0
+            await to_c.send_all(b"x")
+        await to_b.send_all(b"still fine")
+        assert net.break_connections() == 2
+        with pytest.raises(trio.BrokenResourceError):
+            await to_b.send_all(b"x")
         nursery.cancel_scope.cancel()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,18 +93,21 @@ class Agent:
 
 def follow(command: list[str], timeout_s: float, done: Callable[[str], bool]) -> bool:
     """Read ``command``'s output lines (for at most ``timeout_s``) until ``done(line)``;
-    return whether that happened."""
+    return whether that happened. ``command`` runs in a process group of its own, which
+    is killed whole: killing `timeout` alone would leave its child running."""
     with subprocess.Popen(
         ["timeout", str(timeout_s), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,
     ) as reader:
         assert reader.stdout is not None
         try:
             return any(done(line) for line in reader.stdout)
         finally:
-            reader.kill()
+            with contextlib.suppress(ProcessLookupError):  # it may have ended by itself
+                os.killpg(reader.pid, signal.SIGKILL)
 
 
 def wait_for_line(

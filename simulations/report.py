@@ -1,0 +1,253 @@
+"""A simulation's report: the checks run at the end, the metrics, and how they print.
+
+The checks (docs/simulation.md, "Checks"): the live replicas are identical; every key
+holds exactly what its last acknowledged write (by HLC stamp, then origin: the merge's
+own order) says, so an acknowledged write that went missing and a deleted record that
+came back both show up, naming the key and the write; no live node is behind. A failed
+check names the seed, the first diverging node and the change or key where it differs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from protocol.ids import node_id_short
+from simulations.scenario import Scenario
+
+if TYPE_CHECKING:
+    from agent.replica import Replica
+    from simulations.harness import SimNode, Trace, Tracker
+    from simulations.network import SimNetwork
+
+CURVE_POINTS = 200  # the convergence curve is thinned to about this many points
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Write:
+    """One acknowledged write: ``value`` None for a delete."""
+
+    key: str
+    value: int | None
+    stamp: tuple[int, bytes]
+    dot: tuple[bytes, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """How the run went. `to_json` gives the JSON form `blazemesh sim run` writes."""
+
+    title: str
+    scenario: Scenario
+    converged_at_s: float | None
+    spread_s: dict[str, float]  # median and max over changes of the time to 50/99/100 %
+    curve: list[tuple[float, float]]  # (virtual s, share of (change, node) pairs held)
+    nodes: list[dict[str, Any]]  # per node: traffic, queue peak, changes received
+    links: list[tuple[str, str]]  # the links at the end
+    hub: str | None
+    redundancy: float | None  # deliveries per change / (n - 1) - 1
+    trace_digest: str
+    failures: list[str]
+    trace: list[str] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["scenario"] = _plain(out["scenario"])
+        out["traffic"] = self.traffic()
+        if self.trace is None:
+            del out["trace"]
+        return out
+
+    def traffic(self) -> dict[str, float]:
+        sent = [n["bytes_sent"] for n in self.nodes]
+        messages = [n["messages_sent"] for n in self.nodes]
+        return {
+            "bytes_mean": statistics.fmean(sent),
+            "bytes_max": float(max(sent)),
+            "messages_mean": statistics.fmean(messages),
+            "messages_max": float(max(messages)),
+            "queue_peak_bytes_max": float(max(n["queue_peak_bytes"] for n in self.nodes)),
+        }
+
+    def summary(self) -> str:
+        """The text summary `blazemesh sim run` prints."""
+        when = "never" if self.converged_at_s is None else f"{self.converged_at_s:.3f} s"
+        lines = [f"{self.title}: converged after {when} (virtual), trace {self.trace_digest}"]
+        for name, value in self.spread_s.items():
+            lines.append(f"  spread {name:<16} {value * 1000:10.1f} ms")
+        t = self.traffic()
+        lines.append(
+            f"  sent per node: {t['bytes_mean']:,.0f} B mean, {t['bytes_max']:,.0f} B max; "
+            f"{t['messages_mean']:,.0f} messages mean"
+        )
+        if self.redundancy is not None:
+            lines.append(f"  relative message redundancy: {self.redundancy:.3f}")
+        lines.append(f"  largest queue towards a node: {t['queue_peak_bytes_max']:,.0f} B")
+        lines.append(
+            f"  links at the end: {len(self.links)}" + (f", hub {self.hub}" if self.hub else "")
+        )
+        lines += [f"  CHECK FAILED: {failure}" for failure in self.failures]
+        return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def check(
+    scenario: Scenario, live: list[tuple[int, Replica]], writes: list[Write]
+) -> list[str]:
+    """The end-of-run checks over the live replicas; one line per failure."""
+    seed = f"seed {scenario.seed}"
+    failures = []
+    first, reference = live[0]
+    digests = [replica.digest() for _, replica in live]
+    for (index, replica), digest in zip(live, digests, strict=True):
+        if digest != digests[0]:
+            where = await _first_difference(reference, replica, writes)
+            failures.append(f"{seed}: node n{index} differs from n{first}: {where}")
+            break
+    last: dict[str, Write] = {}
+    for write in writes:
+        if write.key not in last or write.stamp > last[write.key].stamp:
+            last[write.key] = write
+    for index, replica in live:
+        for key, write in sorted(last.items()):
+            held = await replica.get("sim", key)
+            wanted = None if write.value is None else {"i": write.value}
+            if held != wanted:
+                what = "a deleted record came back" if wanted is None else "wrong value"
+                failures.append(
+                    f"{seed}: {what} on node n{index}: sim/{key} is {held}, but the last "
+                    f"acknowledged write, change {_dot(write.dot)}, made it {wanted}"
+                )
+                break
+    return failures
+
+
+async def _first_difference(a: Replica, b: Replica, writes: list[Write]) -> str:
+    vv_a, vv_b = a.store.vv, b.store.vv
+    for write in writes:
+        if (write.dot in vv_a) != (write.dot in vv_b):
+            return f"only one of them holds change {_dot(write.dot)}"
+    for key in sorted({w.key for w in writes}):
+        held_a, held_b = await a.get("sim", key), await b.get("sim", key)
+        if held_a != held_b:
+            return f"sim/{key} is {held_a} on one and {held_b} on the other"
+    return "the digests differ outside the written keys"
+
+
+def _dot(dot: tuple[bytes, int]) -> str:
+    return f"{node_id_short(dot[0])}:{dot[1]}"
+
+
+def build_report(
+    *,
+    scenario: Scenario,
+    net: SimNetwork,
+    tracker: Tracker,
+    nodes: list[SimNode],
+    converged_at: float | None,
+    failures: list[str],
+    trace: Trace,
+) -> Report:
+    live = [n for n in nodes if n.up]
+    if converged_at is None:
+        failures = [_behind(scenario, tracker, live), *failures]
+    by_id = {n.node.node_id: f"n{n.index}" for n in live if n.node is not None}
+    links = sorted(
+        {
+            tuple(sorted((f"n{n.index}", by_id[p.node_id])))
+            for n in live
+            if n.node is not None
+            for p in n.node.peers()
+            if p.node_id in by_id
+        }
+    )
+    hubs = [n.peering.hub for n in live if n.peering is not None and n.peering.hub is not None]
+    hub = by_id.get(statistics.mode(hubs)) if hubs else None
+    return Report(
+        title=scenario.describe(),
+        scenario=scenario,
+        converged_at_s=converged_at,
+        spread_s=_spread(tracker, len(live)),
+        curve=_curve(tracker, len(live)),
+        nodes=[_node(net, n) for n in nodes],
+        links=[(a, b) for a, b in links],
+        hub=hub if scenario.topology == "star" else None,
+        redundancy=_redundancy(tracker, nodes, len(live)),
+        trace_digest=trace.digest,
+        failures=failures,
+        trace=trace.lines,
+    )
+
+
+def _behind(scenario: Scenario, tracker: Tracker, live: list[SimNode]) -> str:
+    """The live node holding the fewest changes, and the first one it lacks."""
+    expected = sorted(tracker.expected)
+    lacking = {
+        n.index: [dot for dot in expected if n.index not in tracker.held.get(dot, {})] for n in live
+    }
+    worst = max(sorted(lacking), key=lambda i: len(lacking[i]))
+    return (
+        f"seed {scenario.seed}: did not converge within {scenario.converge_within_s} s: "
+        f"node n{worst} lacks {len(lacking[worst])} changes, first {_dot(lacking[worst][0])}"
+    )
+
+
+def _spread(tracker: Tracker, n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for share, name in ((0.5, "50%"), (0.99, "99%"), (1.0, "100%")):
+        needed = max(1, -(-int(share * n * 1000) // 1000))
+        reach = []
+        for dot in tracker.expected:
+            times = sorted(tracker.held.get(dot, {}).values())
+            if len(times) >= needed:
+                reach.append(times[needed - 1] - times[0])
+        if reach:
+            out[f"to {name}, median"] = statistics.median(reach)
+            out[f"to {name}, max"] = max(reach)
+    return out
+
+
+def _curve(tracker: Tracker, n: int) -> list[tuple[float, float]]:
+    times = sorted(t for dot in tracker.expected for t in tracker.held.get(dot, {}).values())
+    if not times:
+        return []
+    pairs = len(tracker.expected) * n
+    step = max(1, len(times) // CURVE_POINTS)
+    picked = list(range(step - 1, len(times), step))
+    if picked[-1] != len(times) - 1:
+        picked.append(len(times) - 1)
+    start = times[0]
+    return [(times[i] - start, min(1.0, (i + 1) / pairs)) for i in picked]
+
+
+def _node(net: SimNetwork, node: SimNode) -> dict[str, Any]:
+    stats = net.stats_of(f"n{node.index}")
+    received, duplicates = node.received_changes()
+    return {
+        "name": f"n{node.index}",
+        "up": node.up,
+        "bytes_sent": stats.bytes_sent,
+        "messages_sent": stats.chunks_sent,
+        "connections": stats.connections,
+        "queue_peak_bytes": stats.queue_peak_bytes,
+        "received_changes": received,
+        "duplicate_changes": duplicates,
+    }
+
+
+def _redundancy(tracker: Tracker, nodes: list[SimNode], n: int) -> float | None:
+    changes = len(tracker.expected)
+    if changes == 0 or n < 2:
+        return None
+    deliveries = sum(node.received_changes()[0] for node in nodes)
+    return deliveries / (changes * (n - 1)) - 1
