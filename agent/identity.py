@@ -34,17 +34,15 @@ class Identity:
 
     signing_key: SigningKey
     noise_keypair: KeyPair = field(init=False, repr=False)
+    node_id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_keypair", static_keypair(bytes(self.signing_key)))
+        object.__setattr__(self, "node_id", node_id_from_public_key(self.public_key))
 
     @property
     def public_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)
-
-    @property
-    def node_id(self) -> bytes:
-        return node_id_from_public_key(self.public_key)
 
     @property
     def text(self) -> str:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_QUEUED = 1_024  # discovery events waiting for the planner; discovery waits beyond
 DIAL_GRACE_S = 3.0  # how long a member may take to dial us before we dial it
 REPLAN_EVERY_S = 1.0  # re-plan this often even without news (grace periods expire)
+PLAN_GAP_S = 0.1  # news within this long of a plan waits for the next: bursts plan once
 
 
 @dataclass(slots=True, kw_only=True)
@@ -73,6 +74,7 @@ class Peering:
         self.hub_eligible = hub_eligible
         self.hub: bytes | None = None  # star: the hub this spoke uses
         self._started = 0.0
+        self._replan = trio.Event()  # news: `_planner` plans soon
         self.sightings: dict[str, Sighting] = {}
         self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
         self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
@@ -94,26 +96,32 @@ class Peering:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.discovery.run, advert, send)
-                nursery.start_soon(self._tick)
+                nursery.start_soon(self._planner)
                 task_status.started()
                 async for event in receive:
                     self._on(event)
-                    self._plan()
+                    self._replan.set()
         finally:
             stop()
             stop_following()
             for _, scope in self._dialling.values():
                 scope.cancel()
 
-    async def _tick(self) -> None:
+    async def _planner(self) -> None:
+        """Plan when asked (news) and every `REPLAN_EVERY_S` (grace periods expire), at
+        most once per `PLAN_GAP_S`: a burst of adverts, as when a hundred members come
+        up at once, costs one plan, not one per advert."""
         while True:
-            await trio.sleep(REPLAN_EVERY_S)
+            with trio.move_on_after(REPLAN_EVERY_S):
+                await self._replan.wait()
+            self._replan = trio.Event()
             self._plan()
+            await trio.sleep(PLAN_GAP_S)
 
     def _on(self, event: Event) -> None:
         if isinstance(event, PeerGone):
             gone = self.sightings.pop(event.name, None)
-            if gone is not None:
+            if gone is not None and log.isEnabledFor(logging.INFO):
                 log.info("%s withdrew its advert", node_id_short(gone.seen.node_id))
             return
         if event.node_id == self.node.node_id:
@@ -125,7 +133,7 @@ class Peering:
         )
         if not self.node.linked(event.node_id) and event.addresses:
             self.node.kick(event.addresses[0])  # it announced itself: no need to wait
-        if old is None or old.seen != event:
+        if (old is None or old.seen != event) and log.isEnabledFor(logging.INFO):
             where = ", ".join(format_address(a) for a in event.addresses)
             why = self.sightings[event.name].refused
             log.info(
@@ -153,7 +161,7 @@ class Peering:
                 for op in item.change.ops
             ):
                 self._load_setting()
-                self._plan()
+                self._replan.set()
                 return
 
     def _load_setting(self) -> None:
@@ -172,7 +180,7 @@ class Peering:
     def _membership_changed(self) -> None:
         for sighting in self.sightings.values():
             sighting.refused = self._refusal(sighting.seen)
-        self._plan()
+        self._replan.set()
 
     def _members(self) -> dict[bytes, Sighting]:
         return {s.seen.node_id: s for s in self.sightings.values() if s.refused is None}
@@ -183,7 +191,7 @@ class Peering:
         links, wanted = self._star(members) if self.topology.mode == "star" else self._mesh(members)
         now = trio.current_time()
         self._covering &= links - wanted
-        for peer in links - wanted:
+        for peer in sorted(links - wanted):
             # Theirs to dial: if it has not within the grace period, dial it ourselves.
             if not node.linked(peer) and now - members[peer].first_seen >= DIAL_GRACE_S:
                 self._covering.add(peer)
@@ -191,7 +199,7 @@ class Peering:
         for peer in [p for p in self._dialling if p not in wanted]:
             _, scope = self._dialling.pop(peer)
             scope.cancel()
-        for peer in wanted:
+        for peer in sorted(wanted):
             addresses = members[peer].seen.addresses
             dialling = self._dialling.get(peer)
             if dialling is not None and dialling[0] in addresses:

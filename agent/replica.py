@@ -216,7 +216,13 @@ class Replica:
         Changes a rule refuses (a clock too far ahead, say) come back as their
         `RemoteProtocolError`; the others still apply.
         """
-        outcomes = await self._write(changes)
+        self._check_open()
+        vv = self._store.vv
+        if all(change.dot in vv for change in changes):
+            await trio.lowlevel.checkpoint()  # all held already: no transaction for nothing
+            outcomes: list[Outcome] = [None] * len(changes)
+        else:
+            outcomes = await self._write(changes)
         self.received_changes += len(changes)
         self.duplicate_changes += outcomes.count(None)
         return outcomes

@@ -18,6 +18,7 @@ LAN put in an advert into values or an `InvalidRemoteDataError`, never anything 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,7 @@ class AdvertInfo:
     hub_eligible: bool = False
 
 
+@functools.lru_cache(maxsize=64)  # asked for every advert heard; a node knows a mesh or two
 def mesh_tag(secret: bytes) -> str:
     """The mesh's public tag: lower-case unpadded base32 of BLAKE2b(key=secret, size 10).
 

@@ -25,6 +25,7 @@ another hub was down) still reach each other in at most three hops.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -79,19 +80,24 @@ class TopologyConfig:
 
 def ring_order(members: Iterable[bytes]) -> list[bytes]:
     """Members in ring order: by a keyed hash of their ids, then by id."""
-    return sorted(
-        set(members),
-        key=lambda m: (hashlib.blake2b(m, digest_size=8, person=_RING_PERSON).digest(), m),
-    )
+    return sorted(set(members), key=_ring_key)
 
 
-def _fingers(me: bytes, ring: list[bytes], max_links: int) -> set[bytes]:
-    """The members ``me`` links to on the ring: successor, then 2, 4, 8... places ahead,
-    then the places in between, up to ``max_links``."""
-    here, size = ring.index(me), len(ring)
-    steps = [1 << k for k in range(size.bit_length()) if 1 << k < size]
-    steps += [s for s in range(3, size) if s & (s - 1)]
-    return {ring[(here + s) % size] for s in steps[:max_links]}
+@functools.lru_cache(maxsize=1 << 16)
+def _ring_key(member: bytes) -> tuple[bytes, bytes]:
+    return hashlib.blake2b(member, digest_size=8, person=_RING_PERSON).digest(), member
+
+
+def _steps(size: int, max_links: int) -> list[int]:
+    """How far ahead on a ring of ``size`` a member links: 1, 2, 4, 8... places, then
+    the places in between, up to ``max_links`` of them."""
+    steps = [1 << k for k in range(size.bit_length()) if 1 << k < size][:max_links]
+    step = 3
+    while len(steps) < max_links and step < size:
+        if step & (step - 1):
+            steps.append(step)
+        step += 1
+    return steps
 
 
 class MeshPlan:
@@ -101,28 +107,29 @@ class MeshPlan:
         if max_links is not None and max_links < 1:
             raise LocalProtocolError(f"max_links must be at least 1, got {max_links}")
         self.me = me
-        self._ring = ring_order([*members, me])
-        self._bounded = max_links is not None and len(self._ring) - 1 > max_links
-        self._max_links = max_links or 0
-        self._mine = _fingers(me, self._ring, self._max_links) if self._bounded else set()
-
-    def _picks(self, a: bytes, b: bytes) -> bool:
-        """Whether the rules have ``a`` link to ``b`` (in a bounded mesh)."""
-        if a == self.me:
-            return b in self._mine
-        return b in _fingers(a, self._ring, self._max_links)
+        ring = ring_order([*members, me])
+        self._ring = ring
+        self._bounded = max_links is not None and len(ring) - 1 > max_links
+        self._mine: set[bytes] = set()  # the members ``me`` picks
+        self._theirs: set[bytes] = set()  # the members that pick ``me``
+        if self._bounded:
+            assert max_links is not None
+            here, size = ring.index(me), len(ring)
+            steps = _steps(size, max_links)
+            self._mine = {ring[(here + s) % size] for s in steps}
+            self._theirs = {ring[(here - s) % size] for s in steps}
 
     def links(self) -> set[bytes]:
         """Every member ``me`` is linked to, whichever end dials."""
         if not self._bounded:
             return {m for m in self._ring if m != self.me}
-        return self._mine | {m for m in self._ring if m != self.me and self._picks(m, self.me)}
+        return self._mine | self._theirs
 
     def dials(self, peer: bytes) -> bool:
         """Whether ``me`` is the end that dials its link to ``peer``."""
-        if not self._bounded or (self._picks(self.me, peer) and self._picks(peer, self.me)):
+        if not self._bounded or (peer in self._mine and peer in self._theirs):
             return preferred_initiator(self.me, peer) == self.me
-        return self._picks(self.me, peer)
+        return peer in self._mine
 
 
 def mesh_dials(me: bytes, members: Iterable[bytes], max_links: int | None = None) -> set[bytes]:

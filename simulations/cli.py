@@ -22,6 +22,8 @@ from simulations.plots import write_plots
 from simulations.report import Report
 from simulations.scenario import BUILTIN, Fault, Scenario, load
 
+CHECKS_FAILED = 3  # the exit status of a run whose checks failed (1: a bad scenario)
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sim`` and its commands to the ``blazemesh`` parser."""
@@ -142,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path in write_outputs(report, args.out):
             print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(report.to_json()) if args.json else report.summary())
-    return 1 if report.failures else 0
+    return CHECKS_FAILED if report.failures else 0
 
 
 def write_outputs(report: Report, out: Path) -> list[Path]:

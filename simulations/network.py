@@ -19,6 +19,8 @@ links never have more than their window in flight.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -69,6 +71,7 @@ class _Pipe:
         self.eof = False
         self.changed = trio.Event()
         self.queued = 0  # bytes sent and not yet read
+        self.alarm: float | None = None  # the receiver is woken then (`SimNetwork.alarm`)
         self._receiver = receiver
 
     def push(self, when: float, data: bytes) -> None:
@@ -133,23 +136,35 @@ class SimStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("the simulated connection broke")
             inbox = self._inbox
             if inbox.chunks:
-                when, data = inbox.chunks[0]
-                if when <= trio.current_time():
-                    if max_bytes is not None and len(data) > max_bytes:
-                        inbox.chunks[0] = (when, data[max_bytes:])
-                        data = data[:max_bytes]
-                    else:
-                        inbox.chunks.popleft()
-                    inbox.queued -= len(data)
+                if inbox.chunks[0][0] <= trio.current_time():
+                    data = self._take(max_bytes)
                     await trio.lowlevel.checkpoint()
                     return data
-                with trio.move_on_at(when):
-                    await self._wait()
+                self._net.alarm(inbox.chunks[0][0], inbox)
+                await self._wait()
                 continue
             if inbox.eof and not inbox.held:
                 await trio.lowlevel.checkpoint()
                 return b""
             await self._wait()
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        """The chunks that have arrived, joined (as a socket's buffer would), up to
+        ``max_bytes``."""
+        chunks, now = self._inbox.chunks, trio.current_time()
+        limit = max_bytes if max_bytes is not None else 1 << 20
+        parts, size = [], 0
+        while chunks and chunks[0][0] <= now and size < limit:
+            when, data = chunks[0]
+            if size + len(data) > limit:
+                chunks[0] = (when, data[limit - size :])
+                data = data[: limit - size]
+            else:
+                chunks.popleft()
+            parts.append(data)
+            size += len(data)
+        self._inbox.queued -= size
+        return b"".join(parts)
 
     async def _wait(self) -> None:
         self._inbox.changed = trio.Event()
@@ -181,6 +196,10 @@ class SimNetwork:
         self._group: dict[str, int] = {}  # host -> partition group; absent: group 0
         self._cut: set[str] = set()
         self.stats: dict[str, HostStats] = {}
+        self._alarms: list[tuple[float, int, _Pipe]] = []  # a heap: (when, order, pipe)
+        self._alarm_order = itertools.count()
+        self._earlier = trio.Event()  # an alarm went in first in line
+        self._ringing = False
 
     def host(self, name: str) -> SimHost:
         """The `Network` of the node on host ``name``."""
@@ -258,6 +277,40 @@ class SimNetwork:
         out.bytes_sent += size
         out.chunks_sent += 1
         self.stats_of(receiver).bytes_received += size
+
+    def alarm(self, when: float, pipe: _Pipe) -> None:
+        """Wake ``pipe``'s receiver at ``when``, when its first chunk arrives.
+
+        One task rings every alarm: receivers wait on their pipe's event, not each on a
+        deadline of its own, and every chunk due at one instant (as after one commit
+        that went out on many links) costs one timer between them.
+        """
+        if pipe.alarm is not None and pipe.alarm <= when:
+            return
+        pipe.alarm = when
+        alarms = self._alarms
+        if not alarms or when < alarms[0][0]:
+            self._earlier.set()
+        heapq.heappush(alarms, (when, next(self._alarm_order), pipe))
+        if not self._ringing:
+            self._ringing = True
+            trio.lowlevel.spawn_system_task(self._ring)
+
+    async def _ring(self) -> None:
+        alarms = self._alarms
+        while True:
+            self._earlier = trio.Event()
+            if alarms:
+                with trio.move_on_at(alarms[0][0]):
+                    await self._earlier.wait()
+            else:
+                await self._earlier.wait()
+            now = trio.current_time()
+            while alarms and alarms[0][0] <= now:
+                when, _, pipe = heapq.heappop(alarms)
+                if pipe.alarm == when:
+                    pipe.alarm = None
+                pipe.changed.set()
 
     def forget(self, stream: SimStream) -> None:
         self._streams.pop(stream, None)

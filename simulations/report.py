@@ -9,11 +9,14 @@ check names the seed, the first diverging node and the change or key where it di
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocol.ids import node_id_short
+from simulations.epidemic import Rule, summarize
+from simulations.epidemic import simulate as simulate_epidemic
 from simulations.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -22,6 +25,11 @@ if TYPE_CHECKING:
     from simulations.network import SimNetwork
 
 CURVE_POINTS = 200  # the convergence curve is thinned to about this many points
+REFERENCE_RUNS = 10  # runs of each reference model, on as many sites as live nodes
+REFERENCE_MODELS = {  # label -> (model, rule): Demers et al.'s, see simulations.epidemic
+    "anti-entropy, push-pull": ("anti-entropy-push-pull", None),
+    "rumor, push, feedback, counter 3": ("rumor-push", Rule(feedback=True, counter=True, k=3)),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,11 +50,13 @@ class Report:
     scenario: Scenario
     converged_at_s: float | None
     spread_s: dict[str, float]  # median and max over changes of the time to 50/99/100 %
-    curve: list[tuple[float, float]]  # (virtual s, share of (change, node) pairs held)
+    curve: list[tuple[float, float]]  # (s since a write, share of (change, node) pairs held)
     nodes: list[dict[str, Any]]  # per node: traffic, queue peak, changes received
     links: list[tuple[str, str]]  # the links at the end
     hub: str | None
     redundancy: float | None  # deliveries per change / (n - 1) - 1
+    measures: dict[str, float]  # the paper's measures for this run (`_measures`)
+    reference: dict[str, dict[str, float]]  # model -> its measures on as many sites
     trace_digest: str
     failures: list[str]
     trace: list[str] | None = field(default=None, repr=False)
@@ -87,8 +97,32 @@ class Report:
         lines.append(
             f"  links at the end: {len(self.links)}" + (f", hub {self.hub}" if self.hub else "")
         )
+        lines += self._comparison()
         lines += [f"  CHECK FAILED: {failure}" for failure in self.failures]
         return "\n".join(lines)
+
+    def _comparison(self) -> list[str]:
+        if not self.measures:
+            return []
+        m, hop = self.measures, self.scenario.link.latency_s
+        lines = [
+            f"  against Demers et al.'s models on {len(self.nodes)} sites "
+            f"(means of {REFERENCE_RUNS} runs; t in cycles, ours in ms and in link latencies):",
+            f"    {'':<34} {'residue':>8} {'traffic m':>10} {'t_ave':>16} {'t_last':>16}",
+            f"    {'this run':<34} {m['residue']:8.3f} {m['traffic']:10.2f} "
+            f"{_ms(m['t_ave_s'], hop):>16} {_ms(m['t_last_s'], hop):>16}",
+        ]
+        for label, r in self.reference.items():
+            lines.append(
+                f"    {label:<34} {r['residue']:8.3f} {r['traffic']:10.2f} "
+                f"{r['t_ave']:16.2f} {r['t_last']:16.2f}"
+            )
+        return lines
+
+
+def _ms(seconds: float, hop: float) -> str:
+    hops = f" ({seconds / hop:.1f})" if hop else ""
+    return f"{seconds * 1000:.1f} ms{hops}"
 
 
 def _plain(value: Any) -> Any:
@@ -183,6 +217,8 @@ def build_report(
         links=[(a, b) for a, b in links],
         hub=hub if scenario.topology == "star" else None,
         redundancy=_redundancy(tracker, nodes, len(live)),
+        measures=_measures(tracker, nodes, len(live)),
+        reference=_reference(len(live), scenario.seed),
         trace_digest=trace.digest,
         failures=failures,
         trace=trace.lines,
@@ -218,16 +254,22 @@ def _spread(tracker: Tracker, n: int) -> dict[str, float]:
 
 
 def _curve(tracker: Tracker, n: int) -> list[tuple[float, float]]:
-    times = sorted(t for dot in tracker.expected for t in tracker.held.get(dot, {}).values())
-    if not times:
+    """The convergence curve: for each delay, the share of (change, live node) pairs in
+    which the node held the change within that delay of its write (of its first holder:
+    the writer, when it is still up)."""
+    delays = []
+    for dot in tracker.expected:
+        times = sorted(tracker.held.get(dot, {}).values())
+        delays += [t - times[0] for t in times]
+    if not delays:
         return []
+    delays.sort()
     pairs = len(tracker.expected) * n
-    step = max(1, len(times) // CURVE_POINTS)
-    picked = list(range(step - 1, len(times), step))
-    if picked[-1] != len(times) - 1:
-        picked.append(len(times) - 1)
-    start = times[0]
-    return [(times[i] - start, min(1.0, (i + 1) / pairs)) for i in picked]
+    step = max(1, len(delays) // CURVE_POINTS)
+    picked = list(range(step - 1, len(delays), step))
+    if picked[-1] != len(delays) - 1:
+        picked.append(len(delays) - 1)
+    return [(delays[i], min(1.0, (i + 1) / pairs)) for i in picked]
 
 
 def _node(net: SimNetwork, node: SimNode) -> dict[str, Any]:
@@ -243,6 +285,41 @@ def _node(net: SimNetwork, node: SimNode) -> dict[str, Any]:
         "received_changes": received,
         "duplicate_changes": duplicates,
     }
+
+
+def _measures(tracker: Tracker, nodes: list[SimNode], n: int) -> dict[str, float]:
+    """The paper's measures for this run: residue (share of (change, live node) pairs
+    never reached), traffic m (changes received per node per change), t_ave (mean delay
+    from a write to a node holding it) and t_last (mean over changes of the delay to the
+    last node)."""
+    changes = len(tracker.expected)
+    if not changes or not n:
+        return {}
+    delays, lasts = [], []
+    for dot in tracker.expected:
+        times = sorted(tracker.held.get(dot, {}).values())
+        delays += [t - times[0] for t in times]
+        lasts.append(times[-1] - times[0])
+    return {
+        "residue": max(0.0, 1 - len(delays) / (changes * n)),
+        "traffic": sum(node.received_changes()[0] for node in nodes) / (changes * n),
+        "t_ave_s": statistics.fmean(delays),
+        "t_last_s": statistics.fmean(lasts),
+    }
+
+
+def _reference(n: int, seed: int) -> dict[str, dict[str, float]]:
+    """Each reference model's measures on ``n`` sites, means over a few seeded runs."""
+    if n < 2:
+        return {}
+    out = {}
+    for label, (model, rule) in REFERENCE_MODELS.items():
+        outcomes = [
+            simulate_epidemic(model, n, random.Random(f"{seed}/{label}/{run}"), rule)
+            for run in range(REFERENCE_RUNS)
+        ]
+        out[label] = {name: spread.mean for name, spread in summarize(outcomes).items()}
+    return out
 
 
 def _redundancy(tracker: Tracker, nodes: list[SimNode], n: int) -> float | None:

@@ -58,7 +58,9 @@ async def test_nodes_converge_through_loss(
         assert all(report.hub in link for link in report.links)
     else:
         assert len(report.links) == 15  # every pair
-    assert report.curve[-1][1] == 1.0
+    assert report.curve[-1][1] == 1.0  # the curve: delay since the write, share held
+    assert report.curve[-1][0] == pytest.approx(spread["to 100%, max"])
+    assert [d for d, _ in report.curve] == sorted(d for d, _ in report.curve)
 
 
 async def test_a_full_mesh_prunes_its_pushes_to_one_tree_per_origin(
