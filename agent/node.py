@@ -34,7 +34,6 @@ from agent.replica import Replica
 from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, handshake
 from agent.store import Applied, Outcome
 from protocol.codec import decode_change
-from protocol.errors import ProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
 from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
@@ -106,7 +105,6 @@ class Node:
         self._rng = rng or random.Random()
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
-        self._feeder: dict[bytes, Link] = {}  # origin -> the link that feeds it (`_applied`)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
         self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
@@ -297,40 +295,26 @@ class Node:
             link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
-        """Prune, on ``link``, the origins of the changes it sent that this node already
-        held, unless it is the link that feeds this node that origin.
-
-        An origin's feeder is the link that brought its first new change (first since the
-        previous feeder went), and stays so while it lasts. A node got that change before
-        any node it feeds, so feeders never form a cycle: following them from any node
-        leads to the origin, and every origin's changes reach every node along that
-        tree. A change that a pruned link had in flight does not make it a feeder.
-        """
-        feeder = self._feeder
-        redundant = set()
-        for change, outcome in zip(changes, outcomes, strict=True):
-            origin = change.origin
-            if outcome is None:
-                if feeder.get(origin, link) is not link:
-                    redundant.add(origin)
-            elif (
-                origin not in feeder
-                and origin not in link.sync.pruned
-                and not isinstance(outcome, ProtocolError)
-            ):
-                feeder[origin] = link
-        if redundant:
-            link.sync.prune(redundant)
+        """Keep the eager links a tree (protocol.sync, "Pruning"): prune a link that
+        brought only changes this node already held, unless it is this node's last eager
+        link; a link that brought anything new is eager (again)."""
+        sync = link.sync
+        if any(outcome is not None for outcome in outcomes):
+            sync.promote()
+        elif sync.eager and any(
+            other.sync.eager for other in self._links.values() if other is not link
+        ):
+            sync.prune()
 
     def _regraft(self, lost: Link) -> None:
-        """The origins ``lost`` fed: every other link pushes them again until the new
-        duplicates prune them back to one feeder."""
-        origins = {origin for origin, link in self._feeder.items() if link is lost}
-        for origin in origins:
-            del self._feeder[origin]
-        if origins:
-            for link in self._links.values():
-                link.sync.graft(origins)
+        """An eager link closed, which may have cut the tree: graft every lazy link, so
+        that both sides of the cut join again; the duplicates that follow prune the extra
+        links back."""
+        if not lost.sync.eager:
+            return
+        for link in self._links.values():
+            if not link.sync.eager:
+                link.sync.graft()
                 link.wake()
 
     def fetch(self, ranges: Sequence[Range]) -> list[Change]:

@@ -75,6 +75,7 @@ class Peering:
         self.hub: bytes | None = None  # star: the hub this spoke uses
         self._started = 0.0
         self._replan = trio.Event()  # news: `_planner` plans soon
+        self.planned: set[bytes] = set()  # the members the topology links this node to
         self.sightings: dict[str, Sighting] = {}
         self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
         self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
@@ -189,6 +190,7 @@ class Peering:
         """Start and stop diallers so that exactly the planned members are dialled."""
         node, members = self.node, self._members()
         links, wanted = self._star(members) if self.topology.mode == "star" else self._mesh(members)
+        self.planned = links
         now = trio.current_time()
         self._covering &= links - wanted
         for peer in sorted(links - wanted):

@@ -45,6 +45,8 @@ PORT = 7420
 COLLECTION = "sim"
 SIM_SYNC = SyncConfig(batch_changes=64)  # batches small enough to commit on the trio thread
 EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
+SETTLE_S = 30.0  # how long the mesh may take to form before the first write
+SETTLE_POLL_S = 0.05
 
 
 def host(i: int) -> str:
@@ -237,6 +239,7 @@ async def simulate(
             for node in nodes:
                 if node.index not in scenario.absent:
                     await node.start()
+            await _settle(sim, nodes)
             start = trio.current_time()
             writes = await _run_writes_and_faults(sim, nodes)
             converged_at = await _converge(sim, start, progress)
@@ -266,6 +269,22 @@ def seed_scheduler(seed: int) -> None:
     """
     scheduler_rng: random.Random = trio._core._run._r
     scheduler_rng.seed(seed)
+
+
+async def _settle(sim: _Simulation, nodes: list[SimNode]) -> None:
+    """Wait until every node has the links its topology plans (at most `SETTLE_S`), so
+    that the run measures how changes spread, not how the mesh forms."""
+    with trio.move_on_after(SETTLE_S):
+        # Polled: the condition spans every node's plan and links, and a look every 50
+        # virtual ms costs nothing in virtual time.
+        while not all(  # noqa: ASYNC110
+            n.node.linked(peer)
+            for n in nodes
+            if n.node is not None and n.peering is not None
+            for peer in n.peering.planned
+        ) or not any(n.peering is not None and n.peering.planned for n in nodes):
+            await trio.sleep(SETTLE_POLL_S)
+    sim.tracker.trace("settled")
 
 
 async def _run_writes_and_faults(sim: _Simulation, nodes: list[SimNode]) -> list[Write]:
