@@ -34,6 +34,7 @@ from agent.replica import Replica
 from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, handshake
 from agent.store import Applied, Outcome
 from protocol.codec import decode_change
+from protocol.errors import ProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
 from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
@@ -105,6 +106,7 @@ class Node:
         self._rng = rng or random.Random()
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
+        self._feeder: dict[bytes, Link] = {}  # origin -> the link that feeds it (`_applied`)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
         self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
@@ -258,6 +260,25 @@ class Node:
         self._links[peer] = link
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
+        self._feed_directly(link)
+
+    def _feed_directly(self, link: Link) -> None:
+        """A link to an origin itself is the shortest way to that origin's changes, so it
+        feeds this node that origin from now on (see `_applied`), and every other link
+        is asked at once not to push it; in a full mesh no change then arrives twice,
+        not even an origin's first. A new link is likewise asked not to push the origins
+        that links of their own feed."""
+        peer = link.peer_id
+        assert peer is not None
+        self._feeder[peer] = link
+        direct = []
+        for other in self._links.values():
+            if other is not link:
+                other.sync.prune([peer])
+                other.wake()
+                if self._feeder.get(other.peer_id or b"") is other:
+                    direct.append(other.peer_id or b"")
+        link.sync.prune(direct)
 
     def _keep_new(self, old: Link, new: Link) -> bool:
         def opener(link: Link) -> bytes:
@@ -295,26 +316,40 @@ class Node:
             link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
-        """Keep the eager links a tree (protocol.sync, "Pruning"): prune a link that
-        brought only changes this node already held, unless it is this node's last eager
-        link; a link that brought anything new is eager (again)."""
-        sync = link.sync
-        if any(outcome is not None for outcome in outcomes):
-            sync.promote()
-        elif sync.eager and any(
-            other.sync.eager for other in self._links.values() if other is not link
-        ):
-            sync.prune()
+        """Prune, on ``link``, the origins of the changes it sent that this node already
+        held, unless it is the link that feeds this node that origin.
+
+        An origin's feeder is the link that brought its first new change (first since the
+        previous feeder went), and stays so while it lasts. A node got that change before
+        any node it feeds, so feeders never form a cycle: following them from any node
+        leads to the origin, and every origin's changes reach every node along that
+        tree. A change that a pruned link had in flight does not make it a feeder.
+        """
+        feeder = self._feeder
+        redundant = set()
+        for change, outcome in zip(changes, outcomes, strict=True):
+            origin = change.origin
+            if outcome is None:
+                if feeder.get(origin, link) is not link:
+                    redundant.add(origin)
+            elif (
+                origin not in feeder
+                and origin not in link.sync.pruned
+                and not isinstance(outcome, ProtocolError)
+            ):
+                feeder[origin] = link
+        if redundant:
+            link.sync.prune(redundant)
 
     def _regraft(self, lost: Link) -> None:
-        """An eager link closed, which may have cut the tree: graft every lazy link, so
-        that both sides of the cut join again; the duplicates that follow prune the extra
-        links back."""
-        if not lost.sync.eager:
-            return
-        for link in self._links.values():
-            if not link.sync.eager:
-                link.sync.graft()
+        """The origins ``lost`` fed: every other link pushes them again until the new
+        duplicates prune them back to one feeder."""
+        origins = {origin for origin, link in self._feeder.items() if link is lost}
+        for origin in origins:
+            del self._feeder[origin]
+        if origins:
+            for link in self._links.values():
+                link.sync.graft(origins)
                 link.wake()
 
     def fetch(self, ranges: Sequence[Range]) -> list[Change]:

@@ -30,22 +30,19 @@ stalled when the peer is behind and acknowledges nothing, or ahead and sends not
 `stall_after_s`: the agent then drops and redials the link, and says why.
 
 Pruning. That one rule sends a change to every neighbour of every node that holds it, so
-in a mesh each change arrives at each node once per link. As in Plumtree (Leitao,
-Pereira and Rodrigues, "Epidemic Broadcast Trees", 2007), links are eager or lazy: a node
-that receives only changes it already holds over a link may `prune` it (PRUNE); a lazy
-link pushes no changes either way, so the eager links settle into a spanning tree that
-carries each change to each node about once. Instead of changes, a lazy link carries
-HAVE, at most once a tick: what the sender holds of the origins it got changes of since
-(Plumtree's IHAVE). A side whose lazy peer holds changes it still lacks `graft_after_s`
-later grafts the link back (GRAFT): the tree was cut somewhere. Which links to prune, and
-when to graft after a failure, is the node's choice (it sees all its links; see
-agent.node).
+in a dense mesh each change arrives many times. A side may `prune` origins: it sends
+PRUNE, and the peer stops pushing their changes on this link ("lazy" origins) until a
+GRAFT. Which link to prune is the node's choice (it sees all its links; see
+agent.node); this side grafts back by itself when the peer's SUMMARY shows it holds
+changes of a pruned origin that this side still lacks `graft_after_s` later. The result
+is a spanning tree per origin, as in Plumtree (Leitao et al., "Epidemic Broadcast
+Trees", 2007), with SUMMARY in the role of its lazy IHAVE.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocol.codec import PROTOCOL_VERSION
@@ -53,7 +50,6 @@ from protocol.codec.messages import (
     Ack,
     Changes,
     Graft,
-    Have,
     Hello,
     MessageDecoder,
     MessageEncoder,
@@ -84,7 +80,7 @@ class SyncConfig:
     dead_after_s: float = 5.0  # silence this long means the link is dead
     summary_every_s: float = 5.0  # anti-entropy: a SUMMARY this often
     stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
-    graft_after_s: float = 0.5  # behind on a lazy link this long: graft it back
+    graft_after_s: float = 1.0  # behind on a pruned origin this long: graft it back
     receive_limit_bytes: int = 8 << 20  # CHANGES received, not yet applied: a peer past this
     # ignores flow control (an honest sender stays within its window, 4 MiB by default)
     small_in_flight: int = 2  # CHANGES messages short of a full batch awaiting their ACK at
@@ -177,8 +173,8 @@ class SyncLink:
         self._peer_told = VersionVector()
         self._unsure = have.origins()  # origins where `have` may hold what `peer_has` lacks
         self._have_stamp = have.stamp  # ... as of this stamp of `have`
-        self.eager = True  # False: pruned (by either side), no changes pushed either way
-        self._told_stamp = have.stamp  # `have` as of the last SUMMARY or HAVE sent
+        self._lazy: set[bytes] = set()  # origins the peer pruned: not pushed to it
+        self.pruned: set[bytes] = set()  # origins this side pruned: the peer does not push
         self._unacked: deque[_Batch] = deque()
         self._in_flight = 0
         self._small_unacked = 0  # of `_unacked`, those short of a full batch (see `plan`)
@@ -231,14 +227,11 @@ class SyncLink:
                 self._ack(message.batch)
             elif isinstance(message, Summary):
                 self._summary(message.vv)
-            elif isinstance(message, Have):
-                self._peer_told.merge(message.vv)
-                self._peer_has.merge(message.vv)
-                self._check_behind()
             elif isinstance(message, Prune):
-                self.eager = False
+                self._lazy.update(message.origins)
             elif isinstance(message, Graft):
-                self._push_again()
+                self._lazy.difference_update(message.origins)
+                self._unsure.update(message.origins)
             elif isinstance(message, Ping):
                 self._out.append(self._encoder.encode(Pong(token=message.token)))
             elif isinstance(message, Pong):
@@ -338,28 +331,20 @@ class SyncLink:
         for origin, seq in dots:
             self._refused.add(origin, seq)
 
-    def prune(self) -> None:
-        """Make the link lazy at both ends: this node gets the peer's changes another way
-        (see `graft` for the way back)."""
-        if self.eager and self.open:
-            self.eager = False
-            self._out.append(self._encoder.encode(Prune()))
+    def prune(self, origins: Iterable[bytes]) -> None:
+        """Ask the peer to stop pushing changes of ``origins`` (this node gets them
+        another way); they come back by `graft`, by hand or when this side falls behind."""
+        fresh = sorted(set(origins) - self.pruned)
+        if fresh and self.open:
+            self.pruned.update(fresh)
+            self._out.append(self._encoder.encode(Prune(origins=fresh)))
 
-    def graft(self) -> None:
-        """Make a lazy link eager again at both ends."""
-        if not self.eager:
-            self._push_again()
-            self._out.append(self._encoder.encode(Graft()))
-
-    def promote(self) -> None:
-        """The peer pushed changes this node lacked over a lazy link (it had them in flight
-        before the PRUNE, or it grafted): push again too; no message needed."""
-        if not self.eager:
-            self._push_again()
-
-    def _push_again(self) -> None:
-        self.eager = True
-        self._unsure = self._have.origins()
+    def graft(self, origins: Iterable[bytes] | None = None) -> None:
+        """Ask the peer to push changes of ``origins`` (default: every pruned one) again."""
+        back = sorted(self.pruned if origins is None else self.pruned.intersection(origins))
+        if back:
+            self.pruned.difference_update(back)
+            self._out.append(self._encoder.encode(Graft(origins=back)))
 
     # -- outbound --------------------------------------------------------------------------
 
@@ -388,9 +373,10 @@ class SyncLink:
         if have.stamp != self._have_stamp:
             self._unsure.update(have.grown_since(self._have_stamp))
             self._have_stamp = have.stamp
-        if not self._unsure or not self.eager:
+        unsure = self._unsure - self._lazy if self._lazy else self._unsure
+        if not unsure:
             return []
-        lacking = missing(have, self._peer_has, self._unsure)
+        lacking = missing(have, self._peer_has, unsure)
         self._unsure = {origin for origin, _ in lacking}
         budget = config.batch_changes
         ranges: list[Range] = []
@@ -444,18 +430,9 @@ class SyncLink:
             self._ping_token += 1
             self._ping_sent = self._last_ping = now
             self._out.append(self._encoder.encode(Ping(token=self._ping_token)))
-        have = self._have
         if now - self._last_summary >= config.summary_every_s:
-            self._last_summary, self._told_stamp = now, have.stamp
-            self._out.append(self._encoder.encode(Summary(vv=have)))
-        elif not self.eager and have.stamp != self._told_stamp:
-            grown = have.grown_since(self._told_stamp)
-            self._told_stamp = have.stamp
-            told = VersionVector.from_parts(
-                {origin: have.base(origin) for origin in grown},
-                {origin: have.extras(origin) for origin in grown},
-            )
-            self._out.append(self._encoder.encode(Have(vv=told)))
+            self._last_summary = now
+            self._out.append(self._encoder.encode(Summary(vv=self._have)))
         if self._unacked and now - self._waiting_since >= config.stall_after_s:
             return LinkDown(
                 reason=f"the peer acknowledged nothing for {now - self._waiting_since:.1f} s "
@@ -463,8 +440,8 @@ class SyncLink:
             )
         self._check_behind()
         if self._behind_since is not None:
-            if not self.eager and now - self._behind_since >= config.graft_after_s:
-                self.graft()
+            if self.pruned and now - self._behind_since >= config.graft_after_s:
+                self.graft({origin for origin, _ in self._lacking()})
             idle = now - max(self._behind_since, self._last_changes)
             if idle >= config.stall_after_s:
                 lag = _count(self._lacking())
@@ -490,9 +467,9 @@ class SyncLink:
         )
 
     def _missing_pushed(self) -> list[Range]:
-        """What the peer lacks that this side would push to it: nothing on a lazy link
-        (the peer gets it another way, and says what it holds in HAVE and SUMMARY)."""
-        return missing(self._have, self._peer_has) if self.eager else []
+        """What the peer lacks of the origins this side pushes to it (not the lazy ones:
+        the peer gets those another way, and says what it holds in its SUMMARY)."""
+        return missing(self._have, self._peer_has, self._have.origins() - self._lazy)
 
 
 def _count(ranges: list[Range]) -> int:

@@ -41,7 +41,6 @@ class Kind(enum.IntEnum):
     PONG = 5
     PRUNE = 6
     GRAFT = 7
-    HAVE = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,23 +86,20 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Have:
-    """Part of the sender's version vector: what it holds of the origins named."""
-
-    vv: VersionVector
-
-
-@dataclass(frozen=True, slots=True)
 class Prune:
-    """Make the link lazy: neither side pushes changes on it (SUMMARY and HAVE flow)."""
+    """Stop pushing changes of these origins to the sender: it gets them another way."""
+
+    origins: Sequence[bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Graft:
-    """Make the link eager again: both sides push changes on it."""
+    """Push changes of these origins to the sender again."""
+
+    origins: Sequence[bytes]
 
 
-Message = Hello | Changes | Ack | Summary | Have | Ping | Pong | Prune | Graft
+Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft
 
 
 class MessageEncoder:
@@ -150,7 +146,7 @@ class MessageEncoder:
         ]
         return Changes(batch=batch, changes=members), b"".join(head + items)
 
-    def encode(self, message: Hello | Ack | Summary | Have | Ping | Pong | Prune | Graft) -> bytes:
+    def encode(self, message: Hello | Ack | Summary | Ping | Pong | Prune | Graft) -> bytes:
         """Any message but CHANGES (see `encode_changes`)."""
         pack = self._packer.pack
         if isinstance(message, Hello):
@@ -167,12 +163,10 @@ class MessageEncoder:
             body = [Kind.SUMMARY.value, _vv_items(message.vv)]
         elif isinstance(message, Ping):
             body = [Kind.PING.value, message.token]
-        elif isinstance(message, Have):
-            body = [Kind.HAVE.value, _vv_items(message.vv)]
         elif isinstance(message, Prune):
-            body = [Kind.PRUNE.value]
+            body = [Kind.PRUNE.value, list(message.origins)]
         elif isinstance(message, Graft):
-            body = [Kind.GRAFT.value]
+            body = [Kind.GRAFT.value, list(message.origins)]
         else:
             body = [Kind.PONG.value, message.token]
         data: bytes = pack(body)
@@ -242,10 +236,9 @@ class MessageDecoder:
             return Ping(token=item[1]) if kind == Kind.PING else Pong(token=item[1])
         if kind == Kind.SUMMARY and n == 2:
             return Summary(vv=_vv(item[1]))
-        if kind == Kind.HAVE and n == 2:
-            return Have(vv=_vv(item[1]))
-        if kind in (Kind.PRUNE, Kind.GRAFT) and n == 1:
-            return Prune() if kind == Kind.PRUNE else Graft()
+        if kind in (Kind.PRUNE, Kind.GRAFT) and n == 2:
+            origins = _origins(item[1])
+            return Prune(origins=origins) if kind == Kind.PRUNE else Graft(origins=origins)
         if kind == Kind.HELLO and n == 5:
             return _hello(item)
         raise DecodeError(f"message type {kind} with {n} items is not part of the protocol")
@@ -266,6 +259,19 @@ def _hello(item: list[object]) -> Hello:
     if not isinstance(meta, dict) or len(msgpack.packb(meta)) > MAX_META_BYTES:
         raise DecodeError(f"the hello's metadata must be a map of at most {MAX_META_BYTES} bytes")
     return Hello(version=version, node_id=node_id, vv=_vv(vv), meta=meta)
+
+
+def _origins(items: object) -> list[bytes]:
+    if (
+        not isinstance(items, list)
+        or len(items) > MAX_VV_ORIGINS
+        or any(type(o) is not bytes or len(o) != NODE_ID_BYTES for o in items)
+        or len(set(items)) != len(items)
+    ):
+        raise DecodeError(
+            f"origins are distinct {NODE_ID_BYTES}-byte node ids, at most {MAX_VV_ORIGINS}"
+        )
+    return items
 
 
 def _vv(items: object) -> VersionVector:

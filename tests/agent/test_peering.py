@@ -97,7 +97,8 @@ async def test_switching_the_whole_mesh_to_a_star_at_run_time_loses_nothing(
     async with cluster(tmp_path, 5, [], discovery=MemoryDiscovery(), hub_eligible=[0, 1]) as c:
         for i, replica in enumerate(c.replicas):
             await replica.put("c", f"before{i}", {})
-        await c.until_converged()
+        await c.until_converged()  # possibly through the first links alone
+        await trio.sleep(DIAL_GRACE_S)  # the bound within which every planned link is up
         assert all(len(node.peers()) == 4 for node in c.nodes)  # a full mesh
         ops = Operations(c.replicas[3], node=c.nodes[3], peering=c.peerings[3])
         await ops.call("topology.set", {"mode": "star"})

@@ -201,71 +201,53 @@ def test_summary_repairs_a_change_the_peer_refused() -> None:
     assert refused.dot in b.vv
 
 
-def test_a_pruned_link_pushes_nothing_either_way_until_grafted() -> None:
+def test_a_pruned_origin_is_not_pushed_until_grafted() -> None:
     a, b = FakeNode("a"), FakeNode("b")
     la, lb = a.link(b, dead_after_s=60), b.link(a, dead_after_s=60)
     settle([(a, la, b, lb)])
-    lb.prune()
-    lb.prune()  # once is enough: nothing more is sent
+    lb.prune([a.id])
+    lb.prune([a.id])  # once is enough: nothing more is sent
     deliver(lb, la, a)
-    assert not la.eager
-    assert not lb.eager
+    assert lb.pruned == {a.id}
     a.write(3)
-    b.write(2)
     assert not la.ready()
     assert la.plan() == []
-    assert lb.plan() == []
     assert la.status().behind_out == 0  # b gets those another way: not a's lag
     lb.graft()
+    assert lb.pruned == set()
     deliver(lb, la, a)
-    assert la.eager
-    assert lb.eager
     settle([(a, la, b, lb)])
     assert b.vv == a.vv
 
 
-def test_a_lazy_link_says_have_and_the_side_behind_grafts_it_back() -> None:
+def test_a_side_behind_on_a_pruned_origin_grafts_it_back_by_itself() -> None:
     a, b = FakeNode("a"), FakeNode("b")
-    la = a.link(b, dead_after_s=60, summary_every_s=50, graft_after_s=0.5)
-    lb = b.link(a, dead_after_s=60, summary_every_s=50, graft_after_s=0.5)
+    la = a.link(b, dead_after_s=60, summary_every_s=5, graft_after_s=1)
+    lb = b.link(a, dead_after_s=60, summary_every_s=5, graft_after_s=1)
     settle([(a, la, b, lb)])
-    la.prune()
-    deliver(la, lb, b)
-    assert la.tick(0.25) is None
-    assert la.data_to_send() == b""  # nothing new: no HAVE
+    lb.prune([a.id])
+    deliver(lb, la, a)
     a.write(2)
-    assert la.tick(0.5) is None  # a HAVE: what a holds of its own origin now
-    deliver(la, lb, b, now=0.5)
-    assert lb.status().behind_in == 2
-    assert lb.tick(0.75) is None
-    assert not lb.eager  # not yet: the changes may be on their way along the tree
-    assert lb.tick(1.0) is None
-    assert lb.eager
-    deliver(lb, la, a, now=1.0)  # the GRAFT
+    assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
+    deliver(la, lb, b, now=5.0)
+    assert lb.tick(5.5) is None
+    assert lb.pruned == {a.id}  # not yet: the changes may be on their way another way
+    assert lb.tick(6.0) is None
+    assert lb.pruned == set()
+    deliver(lb, la, a, now=6.0)
     push(la, a)
-    deliver(la, lb, b, now=1.0)
+    deliver(la, lb, b, now=6.0)
     assert b.vv == a.vv
 
 
-def test_promote_makes_a_lazy_link_eager_without_a_message() -> None:
-    a, b = FakeNode("a"), FakeNode("b")
-    la, lb = a.link(b), b.link(a)
-    settle([(a, la, b, lb)])
-    la.prune()
-    deliver(la, lb, b)
-    lb.promote()
-    assert lb.eager
-    assert lb.data_to_send() == b""
-
-
-def test_prune_before_the_hello_sends_nothing() -> None:
+def test_prune_and_graft_before_the_hello_or_of_nothing_send_nothing() -> None:
     a, b = FakeNode("a"), FakeNode("b")
     la = a.link(b)
-    assert la.data_to_send()  # the hello
-    la.prune()
-    la.graft()
-    assert la.eager
+    hello = la.data_to_send()
+    la.prune([b.id])  # the link is not open yet
+    la.graft([b.id])
     assert la.data_to_send() == b""
+    assert hello
 
 
 def test_dead_link_is_detected() -> None:
