@@ -188,6 +188,7 @@ class MessageDecoder:
     def __init__(self) -> None:
         self._changes = ChangeDecoder()
         self._position = 0
+        self._fed = 0  # bytes fed so far (`_position`: bytes decoded so far)
         self.last_size = 0  # bytes of the message `__next__` returned last
         self._unpacker = msgpack.Unpacker(
             raw=False,
@@ -200,6 +201,7 @@ class MessageDecoder:
     def feed(self, data: bytes | bytearray) -> None:
         try:
             self._unpacker.feed(data)
+            self._fed += len(data)
         except msgpack.BufferFull:
             raise DecodeError(
                 f"a message is larger than the limit of {MAX_MESSAGE_BYTES} bytes"
@@ -209,6 +211,8 @@ class MessageDecoder:
         return self
 
     def __next__(self) -> Message:
+        if self._position == self._fed:  # all consumed: no need to ask the unpacker
+            raise StopIteration
         try:
             item = self._unpacker.unpack()
         except msgpack.OutOfData:
