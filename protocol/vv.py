@@ -189,9 +189,17 @@ def missing(
     of origins and of early seqs on either side, not with the number of missing dots.
     """
     out: list[tuple[bytes, SeqRange]] = []
+    have_base, have_extra = have._base, have._extra
+    peer_base, peer_extra = peer._base, peer._extra
     for origin in sorted(have.origins() if origins is None else origins):
-        floor = peer.base(origin)
-        holes = sorted(s for s in peer.extras(origin) if s > floor)
+        floor = peer_base.get(origin, 0)
+        if origin not in have_extra and origin not in peer_extra:
+            # Both hold a prefix only, as when changes arrive in order: the common case.
+            base = have_base.get(origin, 0)
+            if base > floor:
+                out.append((origin, (floor + 1, base)))
+            continue
+        holes = sorted(s for s in peer_extra.get(origin, ()) if s > floor)
         for first, last in _ranges_above(have, origin, floor):
             for hole in holes:
                 if hole > last:

@@ -74,12 +74,15 @@ class _Pipe:
         self.alarm: float | None = None  # the receiver is woken then (`SimNetwork.alarm`)
         self._receiver = receiver
 
-    def push(self, when: float, data: bytes) -> None:
+    def push(self, when: float, data: bytes) -> bool:
+        """Queue a chunk that arrives at ``when``; whether it is first in line (the
+        receiver then needs an alarm for it: it wakes for the others by itself)."""
+        first = not self.chunks
         self.chunks.append((when, data))
         self.queued += len(data)
         if self.queued > self._receiver.queue_peak_bytes:
             self._receiver.queue_peak_bytes = self.queued
-        self.changed.set()
+        return first
 
     def close(self) -> None:
         self.eof = True
@@ -117,7 +120,8 @@ class SimStream(trio.abc.Stream):
     def _deliver(self, chunk: bytes) -> None:
         arrival = max(self._last_arrival, self._net.arrival(self.local, self.remote, len(chunk)))
         self._last_arrival = arrival
-        self._outbox.push(arrival, chunk)
+        if self._outbox.push(arrival, chunk):
+            self._net.alarm(arrival, self._outbox)
 
     def release(self) -> None:
         """The path is back: what was sent into the silence goes out now."""
@@ -129,6 +133,7 @@ class SimStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        waited = False  # a wait is a checkpoint: a second one would only cost a task switch
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("this end is closed")
@@ -138,15 +143,16 @@ class SimStream(trio.abc.Stream):
             if inbox.chunks:
                 if inbox.chunks[0][0] <= trio.current_time():
                     data = self._take(max_bytes)
-                    await trio.lowlevel.checkpoint()
-                    return data
+                    break
                 self._net.alarm(inbox.chunks[0][0], inbox)
-                await self._wait()
-                continue
-            if inbox.eof and not inbox.held:
-                await trio.lowlevel.checkpoint()
-                return b""
+            elif inbox.eof and not inbox.held:
+                data = b""
+                break
             await self._wait()
+            waited = True
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return data
 
     def _take(self, max_bytes: int | None) -> bytes:
         """The chunks that have arrived, joined (as a socket's buffer would), up to
@@ -286,6 +292,9 @@ class SimNetwork:
         that went out on many links) costs one timer between them.
         """
         if pipe.alarm is not None and pipe.alarm <= when:
+            return
+        if when <= trio.current_time():
+            pipe.changed.set()
             return
         pipe.alarm = when
         alarms = self._alarms
