@@ -1,12 +1,13 @@
 """Run real nodes on the simulated network, in virtual time, and check how they converge.
 
 Every node is the agent's own `Node` with its own replica (SQLite in a temporary
-directory, every commit on the trio thread so that virtual time stands still while it
-works), the real sync code, and the real `Peering` that turns discovery into links by
-the topology's rules; only the channel's encryption is off unless the scenario asks for
-it, the network is a `SimNetwork` and discovery a `MemoryDiscovery`. The harness writes,
-applies the scenario's faults at their virtual times, waits for the live replicas to
-converge, and then checks them (docs/simulation.md).
+directory, on a memory file system where there is one; every commit on the trio thread
+so that virtual time stands still while it works), the real sync code, and the real
+`Peering` that turns discovery into links by the topology's rules; only the channel's
+encryption is off unless the scenario asks for it, the network is a `SimNetwork` and
+discovery a `MemoryDiscovery`. The harness writes, applies the scenario's faults at
+their virtual times, waits for the live replicas to converge, and then checks them
+(docs/simulation.md).
 
 Determinism: node identities, the mesh secret, every node's RNG, the network's RNG and
 trio's own scheduling order all derive from the scenario's seed, and nothing leaves the
@@ -20,6 +21,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import os
 import random
 import tempfile
 from collections.abc import Callable, Iterator
@@ -49,6 +51,7 @@ SIM_SYNC = SyncConfig(batch_changes=64)  # batches small enough to commit on the
 EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
 SETTLE_S = 30.0  # how long the mesh may take to form before the first write
 SETTLE_POLL_S = 0.05
+MEMORY_FS = "/dev/shm"  # node directories go here when it is there (Linux: tmpfs)
 GC_YOUNG_OBJECTS = 1_000_000  # net allocations between the collector's young passes
 
 
@@ -226,7 +229,10 @@ async def simulate(
     rng = random.Random(scenario.seed)
     trace = Trace(keep_trace)
     tracker = Tracker(trace)
-    with _quiet_collector(), tempfile.TemporaryDirectory(prefix="blazemesh-sim-") as top:
+    with (
+        _quiet_collector(),
+        tempfile.TemporaryDirectory(prefix="blazemesh-sim-", dir=_memory_dir()) as top,
+    ):
         async with trio.open_nursery() as nursery:
             sim = _Simulation(
                 scenario=scenario,
@@ -262,6 +268,17 @@ async def simulate(
             )
             nursery.cancel_scope.cancel()
     return report
+
+
+def _memory_dir() -> str | None:
+    """Where the nodes' data directories go: a memory file system if there is one.
+
+    Replicas are the agent's own, files and all; on a disk, creating and closing each
+    one costs its fsyncs (22 ms a node here, against 3.5 ms in memory). None: the
+    system's temporary directory.
+    """
+    shm = Path(MEMORY_FS)
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 @contextlib.contextmanager
