@@ -231,7 +231,7 @@ async def simulate(
     tracker = Tracker(trace)
     with (
         _quiet_collector(),
-        tempfile.TemporaryDirectory(prefix="blazemesh-sim-", dir=_memory_dir()) as top,
+        tempfile.TemporaryDirectory(prefix="blazemesh-sim-", dir=memory_dir()) as top,
     ):
         async with trio.open_nursery() as nursery:
             sim = _Simulation(
@@ -270,7 +270,7 @@ async def simulate(
     return report
 
 
-def _memory_dir() -> str | None:
+def memory_dir() -> str | None:
     """Where the nodes' data directories go: a memory file system if there is one.
 
     Replicas are the agent's own, files and all; on a disk, creating and closing each

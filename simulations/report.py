@@ -94,6 +94,8 @@ class Report:
         if self.redundancy is not None:
             lines.append(f"  relative message redundancy: {self.redundancy:.3f}")
         lines.append(f"  largest queue towards a node: {t['queue_peak_bytes_max']:,.0f} B")
+        data = statistics.fmean(n["data_bytes"] for n in self.nodes)
+        lines.append(f"  database files per node: {data:,.0f} B mean")
         lines.append(
             f"  links at the end: {len(self.links)}" + (f", hub {self.hub}" if self.hub else "")
         )
@@ -284,6 +286,7 @@ def _node(net: SimNetwork, node: SimNode) -> dict[str, Any]:
         "queue_peak_bytes": stats.queue_peak_bytes,
         "received_changes": received,
         "duplicate_changes": duplicates,
+        "data_bytes": sum(f.stat().st_size for f in node.dir.iterdir()),
     }
 
 

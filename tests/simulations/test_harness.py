@@ -50,6 +50,7 @@ async def test_nodes_converge_through_loss(
     traffic = report.traffic()
     assert traffic["bytes_max"] >= traffic["bytes_mean"] > 0
     assert all(node["received_changes"] >= 25 for node in report.nodes)
+    assert all(node["data_bytes"] > 0 for node in report.nodes)
     assert report.redundancy is not None
     assert report.redundancy >= 0
     if topology == "star":
