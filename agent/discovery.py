@@ -194,7 +194,9 @@ class _Tracker:
             self._wakeup.set()
 
     async def pump(self, events: trio.MemorySendChannel[Event]) -> NoReturn:
-        """Send the news to ``events`` forever."""
+        """Send the news to ``events`` forever: what the channel takes at once goes
+        without a task switch per event (a hundred members coming up at once are a
+        hundred events), and the pump waits only when it is full or there is no news."""
         while True:
             while not self._news:
                 self._wakeup = trio.Event()
@@ -204,8 +206,12 @@ class _Tracker:
             now, told = self._now.get(name), self._told.get(name)
             if now == told:
                 continue
+            event = PeerGone(name=name) if now is None else now
             try:
-                await events.send(PeerGone(name=name) if now is None else now)
+                try:
+                    events.send_nowait(event)
+                except trio.WouldBlock:
+                    await events.send(event)
             except BaseException:
                 self._news[name] = None  # not delivered: still news
                 raise

@@ -79,6 +79,7 @@ class Peering:
         self.sightings: dict[str, Sighting] = {}
         self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
         self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
+        self._tag: tuple[bytes, str] | None = None  # (secret, its mesh tag): `_mesh_tag`
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Advertise, browse and keep the planned links until cancelled."""
@@ -101,6 +102,11 @@ class Peering:
                 task_status.started()
                 async for event in receive:
                     self._on(event)
+                    while True:  # the rest of a burst, without a task switch each
+                        try:
+                            self._on(receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
                     self._replan.set()
         finally:
             stop()
@@ -147,13 +153,20 @@ class Peering:
     def _refusal(self, seen: PeerSeen) -> str | None:
         if seen.version != PROTOCOL_VERSION:
             return f"protocol version {seen.version}, this node speaks {PROTOCOL_VERSION}"
-        if seen.mesh_tag != mesh_tag(self.node.mesh.secret):
+        if seen.mesh_tag != self._mesh_tag():
             return "another mesh"
         if not self.node.mesh.allows(seen.node_id):
             return "not on this node's allowlist"
         if not seen.addresses:
             return "no address in its advert"
         return None
+
+    def _mesh_tag(self) -> str:
+        """The mesh's tag, computed once per secret (the secret may be rotated)."""
+        secret = self.node.mesh.secret
+        if self._tag is None or self._tag[0] != secret:
+            self._tag = (secret, mesh_tag(secret))
+        return self._tag[1]
 
     def _committed(self, applied: list[Applied]) -> None:
         for item in applied:
