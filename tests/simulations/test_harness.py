@@ -3,6 +3,7 @@ offer, the checks catch what is wrong, and a run replays exactly from its seed."
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -225,6 +226,12 @@ def test_the_same_seed_replays_the_same_trace_and_another_seed_does_not() -> Non
     assert first.trace == again.trace
     assert first.trace_digest == again.trace_digest
     assert run(replace(scenario, seed=12)).trace_digest != first.trace_digest
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it() -> None:
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert_converged(run(Scenario(nodes=3, writes=5)))
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
 
 
 def test_a_run_replays_in_another_process_with_another_hash_seed() -> None:
