@@ -10,6 +10,7 @@ characters); the short form, for people, is its first 8 characters, as ``abcd-ef
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from protocol.errors import LocalProtocolError
@@ -35,6 +36,7 @@ def node_id_text(node_id: bytes) -> str:
     return base64.b32encode(node_id).decode("ascii").rstrip("=").lower()
 
 
+@functools.lru_cache(maxsize=4_096)  # names every log line and trace line about a node
 def node_id_short(node_id: bytes) -> str:
     """The 8-character form for people, as ``abcd-efgh``; unique enough to tell nodes apart."""
     text = node_id_text(node_id)
