@@ -230,7 +230,7 @@ async def simulate(
     trace = Trace(keep_trace)
     tracker = Tracker(trace)
     with (
-        _quiet_collector(),
+        _quiet_collector() as freeze_long_lived,
         tempfile.TemporaryDirectory(prefix="blazemesh-sim-", dir=memory_dir()) as top,
     ):
         async with trio.open_nursery() as nursery:
@@ -249,7 +249,7 @@ async def simulate(
                 if node.index not in scenario.absent:
                     await node.start()
             await _settle(sim, nodes)
-            gc.freeze()  # the nodes are up: what they hold now lives as long as they do
+            freeze_long_lived()  # the nodes are up: what they hold lives as long as they do
             start = trio.current_time()
             writes = await _run_writes_and_faults(sim, nodes)
             converged_at = await _converge(sim, start, progress)
@@ -274,34 +274,35 @@ def memory_dir() -> str | None:
     """Where the nodes' data directories go: a memory file system if there is one.
 
     Replicas are the agent's own, files and all; on a disk, creating and closing each
-    one costs its fsyncs (22 ms a node here, against 3.5 ms in memory). None: the
-    system's temporary directory.
+    one costs its fsyncs (docs/simulation.md, "Scale"). None: the system's temporary
+    directory.
     """
     shm = Path(MEMORY_FS)
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 @contextlib.contextmanager
-def _quiet_collector() -> Iterator[None]:
+def _quiet_collector() -> Iterator[Callable[[], None]]:
     """Keep the cyclic garbage collector off the simulation's long-lived objects.
 
-    Nodes hold millions of objects that live as long as they do (replicas, links, tasks)
-    and a run throws away next to no cyclic garbage (its messages and events are freed
-    by reference counting: a 300-node run left 2,400 objects to the collector). Yet with
-    the default thresholds full collections walk every node again and again: a third of
-    the wall time of a 300-node run. So the objects from before the run and those of
-    the started nodes are frozen (`gc.freeze`, see `simulate`), and young passes come
-    every `GC_YOUNG_OBJECTS` allocations instead of 700.
+    Nodes hold millions of objects that live as long as they do (replicas, links, tasks),
+    and a run throws away next to no cyclic garbage: its messages and events are freed
+    by reference counting. With the default thresholds, full collections walk every
+    node again and again and find nothing (docs/simulation.md, "Scale"). So young passes
+    come every `GC_YOUNG_OBJECTS` allocations instead of 700, and the function this
+    yields freezes what exists (`gc.freeze`), to be called once the nodes are up. Both
+    are undone at the end; a permanent generation that someone else froze before the
+    run is left alone (it cannot be unfrozen apart from ours), and then nothing is frozen.
     """
     threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
+    ours = gc.get_freeze_count() == 0
     gc.set_threshold(GC_YOUNG_OBJECTS, *threshold[1:])
     try:
-        yield
+        yield gc.freeze if ours else lambda: None
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 def seed_scheduler(seed: int) -> None:

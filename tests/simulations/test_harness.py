@@ -234,6 +234,16 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it() -> None:
     assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
 
 
+def test_a_run_leaves_a_frozen_generation_it_did_not_make_as_it_was() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert_converged(run(Scenario(nodes=3, writes=5)))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_a_run_replays_in_another_process_with_another_hash_seed() -> None:
     argv = ["sim", "run", "--nodes", "5", "--writes", "20", "--loss", "0.05", "--seed", "3"]
     code = f"from agent.cli import main; main({[*argv, '--json']!r})"
