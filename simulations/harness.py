@@ -306,14 +306,20 @@ def _quiet_collector() -> Iterator[Callable[[], None]]:
 
 
 def seed_scheduler(seed: int) -> None:
-    """Seed the order in which trio runs tasks that are ready at once.
+    """Make the order in which trio runs tasks that are ready at once follow the seed.
 
-    trio shuffles each batch of runnable tasks with a module-level RNG to shake out
-    ordering assumptions; a replayable simulation needs that order to follow the seed.
-    (`trio._core._run._r` is private; its name has been stable since trio 0.2.)
+    trio reorders each batch of runnable tasks with a module-level RNG to shake out
+    ordering assumptions. By default it only maybe-reverses the batch as it came, and
+    tasks come in an order that can follow memory addresses (a cancelled scope wakes its
+    tasks from a set), so two processes could replay one seed differently. In its
+    deterministic mode, the one pytest-trio and Hypothesis turn on, it sorts the batch
+    by task creation before shuffling it: the order then depends on the seed alone.
+    (`_r` and `_ALLOW_DETERMINISTIC_SCHEDULING` in `trio._core._run` are private; both
+    have been there since trio 0.2 and are what pytest-trio sets.)
     """
     scheduler_rng: random.Random = trio._core._run._r
     scheduler_rng.seed(seed)
+    trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
 
 
 async def _settle(sim: _Simulation, nodes: list[SimNode]) -> None:
