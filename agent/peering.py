@@ -87,7 +87,7 @@ class Peering:
         advert = Advert(
             node_id=node.node_id,
             addresses=self.advertise,
-            mesh_tag=mesh_tag(node.mesh.secret),
+            mesh_tag=self._mesh_tag(),
             hub_eligible=self.hub_eligible,
         )
         self._started = trio.current_time()
