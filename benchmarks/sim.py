@@ -13,15 +13,17 @@
   wall seconds. Baseline, same run: push-pull anti-entropy, 50 runs on the same sites.
 
 ``python -m benchmarks sim``; ``python -m benchmarks.sim NODES MAX_LINKS`` runs one
-agent-node simulation and prints its figures as JSON (the child).
+agent-node simulation and prints its figures as JSON (the child), with its wall time by
+phase and the garbage collector's share: docs/simulation.md's "where the time goes".
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -70,7 +72,7 @@ def run() -> Iterator[Figure]:
         value=agents["converged_at_s"],
         unit="s",
     )
-    where = "in memory, /dev/shm" if agents["data_in_memory"] else "on disk"
+    where = f"in memory, {agents['data_dir']}" if agents["data_dir"] else "on disk"
     yield Figure(
         suite=SUITE,
         name=f"{NODES} agent nodes: process memory per node",
@@ -110,24 +112,52 @@ def _epidemic_wall(model: str, rule: Rule) -> float:
 
 
 def child(nodes: int, max_links: int) -> None:
-    """One agent-node simulation; its figures as JSON on standard output."""
+    """One agent-node simulation; its figures as JSON on standard output: wall time in
+    all and by phase, the collector's time and findings, memory, redundancy."""
     scenario = Scenario(nodes=nodes, max_links=max_links, writes=WRITES, write_every_s=0.01)
     before = _resident_bytes()
-    started = time.perf_counter()
-    report = trio.run(simulate, scenario, clock=MockClock(autojump_threshold=0))
-    wall = time.perf_counter() - started
+    marks = [("start", time.perf_counter())]
+    collector = _CollectorTime()
+    gc.callbacks.append(collector)
+    report = trio.run(
+        functools.partial(simulate, phase=lambda name: marks.append((name, time.perf_counter()))),
+        scenario,
+        clock=MockClock(autojump_threshold=0),
+    )
+    marks.append(("torn down", time.perf_counter()))
+    gc.callbacks.remove(collector)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if report.failures:
         raise SystemExit("; ".join(report.failures))
     figures = {
-        "wall_s": wall,
+        "wall_s": marks[-1][1] - marks[0][1],
+        "phases_s": {name: at - marks[i][1] for i, (name, at) in enumerate(marks[1:])},
+        "collector_s": collector.seconds,
+        "collected_objects": collector.collected,
         "converged_at_s": report.converged_at_s,
         "bytes_per_node": (peak - before) / nodes,
-        "data_bytes_per_node": statistics.fmean(n["data_bytes"] for n in report.nodes),
-        "data_in_memory": memory_dir() is not None,
+        "data_bytes_per_node": report.data_bytes_mean,
+        "data_dir": memory_dir(),
         "redundancy": report.redundancy,
+        "messages_sent": sum(n["messages_sent"] for n in report.nodes),
     }
     print(json.dumps(figures))
+
+
+class _CollectorTime:
+    """A `gc.callbacks` entry that adds up the time collections take and what they free."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collected = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collected += info["collected"]
 
 
 def _resident_bytes() -> int:

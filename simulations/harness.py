@@ -219,11 +219,14 @@ async def simulate(
     *,
     keep_trace: bool = False,
     progress: Callable[[float], None] | None = None,
+    phase: Callable[[str], None] = lambda name: None,
 ) -> Report:
     """Run ``scenario`` under a `trio.testing.MockClock` (virtual time) and report.
 
     ``progress`` is called with the share of (change, node) pairs held so far whenever
-    it grows. With ``keep_trace`` the report carries every trace line.
+    it grows; ``phase`` with the name of each step as it ends: "settled" (the nodes are
+    up and linked), "converged" (the writes, faults and spreading), "reported" (the
+    checks and the report). With ``keep_trace`` the report carries every trace line.
     """
     seed_scheduler(scenario.seed)
     rng = random.Random(scenario.seed)
@@ -249,10 +252,12 @@ async def simulate(
                 if node.index not in scenario.absent:
                     await node.start()
             await _settle(sim, nodes)
+            phase("settled")
             freeze_long_lived()  # the nodes are up: what they hold lives as long as they do
             start = trio.current_time()
             writes = await _run_writes_and_faults(sim, nodes)
             converged_at = await _converge(sim, start, progress)
+            phase("converged")
             live = [n for n in nodes if n.up]
             failures = await check(
                 scenario, [(n.index, n.replica) for n in live if n.replica is not None], writes
@@ -266,6 +271,7 @@ async def simulate(
                 failures=failures,
                 trace=trace,
             )
+            phase("reported")
             nursery.cancel_scope.cancel()
     return report
 
@@ -314,8 +320,9 @@ def seed_scheduler(seed: int) -> None:
     tasks from a set), so two processes could replay one seed differently. In its
     deterministic mode, the one pytest-trio and Hypothesis turn on, it sorts the batch
     by task creation before shuffling it: the order then depends on the seed alone.
-    (`_r` and `_ALLOW_DETERMINISTIC_SCHEDULING` in `trio._core._run` are private; both
-    have been there since trio 0.2 and are what pytest-trio sets.)
+    (`_r` and `_ALLOW_DETERMINISTIC_SCHEDULING` in `trio._core._run` are private: the
+    names pytest-trio and trio's Hypothesis plugin set; pyproject.toml bounds trio
+    below 0.40.)
     """
     scheduler_rng: random.Random = trio._core._run._r
     scheduler_rng.seed(seed)

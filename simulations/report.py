@@ -80,6 +80,11 @@ class Report:
             "queue_peak_bytes_max": float(max(n["queue_peak_bytes"] for n in self.nodes)),
         }
 
+    @property
+    def data_bytes_mean(self) -> float:
+        """The nodes' database files at the end, in bytes, on average."""
+        return statistics.fmean(n["data_bytes"] for n in self.nodes)
+
     def summary(self) -> str:
         """The text summary `blazemesh sim run` prints."""
         when = "never" if self.converged_at_s is None else f"{self.converged_at_s:.3f} s"
@@ -94,8 +99,7 @@ class Report:
         if self.redundancy is not None:
             lines.append(f"  relative message redundancy: {self.redundancy:.3f}")
         lines.append(f"  largest queue towards a node: {t['queue_peak_bytes_max']:,.0f} B")
-        data = statistics.fmean(n["data_bytes"] for n in self.nodes)
-        lines.append(f"  database files per node: {data:,.0f} B mean")
+        lines.append(f"  database files per node: {self.data_bytes_mean:,.0f} B mean")
         lines.append(
             f"  links at the end: {len(self.links)}" + (f", hub {self.hub}" if self.hub else "")
         )

@@ -244,6 +244,12 @@ def test_a_run_leaves_a_frozen_generation_it_did_not_make_as_it_was() -> None:
         gc.unfreeze()
 
 
+async def test_phases_are_named_as_they_end(autojump_clock: trio.testing.MockClock) -> None:
+    phases: list[str] = []
+    assert_converged(await simulate(Scenario(nodes=3, writes=5), phase=phases.append))
+    assert phases == ["settled", "converged", "reported"]
+
+
 def test_a_run_replays_in_another_process_with_another_hash_seed() -> None:
     argv = ["sim", "run", "--nodes", "5", "--writes", "20", "--loss", "0.05", "--seed", "3"]
     code = f"from agent.cli import main; main({[*argv, '--json']!r})"
