@@ -37,6 +37,7 @@ from protocol.codec import decode_change
 from protocol.errors import ProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
+from protocol.ring import WHOLE_RING, feed_arcs
 from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,10 @@ class Node:
         self._rng = rng or random.Random()
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
+        self._by_ring = False  # see `feed_by_ring`
         self._feeder: dict[bytes, Link] = {}  # origin -> the link that feeds it (`_applied`)
+        self._early: dict[bytes, set[Link]] = {}  # origin -> links that brought duplicates
+        # of it before its feeder was known (`_applied`)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
         self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
@@ -260,7 +264,28 @@ class Node:
         self._links[peer] = link
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
-        self._feed_directly(link)
+        if self._by_ring:
+            self._ask_by_ring()
+        else:
+            self._feed_directly(link)
+
+    def feed_by_ring(self, on: bool) -> None:
+        """Take each origin's changes from the link nearest to it on the ring
+        (`protocol.ring`: one tree per origin from the start, in graphs that include the
+        ring, as the mesh topology's do), or else from the link that brought its first
+        change, pruning the links that bring duplicates (any graph). Peering says which."""
+        if on != self._by_ring:
+            self._by_ring = on
+            self._feeder.clear()
+            self._early.clear()
+            self._ask_by_ring()
+
+    def _ask_by_ring(self) -> None:
+        """Ask every link for its share of the ring (all of it, when not feeding by ring)."""
+        arcs = feed_arcs(self.node_id, self._links) if self._by_ring else {}
+        for peer, link in self._links.items():
+            link.sync.ask_for(arcs.get(peer, WHOLE_RING))
+            link.wake()
 
     def _feed_directly(self, link: Link) -> None:
         """A link to an origin itself is the shortest way to that origin's changes, so it
@@ -298,7 +323,10 @@ class Node:
             return
         del self._links[peer]
         self._gone(peer).set()
-        self._regraft(link)
+        if self._by_ring:
+            self._ask_by_ring()
+        else:
+            self._regraft(link)
         log.log(level, "link to %s down: %s", link.name, reason)
 
     def _gone(self, peer: bytes) -> trio.Event:
@@ -324,20 +352,34 @@ class Node:
         any node it feeds, so feeders never form a cycle: following them from any node
         leads to the origin, and every origin's changes reach every node along that
         tree. A change that a pruned link had in flight does not make it a feeder.
+
+        Links report in the order they finish, not in the order they committed: a
+        duplicate can be reported before the first copy's link reports. Such a link
+        waits in `_early` until the origin's feeder is known, and is pruned then.
+        (Feeding by the ring needs none of this.)
         """
+        if self._by_ring:
+            return
         feeder = self._feeder
         redundant = set()
         for change, outcome in zip(changes, outcomes, strict=True):
             origin = change.origin
             if outcome is None:
-                if feeder.get(origin, link) is not link:
+                fed_by = feeder.get(origin)
+                if fed_by is None:
+                    self._early.setdefault(origin, set()).add(link)
+                elif fed_by is not link:
                     redundant.add(origin)
             elif (
                 origin not in feeder
-                and origin not in link.sync.pruned
+                and link.sync.pushed_here(origin)
                 and not isinstance(outcome, ProtocolError)
             ):
                 feeder[origin] = link
+                for early in self._early.pop(origin, ()):
+                    if early is not link:
+                        early.sync.prune([origin])
+                        early.wake()
         if redundant:
             link.sync.prune(redundant)
 
@@ -347,6 +389,8 @@ class Node:
         origins = {origin for origin, link in self._feeder.items() if link is lost}
         for origin in origins:
             del self._feeder[origin]
+        for early in self._early.values():
+            early.discard(lost)
         if origins:
             for link in self._links.values():
                 link.sync.graft(origins)

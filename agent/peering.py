@@ -202,7 +202,9 @@ class Peering:
     def _plan(self) -> None:
         """Start and stop diallers so that exactly the planned members are dialled."""
         node, members = self.node, self._members()
-        links, wanted = self._star(members) if self.topology.mode == "star" else self._mesh(members)
+        mesh = self.topology.mode == "mesh"
+        links, wanted = self._mesh(members) if mesh else self._star(members)
+        node.feed_by_ring(mesh)  # a mesh's links include the ring; a star's do not
         self.planned = links
         now = trio.current_time()
         self._covering &= links - wanted

@@ -29,14 +29,17 @@ declares the link dead when nothing has arrived for `dead_after_s`, and declares
 stalled when the peer is behind and acknowledges nothing, or ahead and sends nothing, for
 `stall_after_s`: the agent then drops and redials the link, and says why.
 
-Pruning. That one rule sends a change to every neighbour of every node that holds it, so
-in a dense mesh each change arrives many times. A side may `prune` origins: it sends
-PRUNE, and the peer stops pushing their changes on this link ("lazy" origins) until a
-GRAFT. Which link to prune is the node's choice (it sees all its links; see
-agent.node); this side grafts back by itself when the peer's SUMMARY shows it holds
-changes of a pruned origin that this side still lacks `graft_after_s` later. The result
-is a spanning tree per origin, as in Plumtree (Leitao et al., "Epidemic Broadcast
-Trees", 2007), with SUMMARY in the role of its lazy IHAVE.
+Feeding. That one rule sends a change to every neighbour of every node that holds it, so
+in a mesh each change arrives many times. So each side says which origins it wants
+pushed on the link ("eager"; the others are "lazy"): by arcs of the ring (ARCS, sent by
+`ask_for`: the origins whose places lie on them, `protocol.ring`), less the origins it
+pruned (PRUNE), plus those it grafted back (GRAFT); new arcs cancel earlier prunes and
+grafts. Which is the node's choice (it sees all its links; see agent.node): by the ring in
+a mesh, so that each origin has one tree before its first change, or by pruning the links
+that bring duplicates in any other graph, as in Plumtree (Leitao et al., "Epidemic
+Broadcast Trees", 2007). Either way this side grafts a lazy origin back by itself when
+the peer's SUMMARY shows it holds changes of it that this side still lacks
+`graft_after_s` later: SUMMARY is the lazy path, in the role of Plumtree's IHAVE.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from protocol.codec import PROTOCOL_VERSION
 from protocol.codec.messages import (
     Ack,
+    Arcs,
     Changes,
     Graft,
     Hello,
@@ -60,6 +64,7 @@ from protocol.codec.messages import (
 )
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.model import Change, Value
+from protocol.ring import WHOLE_RING, Arc, covers, place
 from protocol.vv import SeqRange, VersionVector, missing
 
 Range = tuple[bytes, SeqRange]
@@ -142,6 +147,38 @@ class LinkStatus:
 
 
 @dataclass(slots=True)
+class _Feed:
+    """Which origins one direction of a link pushes: those on the receiver's arcs, less
+    those it pruned, plus those it grafted. Both ends keep one per direction, changed by
+    the same messages."""
+
+    arcs: tuple[Arc, ...] = WHOLE_RING
+    pruned: set[bytes] = field(default_factory=set)
+    grafted: set[bytes] = field(default_factory=set)
+
+    def pushes(self, origin: bytes) -> bool:
+        if origin in self.pruned:
+            return False
+        return self.arcs is WHOLE_RING or origin in self.grafted or covers(self.arcs, place(origin))
+
+    def everything(self) -> bool:
+        return self.arcs is WHOLE_RING and not self.pruned
+
+    def prune(self, origins: Iterable[bytes]) -> None:
+        self.pruned.update(origins)
+        self.grafted.difference_update(self.pruned)
+
+    def graft(self, origins: Iterable[bytes]) -> None:
+        self.grafted.update(origins)
+        self.pruned.difference_update(self.grafted)
+
+    def reset(self, arcs: Sequence[Arc]) -> None:
+        self.arcs = WHOLE_RING if tuple(arcs) == WHOLE_RING else tuple(arcs)
+        self.pruned.clear()
+        self.grafted.clear()
+
+
+@dataclass(slots=True)
 class _Batch:
     batch: int
     size: int
@@ -173,8 +210,8 @@ class SyncLink:
         self._peer_told = VersionVector()
         self._unsure = have.origins()  # origins where `have` may hold what `peer_has` lacks
         self._have_stamp = have.stamp  # ... as of this stamp of `have`
-        self._lazy: set[bytes] = set()  # origins the peer pruned: not pushed to it
-        self.pruned: set[bytes] = set()  # origins this side pruned: the peer does not push
+        self._feed_out = _Feed()  # what this side pushes to the peer, as the peer asked
+        self._feed_in = _Feed()  # what the peer pushes to this side, as this side asked
         self._unacked: deque[_Batch] = deque()
         self._in_flight = 0
         self._small_unacked = 0  # of `_unacked`, those short of a full batch (see `plan`)
@@ -227,10 +264,13 @@ class SyncLink:
                 self._ack(message.batch)
             elif isinstance(message, Summary):
                 self._summary(message.vv)
+            elif isinstance(message, Arcs):
+                self._feed_out.reset(message.arcs)
+                self._unsure = self._have.origins()
             elif isinstance(message, Prune):
-                self._lazy.update(message.origins)
+                self._feed_out.prune(message.origins)
             elif isinstance(message, Graft):
-                self._lazy.difference_update(message.origins)
+                self._feed_out.graft(message.origins)
                 self._unsure.update(message.origins)
             elif isinstance(message, Ping):
                 self._out.append(self._encoder.encode(Pong(token=message.token)))
@@ -331,19 +371,33 @@ class SyncLink:
         for origin, seq in dots:
             self._refused.add(origin, seq)
 
+    def pushed_here(self, origin: bytes) -> bool:
+        """Whether the peer pushes changes of ``origin`` to this side (it is eager)."""
+        return self._feed_in.pushes(origin)
+
+    def ask_for(self, arcs: Sequence[Arc]) -> None:
+        """Ask the peer to push the changes of the origins on ``arcs`` of the ring, and no
+        others (`protocol.ring.WHOLE_RING`: all); this cancels earlier prunes and grafts."""
+        feed = self._feed_in
+        if feed.arcs != tuple(arcs) or feed.pruned or feed.grafted:
+            feed.reset(arcs)
+            self._out.append(self._encoder.encode(Arcs(arcs=list(arcs))))
+
     def prune(self, origins: Iterable[bytes]) -> None:
         """Ask the peer to stop pushing changes of ``origins`` (this node gets them
         another way); they come back by `graft`, by hand or when this side falls behind."""
-        fresh = sorted(set(origins) - self.pruned)
+        fresh = sorted({o for o in origins if self._feed_in.pushes(o)})
         if fresh and self.open:
-            self.pruned.update(fresh)
+            self._feed_in.prune(fresh)
             self._out.append(self._encoder.encode(Prune(origins=fresh)))
 
     def graft(self, origins: Iterable[bytes] | None = None) -> None:
         """Ask the peer to push changes of ``origins`` (default: every pruned one) again."""
-        back = sorted(self.pruned if origins is None else self.pruned.intersection(origins))
+        feed = self._feed_in
+        wanted = feed.pruned if origins is None else origins
+        back = sorted({o for o in wanted if not feed.pushes(o)})
         if back:
-            self.pruned.difference_update(back)
+            feed.graft(back)
             self._out.append(self._encoder.encode(Graft(origins=back)))
 
     # -- outbound --------------------------------------------------------------------------
@@ -373,7 +427,10 @@ class SyncLink:
         if have.stamp != self._have_stamp:
             self._unsure.update(have.grown_since(self._have_stamp))
             self._have_stamp = have.stamp
-        unsure = self._unsure - self._lazy if self._lazy else self._unsure
+        feed = self._feed_out
+        if not feed.everything():  # lazy origins come back by ARCS, GRAFT or growth
+            self._unsure = set(filter(feed.pushes, self._unsure))
+        unsure = self._unsure
         if not unsure:
             return []
         lacking = missing(have, self._peer_has, unsure)
@@ -440,8 +497,8 @@ class SyncLink:
             )
         self._check_behind()
         if self._behind_since is not None:
-            if self.pruned and now - self._behind_since >= config.graft_after_s:
-                self.graft({origin for origin, _ in self._lacking()})
+            if not self._feed_in.everything() and now - self._behind_since >= config.graft_after_s:
+                self.graft(origin for origin, _ in self._lacking())
             idle = now - max(self._behind_since, self._last_changes)
             if idle >= config.stall_after_s:
                 lag = _count(self._lacking())
@@ -469,7 +526,8 @@ class SyncLink:
     def _missing_pushed(self) -> list[Range]:
         """What the peer lacks of the origins this side pushes to it (not the lazy ones:
         the peer gets those another way, and says what it holds in its SUMMARY)."""
-        return missing(self._have, self._peer_has, self._have.origins() - self._lazy)
+        pushed = set(filter(self._feed_out.pushes, self._have.origins()))
+        return missing(self._have, self._peer_has, pushed)
 
 
 def _count(ranges: list[Range]) -> int:

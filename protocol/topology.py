@@ -8,12 +8,12 @@ Mesh, unbounded: every member links to every other; of two members, the one with
 lower node id dials (`protocol.sync.preferred_initiator`), the other only accepts.
 
 Mesh with at most ``max_links`` dialled links per node: members sit on a ring in the
-order of a hash of their ids (so that ids, which an operator may choose, do not shape the
-graph), and each dials its successor and then the members 2, 4, 8, ... places ahead (the
-fingers of Chord), up to ``max_links``. The successor links alone form a ring, so the
-graph is connected whenever the views agree and stays connected after any one node
-fails; the fingers bring any two members within about log2(n) hops. A node also accepts
-the links others dial to it: on average as many as it dials.
+order of a hash of their ids (`protocol.ring`), and each dials its successor and then the
+members 2, 4, 8, ... places ahead (the fingers of Chord), up to ``max_links``. The
+successor links alone form a ring, so the graph is connected whenever the views agree
+and stays connected after any one node fails; the fingers bring any two members within
+about log2(n) hops. A node also accepts the links others dial to it: on average as many
+as it dials.
 
 Star: the members started with ``--hub-eligible`` link to each other; every other member
 (a spoke) links to one of them, the hub: the configured one, else the one it already
@@ -25,20 +25,17 @@ another hub was down) still reach each other in at most three hops.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from protocol.errors import InvalidRemoteDataError, LocalProtocolError
 from protocol.ids import node_id_text, parse_node_id
 from protocol.model import Value
+from protocol.ring import ring_order
 from protocol.sync import preferred_initiator
 
 MODES = ("mesh", "star")
 SETTINGS_COLLECTION, TOPOLOGY_KEY = "_mesh", "topology"  # the mesh-wide setting's record
-
-_RING_PERSON = b"blazemesh-ring"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,16 +73,6 @@ class TopologyConfig:
             )
         except LocalProtocolError as exc:
             raise InvalidRemoteDataError(f"the topology setting is invalid: {exc}") from None
-
-
-def ring_order(members: Iterable[bytes]) -> list[bytes]:
-    """Members in ring order: by a keyed hash of their ids, then by id."""
-    return sorted(set(members), key=_ring_key)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _ring_key(member: bytes) -> tuple[bytes, bytes]:
-    return hashlib.blake2b(member, digest_size=8, person=_RING_PERSON).digest(), member
 
 
 def _steps(size: int, max_links: int) -> list[int]:

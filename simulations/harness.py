@@ -248,9 +248,10 @@ async def simulate(
                 nursery=nursery,
             )
             nodes = [SimNode(i, sim) for i in range(scenario.nodes)]
-            for node in nodes:
-                if node.index not in scenario.absent:
-                    await node.start()
+            async with trio.open_nursery() as starting:  # all at once, as when power returns
+                for node in nodes:
+                    if node.index not in scenario.absent:
+                        starting.start_soon(node.start)
             await _settle(sim, nodes)
             phase("settled")
             freeze_long_lived()  # the nodes are up: what they hold lives as long as they do

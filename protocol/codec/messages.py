@@ -23,6 +23,7 @@ from protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
 from protocol.errors import DecodeError, InvalidRemoteDataError
 from protocol.ids import NODE_ID_BYTES
 from protocol.model import MAX_SEQ, Change, Value
+from protocol.ring import RING_PLACES, Arc
 from protocol.vv import VersionVector
 
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES  # the largest message a node will buffer
@@ -30,6 +31,7 @@ MAX_BATCH_CHANGES = 4_096  # changes in one CHANGES message
 MAX_VV_ORIGINS = 65_536  # origins in one version vector: far more nodes than any mesh
 MAX_VV_EXTRAS = 4_096  # early seqs per origin in a version vector
 MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
+MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 
 
 class Kind(enum.IntEnum):
@@ -41,6 +43,7 @@ class Kind(enum.IntEnum):
     PONG = 5
     PRUNE = 6
     GRAFT = 7
+    ARCS = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +102,16 @@ class Graft:
     origins: Sequence[bytes]
 
 
-Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Arcs:
+    """Push to the sender the changes of the origins whose ring places lie on these arcs
+    (`protocol.ring`), and no others; this cancels every earlier PRUNE and GRAFT."""
+
+    arcs: Sequence[Arc]
+
+
+Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft | Arcs
+Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs  # all but CHANGES
 
 
 class MessageEncoder:
@@ -146,7 +158,7 @@ class MessageEncoder:
         ]
         return Changes(batch=batch, changes=members), b"".join(head + items)
 
-    def encode(self, message: Hello | Ack | Summary | Ping | Pong | Prune | Graft) -> bytes:
+    def encode(self, message: Control) -> bytes:
         """Any message but CHANGES (see `encode_changes`)."""
         pack = self._packer.pack
         if isinstance(message, Hello):
@@ -167,6 +179,8 @@ class MessageEncoder:
             body = [Kind.PRUNE.value, list(message.origins)]
         elif isinstance(message, Graft):
             body = [Kind.GRAFT.value, list(message.origins)]
+        elif isinstance(message, Arcs):
+            body = [Kind.ARCS.value, [end for arc in message.arcs for end in arc]]
         else:
             body = [Kind.PONG.value, message.token]
         data: bytes = pack(body)
@@ -243,6 +257,8 @@ class MessageDecoder:
         if kind in (Kind.PRUNE, Kind.GRAFT) and n == 2:
             origins = _origins(item[1])
             return Prune(origins=origins) if kind == Kind.PRUNE else Graft(origins=origins)
+        if kind == Kind.ARCS and n == 2:
+            return Arcs(arcs=_arcs(item[1]))
         if kind == Kind.HELLO and n == 5:
             return _hello(item)
         raise DecodeError(f"message type {kind} with {n} items is not part of the protocol")
@@ -276,6 +292,19 @@ def _origins(items: object) -> list[bytes]:
             f"origins are distinct {NODE_ID_BYTES}-byte node ids, at most {MAX_VV_ORIGINS}"
         )
     return items
+
+
+def _arcs(ends: object) -> list[Arc]:
+    if (
+        not isinstance(ends, list)
+        or len(ends) % 2
+        or len(ends) > 2 * MAX_ARCS
+        or any(type(end) is not int or not 0 <= end < RING_PLACES for end in ends)
+    ):
+        raise DecodeError(
+            f"arcs are [first, last] * n, at most {MAX_ARCS}, each end a ring place below 2**64"
+        )
+    return list(zip(ends[::2], ends[1::2], strict=True))
 
 
 def _vv(items: object) -> VersionVector:

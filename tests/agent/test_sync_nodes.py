@@ -85,3 +85,27 @@ async def test_addresses_that_cannot_be_reached_are_reported_with_the_reason(
         await trio.testing.wait_all_tasks_blocked()
         assert down.attempts == attempts + 1
         assert trio.current_time() < retry_at
+
+
+async def test_static_peers_prune_duplicate_pushes(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Static links make any graph (no ring to feed by): a node takes each origin's
+    changes from the link that brought its first one and prunes the others. In a cycle
+    of four, an origin's first change reaches the far node twice; later ones once."""
+    edges = [(1, 0), (2, 1), (3, 2), (3, 0)]  # each dials a node already listening
+    async with cluster(tmp_path, 4, edges, secure=False) as c:
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(c.nodes[a].linked(c.nodes[b].node_id) for a, b in edges)
+        for i, replica in enumerate(c.replicas):
+            await replica.put("c", f"first-{i}", {"from": i})
+        await c.until_converged()
+        await trio.testing.wait_all_tasks_blocked()  # duplicates in flight land
+        before = [replica.duplicate_changes for replica in c.replicas]
+        for k in range(20):
+            for i, replica in enumerate(c.replicas):
+                await replica.put("c", f"n{i}-{k}", {"from": i})
+        await c.until_converged()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [replica.duplicate_changes for replica in c.replicas] == before
+        assert all(replica.received_changes >= 60 for replica in c.replicas)

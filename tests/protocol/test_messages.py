@@ -1,4 +1,4 @@
-"""Sync messages other than CHANGES: round trips, and hostile PRUNE and GRAFT."""
+"""Sync messages other than CHANGES: round trips, and hostile PRUNE, GRAFT and ARCS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.codec.messages import (
+    MAX_ARCS,
     MAX_VV_ORIGINS,
     Ack,
+    Arcs,
     Graft,
     Hello,
     Kind,
@@ -21,6 +23,7 @@ from protocol.codec.messages import (
     Summary,
 )
 from protocol.errors import DecodeError, InvalidRemoteDataError
+from protocol.ring import RING_PLACES
 from protocol.vv import VersionVector
 
 from .strategies import node_ids
@@ -86,3 +89,39 @@ def test_random_prune_bodies_decode_or_fail_cleanly(origins: list[object]) -> No
         return
     assert isinstance(message, Graft)
     assert all(type(o) is bytes and len(o) == 16 for o in message.origins)
+
+
+places = st.integers(0, RING_PLACES - 1)
+
+
+@given(st.lists(st.tuples(places, places), max_size=8))
+def test_arcs_round_trip(arcs: list[tuple[int, int]]) -> None:
+    message = Arcs(arcs=arcs)
+    assert decode_one(MessageEncoder().encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    "ends",
+    [
+        None,
+        [0],  # half an arc
+        [-1, 5],
+        [0, "5"],
+        [0, 1.5],
+        [[0, 1]],  # nested, not flat
+        [0, 1] * (MAX_ARCS + 1),
+    ],
+)
+def test_hostile_arcs_are_refused(ends: object) -> None:
+    with pytest.raises(DecodeError, match="arcs"):
+        decode_one(msgpack.packb([Kind.ARCS.value, ends]))
+
+
+@given(st.lists(st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=9), st.none())))
+def test_random_arcs_bodies_decode_or_fail_cleanly(ends: list[object]) -> None:
+    try:
+        message = decode_one(msgpack.packb([Kind.ARCS.value, ends]))
+    except DecodeError:
+        return
+    assert isinstance(message, Arcs)
+    assert all(0 <= end < RING_PLACES for arc in message.arcs for end in arc)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from protocol.codec.messages import MessageEncoder, Summary
 from protocol.hlc import pack
 from protocol.model import Change, Put
+from protocol.ring import WHOLE_RING, place
 from protocol.sync import (
     Incoming,
     LinkDown,
@@ -208,13 +209,13 @@ def test_a_pruned_origin_is_not_pushed_until_grafted() -> None:
     lb.prune([a.id])
     lb.prune([a.id])  # once is enough: nothing more is sent
     deliver(lb, la, a)
-    assert lb.pruned == {a.id}
+    assert not lb.pushed_here(a.id)
     a.write(3)
     assert not la.ready()
     assert la.plan() == []
     assert la.status().behind_out == 0  # b gets those another way: not a's lag
     lb.graft()
-    assert lb.pruned == set()
+    assert lb.pushed_here(a.id)
     deliver(lb, la, a)
     settle([(a, la, b, lb)])
     assert b.vv == a.vv
@@ -231,13 +232,62 @@ def test_a_side_behind_on_a_pruned_origin_grafts_it_back_by_itself() -> None:
     assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
     deliver(la, lb, b, now=5.0)
     assert lb.tick(5.5) is None
-    assert lb.pruned == {a.id}  # not yet: the changes may be on their way another way
+    assert not lb.pushed_here(a.id)  # not yet: the changes may be on their way another way
     assert lb.tick(6.0) is None
-    assert lb.pruned == set()
+    assert lb.pushed_here(a.id)
     deliver(lb, la, a, now=6.0)
     push(la, a)
     deliver(la, lb, b, now=6.0)
     assert b.vv == a.vv
+
+
+def test_arcs_choose_the_origins_pushed_and_cancel_prunes() -> None:
+    a, b, c = FakeNode("a"), FakeNode("b"), FakeNode("c")
+    c.write(2)
+    a.apply(list(c.changes.values()))
+    a.write(3)
+    la, lb = a.link(b, dead_after_s=60), b.link(a, dead_after_s=60)
+    lb.ask_for([(place(c.id), place(c.id))])  # only c's changes, from a
+    settle([(a, la, b, lb)])
+    assert b.vv.base(c.id) == 2
+    assert b.vv.base(a.id) == 0
+    assert la.status().behind_out == 0  # b gets a's changes another way: not a's lag
+    assert not lb.pushed_here(a.id)
+    assert lb.pushed_here(c.id)
+    lb.prune([c.id])
+    assert not lb.pushed_here(c.id)
+    lb.ask_for([(place(c.id), place(c.id))])  # the same arcs: the prune is cancelled
+    assert lb.pushed_here(c.id)
+    assert lb.data_to_send() != b""  # PRUNE, then ARCS
+    lb.ask_for([(place(c.id), place(c.id))])
+    assert lb.data_to_send() == b""  # nothing changed: nothing sent
+    lb.ask_for(WHOLE_RING)
+    settle([(a, la, b, lb)])
+    assert b.vv == a.vv
+
+
+def test_a_side_behind_on_an_origin_outside_its_arcs_grafts_it() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la = a.link(b, dead_after_s=60, summary_every_s=5, graft_after_s=1)
+    lb = b.link(a, dead_after_s=60, summary_every_s=5, graft_after_s=1)
+    lb.ask_for([(place(a.id) + 1, place(a.id) + 2)])  # everything but a, nearly
+    settle([(a, la, b, lb)])
+    a.write(2)
+    push(la, a)
+    deliver(la, lb, b)
+    assert b.vv.base(a.id) == 0  # not pushed
+    assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
+    deliver(la, lb, b, now=5.0)
+    assert lb.tick(5.5) is None
+    assert not lb.pushed_here(a.id)
+    assert lb.tick(6.0) is None
+    assert lb.pushed_here(a.id)  # grafted: it comes from a after all
+    deliver(lb, la, a, now=6.0)
+    push(la, a)
+    deliver(la, lb, b, now=6.0)
+    assert b.vv == a.vv
+    lb.ask_for([(place(a.id) + 1, place(a.id) + 2)])  # new arcs end the graft
+    assert not lb.pushed_here(a.id)
 
 
 def test_prune_and_graft_before_the_hello_or_of_nothing_send_nothing() -> None:
