@@ -206,7 +206,7 @@ class Operations:
         }
         if self.node is not None:
             result["listen"] = [format_address(a) for a in self.node.bound]
-            result["links"] = len(self.node.peers())
+            result["links"] = len(self.node.linked_peers())
         if arg(args, "digest", bool, False):
             result["digest"] = self.replica.digest()
         return result

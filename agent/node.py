@@ -446,6 +446,10 @@ class Node:
         """Whether a link to ``peer`` is up."""
         return peer in self._links
 
+    def linked_peers(self) -> list[bytes]:
+        """The peers with a link up, by id (`peers` without the links' state)."""
+        return sorted(self._links)
+
     def in_sync(self, peer: bytes) -> bool:
         """Whether a link to ``peer`` is up and neither side lacks anything of the other's."""
         link = self._links.get(peer)

@@ -50,9 +50,10 @@ def ring_order(members: Iterable[bytes]) -> list[bytes]:
 
 def covers(arcs: Sequence[Arc], point: int) -> bool:
     """Whether ``point`` lies on one of ``arcs``."""
-    return any(
-        (point - first) % RING_PLACES <= (last - first) % RING_PLACES for first, last in arcs
-    )
+    for first, last in arcs:
+        if (point - first) % RING_PLACES <= (last - first) % RING_PLACES:
+            return True
+    return False
 
 
 def feed_arcs(me: bytes, linked: Iterable[bytes]) -> dict[bytes, tuple[Arc, ...]]:

@@ -208,7 +208,8 @@ class SyncLink:
         self.peer_id: bytes | None = None
         self._peer_has = VersionVector()
         self._peer_told = VersionVector()
-        self._unsure = have.origins()  # origins where `have` may hold what `peer_has` lacks
+        self._unsure = have.origins()  # pushed origins where `have` may hold what
+        # `peer_has` lacks (all of them pushed: the peer has not asked for less yet)
         self._have_stamp = have.stamp  # ... as of this stamp of `have`
         self._feed_out = _Feed()  # what this side pushes to the peer, as the peer asked
         self._feed_in = _Feed()  # what the peer pushes to this side, as this side asked
@@ -266,9 +267,10 @@ class SyncLink:
                 self._summary(message.vv)
             elif isinstance(message, Arcs):
                 self._feed_out.reset(message.arcs)
-                self._unsure = self._have.origins()
+                self._unsure = self._pushed(self._have.origins())
             elif isinstance(message, Prune):
                 self._feed_out.prune(message.origins)
+                self._unsure.difference_update(message.origins)
             elif isinstance(message, Graft):
                 self._feed_out.graft(message.origins)
                 self._unsure.update(message.origins)
@@ -332,7 +334,7 @@ class SyncLink:
                 has.add(origin, seq)
         self._peer_told, self._peer_has = told, has
         self._lacking_key = None  # a new vector: its stamp says nothing
-        self._unsure = self._have.origins()
+        self._unsure = self._pushed(self._have.origins())
         self._check_behind()
 
     def _lacking(self) -> list[Range]:
@@ -425,11 +427,8 @@ class SyncLink:
             return []
         have = self._have
         if have.stamp != self._have_stamp:
-            self._unsure.update(have.grown_since(self._have_stamp))
+            self._unsure |= self._pushed(have.grown_since(self._have_stamp))
             self._have_stamp = have.stamp
-        feed = self._feed_out
-        if not feed.everything():  # lazy origins come back by ARCS, GRAFT or growth
-            self._unsure = set(filter(feed.pushes, self._unsure))
         unsure = self._unsure
         if not unsure:
             return []
@@ -526,8 +525,12 @@ class SyncLink:
     def _missing_pushed(self) -> list[Range]:
         """What the peer lacks of the origins this side pushes to it (not the lazy ones:
         the peer gets those another way, and says what it holds in its SUMMARY)."""
-        pushed = set(filter(self._feed_out.pushes, self._have.origins()))
-        return missing(self._have, self._peer_has, pushed)
+        return missing(self._have, self._peer_has, self._pushed(self._have.origins()))
+
+    def _pushed(self, origins: Iterable[bytes]) -> set[bytes]:
+        """Those of ``origins`` this side pushes to the peer."""
+        feed = self._feed_out
+        return set(origins) if feed.everything() else set(filter(feed.pushes, origins))
 
 
 def _count(ranges: list[Range]) -> int:

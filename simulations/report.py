@@ -158,7 +158,11 @@ async def check(
     for write in writes:
         if write.key not in last or write.stamp > last[write.key].stamp:
             last[write.key] = write
-    for index, replica in live:
+    # Equal digests mean equal records: the first replica of each digest stands for all.
+    representatives: dict[str, tuple[int, Replica]] = {}
+    for item, digest in zip(live, digests, strict=True):
+        representatives.setdefault(digest, item)
+    for index, replica in representatives.values():
         for key, write in sorted(last.items()):
             held = await replica.get("sim", key)
             wanted = None if write.value is None else {"i": write.value}
@@ -204,11 +208,11 @@ def build_report(
     by_id = {n.node.node_id: f"n{n.index}" for n in live if n.node is not None}
     links = sorted(
         {
-            tuple(sorted((f"n{n.index}", by_id[p.node_id])))
+            tuple(sorted((f"n{n.index}", by_id[peer])))
             for n in live
             if n.node is not None
-            for p in n.node.peers()
-            if p.node_id in by_id
+            for peer in n.node.linked_peers()
+            if peer in by_id
         }
     )
     hubs = [n.peering.hub for n in live if n.peering is not None and n.peering.hub is not None]
