@@ -156,10 +156,9 @@ class Link:
                 self.sync.refused(refused)
             self._on_applied(self, changes, outcomes)
             # The commit woke this node's observers, which wait on the app; the ACK does
-            # not (the window is megabytes). A round of scheduling lets them go first,
-            # instead of waiting behind the ACK's send, which on loopback costs as much as
-            # the commit.
-            await trio.lowlevel.checkpoint()
+            # not (the window is megabytes). They go first: they were woken before
+            # `apply_remote` returned (it ends with a checkpoint, or waits for the
+            # committer), and the writer this wakes runs in the scheduling round after.
             self.sync.applied(last)
             self.wake()
 
