@@ -113,16 +113,24 @@ def _epidemic_wall(model: str, rule: Rule) -> float:
 
 def child(nodes: int, max_links: int) -> None:
     """One agent-node simulation; its figures as JSON on standard output: wall time in
-    all and by phase, the collector's time and findings, memory, redundancy."""
+    all and by phase, the collector's time and findings, memory, redundancy, and the
+    task steps trio ran while the changes spread."""
     scenario = Scenario(nodes=nodes, max_links=max_links, writes=WRITES, write_every_s=0.01)
     before = _resident_bytes()
     marks = [("start", time.perf_counter())]
     collector = _CollectorTime()
     gc.callbacks.append(collector)
+    steps = _StepCounter()
+
+    def phase(name: str) -> None:
+        marks.append((name, time.perf_counter()))
+        steps.counting = name == "settled"
+
     report = trio.run(
-        functools.partial(simulate, phase=lambda name: marks.append((name, time.perf_counter()))),
+        functools.partial(simulate, phase=phase),
         scenario,
         clock=MockClock(autojump_threshold=0),
+        instruments=[steps],
     )
     marks.append(("torn down", time.perf_counter()))
     gc.callbacks.remove(collector)
@@ -140,6 +148,8 @@ def child(nodes: int, max_links: int) -> None:
         "data_dir": memory_dir(),
         "redundancy": report.redundancy,
         "messages_sent": sum(n["messages_sent"] for n in report.nodes),
+        "task_steps_spreading": steps.steps,
+        "deliveries": WRITES * (nodes - 1),
     }
     print(json.dumps(figures))
 
@@ -158,6 +168,18 @@ class _CollectorTime:
         else:
             self.seconds += time.perf_counter() - self._started
             self.collected += info["collected"]
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts the task steps trio runs while ``counting``."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps += 1
 
 
 def _resident_bytes() -> int:

@@ -221,24 +221,34 @@ def test_a_pruned_origin_is_not_pushed_until_grafted() -> None:
     assert b.vv == a.vv
 
 
-def test_a_side_behind_on_a_pruned_origin_grafts_it_back_by_itself() -> None:
+@pytest.mark.parametrize("lazy_by", ["prune", "arcs"])
+def test_a_side_behind_on_a_lazy_origin_grafts_it_back_by_itself(lazy_by: str) -> None:
     a, b = FakeNode("a"), FakeNode("b")
     la = a.link(b, dead_after_s=60, summary_every_s=5, graft_after_s=1)
     lb = b.link(a, dead_after_s=60, summary_every_s=5, graft_after_s=1)
     settle([(a, la, b, lb)])
-    lb.prune([a.id])
+    not_a = [(place(a.id) + 1, place(a.id) + 2)]
+    if lazy_by == "prune":
+        lb.prune([a.id])
+    else:
+        lb.ask_for(not_a)
     deliver(lb, la, a)
     a.write(2)
+    push(la, a)
+    deliver(la, lb, b)
+    assert b.vv.base(a.id) == 0  # not pushed
     assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
     deliver(la, lb, b, now=5.0)
     assert lb.tick(5.5) is None
     assert not lb.pushed_here(a.id)  # not yet: the changes may be on their way another way
     assert lb.tick(6.0) is None
-    assert lb.pushed_here(a.id)
+    assert lb.pushed_here(a.id)  # grafted: it comes from a after all
     deliver(lb, la, a, now=6.0)
     push(la, a)
     deliver(la, lb, b, now=6.0)
     assert b.vv == a.vv
+    lb.ask_for(not_a)  # new arcs end the graft
+    assert not lb.pushed_here(a.id)
 
 
 def test_arcs_choose_the_origins_pushed_and_cancel_prunes() -> None:
@@ -264,30 +274,6 @@ def test_arcs_choose_the_origins_pushed_and_cancel_prunes() -> None:
     lb.ask_for(WHOLE_RING)
     settle([(a, la, b, lb)])
     assert b.vv == a.vv
-
-
-def test_a_side_behind_on_an_origin_outside_its_arcs_grafts_it() -> None:
-    a, b = FakeNode("a"), FakeNode("b")
-    la = a.link(b, dead_after_s=60, summary_every_s=5, graft_after_s=1)
-    lb = b.link(a, dead_after_s=60, summary_every_s=5, graft_after_s=1)
-    lb.ask_for([(place(a.id) + 1, place(a.id) + 2)])  # everything but a, nearly
-    settle([(a, la, b, lb)])
-    a.write(2)
-    push(la, a)
-    deliver(la, lb, b)
-    assert b.vv.base(a.id) == 0  # not pushed
-    assert la.tick(5.0) is None  # a's SUMMARY: b learns what a holds
-    deliver(la, lb, b, now=5.0)
-    assert lb.tick(5.5) is None
-    assert not lb.pushed_here(a.id)
-    assert lb.tick(6.0) is None
-    assert lb.pushed_here(a.id)  # grafted: it comes from a after all
-    deliver(lb, la, a, now=6.0)
-    push(la, a)
-    deliver(la, lb, b, now=6.0)
-    assert b.vv == a.vv
-    lb.ask_for([(place(a.id) + 1, place(a.id) + 2)])  # new arcs end the graft
-    assert not lb.pushed_here(a.id)
 
 
 def test_prune_and_graft_before_the_hello_or_of_nothing_send_nothing() -> None:
