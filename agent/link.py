@@ -1,9 +1,12 @@
-"""One live link: a `protocol.sync.SyncLink` driven over a stream by four small tasks.
+"""One live link: a `protocol.sync.SyncLink` driven over a stream by three small tasks.
 
 - the reader feeds received bytes to the link and queues incoming batches;
 - the applier applies and commits each batch, in order, then lets the link acknowledge it;
-- the writer sends whatever the link has to say, fetching the changes it plans;
-- the ticker runs the link's timers (keepalives, summaries, dead and stall detection).
+- the writer sends whatever the link has to say, fetching the changes it plans.
+
+The link's timers (keepalives, summaries, dead and stall detection) run in `tick`, which
+the node calls for all its links from one task (a task per link woke thousands of times
+a second in a large simulated mesh, for nothing most of the time).
 
 Incoming batches wait in a queue that the window bounds: the peer sends no more than
 `SyncConfig.window_bytes` before this side acknowledges, and this side acknowledges only
@@ -29,7 +32,7 @@ from protocol.sync import Incoming, LinkStatus, PeerHello, Range, SyncLink
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65_536
-TICK_S = 0.25  # timer resolution of a link: keepalive and timeout checks run this often
+TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
 PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
 
@@ -65,6 +68,7 @@ class Link:
         self._wake = trio.Event()
         self._incoming_send, self._incoming = trio.open_memory_channel[Incoming](float("inf"))
         self._scope: trio.CancelScope | None = None
+        self._last_progress = self.since
         self.reason: str | None = None
         self.misbehaved = False  # the peer broke the protocol (worth a warning)
 
@@ -92,18 +96,33 @@ class Link:
             self._wake.set()
 
     def end(self, reason: str) -> None:
-        """End the link from outside (it was replaced, or the node is stopping)."""
+        """End the link from outside (it was replaced, the node is stopping, or its
+        timers found it dead or stalled)."""
         if self.reason is None:
             self.reason = reason
         if self._scope is not None:
             self._scope.cancel()
+
+    def tick(self, now: float) -> None:
+        """Run the link's timers; end the link if it is dead or stalled (call every
+        `TICK_S`)."""
+        down = self.sync.tick(now)
+        if down is not None:
+            self.end(down.reason)
+            return
+        self.wake()
+        if now - self._last_progress >= PROGRESS_EVERY_S and self.sync.open:
+            self._last_progress = now
+            behind = self.sync.status().behind_in
+            if behind >= PROGRESS_MIN_CHANGES:
+                log.info("catching up from %s: %d changes to go", self.name, behind)
 
     async def run(self) -> str:
         """Drive the link until it ends; close the stream; return why it ended."""
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                for task in (self._reader, self._applier, self._writer, self._ticker):
+                for task in (self._reader, self._applier, self._writer):
                     nursery.start_soon(self._guard, task)
         finally:
             with trio.CancelScope(shield=True):
@@ -194,18 +213,3 @@ class Link:
                 continue
             await self._wake.wait()
             self._wake = trio.Event()
-
-    async def _ticker(self) -> None:
-        last_progress = trio.current_time()
-        while True:
-            await trio.sleep(TICK_S)
-            now = trio.current_time()
-            down = self.sync.tick(now)
-            if down is not None:
-                raise LinkEnded(down.reason)
-            self.wake()
-            if now - last_progress >= PROGRESS_EVERY_S and self.sync.open:
-                last_progress = now
-                behind = self.sync.status().behind_in
-                if behind >= PROGRESS_MIN_CHANGES:
-                    log.info("catching up from %s: %d changes to go", self.name, behind)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import trio
 
 from agent.identity import Identity
-from agent.link import Link, LinkEnded
+from agent.link import TICK_S, Link, LinkEnded
 from agent.mesh import Mesh
 from agent.network import Address, Network, format_address
 from agent.replica import Replica
@@ -107,6 +107,7 @@ class Node:
         self._rng = rng or random.Random()
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
+        self._running: dict[Link, None] = {}  # every link, open or not, in creation order
         self._by_ring = False  # see `feed_by_ring`
         self._feeder: dict[bytes, Link] = {}  # origin -> the link that feeds it (`_applied`)
         self._early: dict[bytes, set[Link]] = {}  # origin -> links that brought duplicates
@@ -139,10 +140,19 @@ class Node:
                     log.info("listening on %s", format_address(bound))
                 for address in self.config.peers:
                     self.dial(address)
+                nursery.start_soon(self._tick_links)
                 task_status.started(self.bound)
         finally:
             stop_listening()
             self._scopes.close()
+
+    async def _tick_links(self) -> None:
+        """Run every link's timers every `TICK_S`, in the order the links were made."""
+        while True:
+            await trio.sleep(TICK_S)
+            now = trio.current_time()
+            for link in list(self._running):
+                link.tick(now)
 
     def dial(self, address: Address) -> trio.CancelScope:
         """Keep a link to ``address`` up from now on (redialling with backoff), until the
@@ -241,6 +251,7 @@ class Node:
             initiated=initiated,
         )
         reason = "closed by this node"  # if cancelled: shutdown, or its dialler was stopped
+        self._running[link] = None
         try:
             if expect is not None:
                 with self._scopes.link(expect):
@@ -248,6 +259,7 @@ class Node:
             else:
                 reason = await link.run()
         finally:
+            del self._running[link]
             self._forget(link, reason)
         return link.peer_id, reason
 

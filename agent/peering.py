@@ -101,10 +101,11 @@ class Peering:
                 nursery.start_soon(self._planner)
                 task_status.started()
                 async for event in receive:
-                    self._on(event)
+                    now = trio.current_time()
+                    self._on(event, now)
                     while True:  # the rest of a burst, without a task switch each
                         try:
-                            self._on(receive.receive_nowait())
+                            self._on(receive.receive_nowait(), now)
                         except trio.WouldBlock:
                             break
                     self._replan.set()
@@ -125,7 +126,7 @@ class Peering:
             self._plan()
             await trio.sleep(PLAN_GAP_S)
 
-    def _on(self, event: Event) -> None:
+    def _on(self, event: Event, now: float) -> None:
         if isinstance(event, PeerGone):
             gone = self.sightings.pop(event.name, None)
             if gone is not None and log.isEnabledFor(logging.INFO):
@@ -134,7 +135,7 @@ class Peering:
         if event.node_id == self.node.node_id:
             return
         old = self.sightings.get(event.name)
-        first = old.first_seen if old is not None else trio.current_time()
+        first = old.first_seen if old is not None else now
         self.sightings[event.name] = Sighting(
             seen=event, first_seen=first, refused=self._refusal(event)
         )
