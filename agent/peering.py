@@ -205,7 +205,7 @@ class Peering:
         node, members = self.node, self._members()
         mesh = self.topology.mode == "mesh"
         links, wanted = self._mesh(members) if mesh else self._star(members)
-        node.feed_by_ring(mesh)  # a mesh's links include the ring; a star's do not
+        node.feed_by_ring(self.topology.follows_ring)
         self.planned = links
         now = trio.current_time()
         self._covering &= links - wanted

@@ -58,8 +58,8 @@ def covers(arcs: Sequence[Arc], point: int) -> bool:
 
 def feed_arcs(me: bytes, linked: Iterable[bytes]) -> dict[bytes, tuple[Arc, ...]]:
     """For each linked peer, the arcs whose origins ``me`` asks it to push: its cell (the
-    places nearer to it than to ``me`` or any other linked peer; ties go clockwise) and
-    the cell of ``me``."""
+    places nearer to it than to ``me`` or any other linked peer; a place halfway between
+    two goes to the one before it on the ring) and the cell of ``me``."""
     ring = ring_order([me, *linked])
     if len(ring) == 1:
         return {}

@@ -53,6 +53,12 @@ class TopologyConfig:
         if self.max_links is not None and self.max_links < 1:
             raise LocalProtocolError(f"max_links must be at least 1, got {self.max_links}")
 
+    @property
+    def follows_ring(self) -> bool:
+        """Whether every member links to its ring neighbours (the mesh does; a star does
+        not), so that nodes can feed by the ring (`protocol.ring`)."""
+        return self.mode == "mesh"
+
     def record(self) -> dict[str, Value]:
         """The fields of the mesh-wide setting's record."""
         hub = None if self.hub is None else node_id_text(self.hub)

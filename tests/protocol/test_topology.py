@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import LocalProtocolError
 from protocol.ring import ring_order
-from protocol.topology import mesh_dials, star_dials, star_hub
+from protocol.topology import TopologyConfig, mesh_dials, star_dials, star_hub
 
 members = st.sets(st.binary(min_size=16, max_size=16), min_size=2, max_size=64)
 
@@ -54,6 +54,18 @@ def test_a_bounded_mesh_is_connected_even_after_any_one_node_fails(
         survivors = {n: adjacent[n] - {gone} for n in nodes if n != gone}
         start = next(iter(survivors))
         assert len(distances(survivors, start)) == len(survivors)
+
+
+@given(members, st.one_of(st.none(), st.integers(1, 8)))
+def test_a_mesh_follows_the_ring(nodes: set[bytes], max_links: int | None) -> None:
+    """What feeding by the ring relies on (`TopologyConfig.follows_ring`): every member
+    is linked to both its neighbours on the ring."""
+    assert TopologyConfig(mode="mesh", max_links=max_links).follows_ring
+    assert not TopologyConfig(mode="star").follows_ring
+    adjacent = graph(nodes, max_links)
+    ring = ring_order(nodes)
+    for i, n in enumerate(ring):
+        assert {ring[i - 1], ring[(i + 1) % len(ring)]} - {n} <= adjacent[n]
 
 
 @given(members)
