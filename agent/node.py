@@ -352,8 +352,10 @@ class Node:
             cache[item.change.dot] = item.change
         while len(cache) > self.config.cache_changes:
             cache.popitem(last=False)
+        origins = {item.change.origin for item in applied}
         for link in self._links.values():
-            link.wake()
+            if link.sync.pushes(origins):  # the others have nothing new to send
+                link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
         """Prune, on ``link``, the origins of the changes it sent that this node already

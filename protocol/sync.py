@@ -68,6 +68,10 @@ from protocol.ring import WHOLE_RING, Arc, covers, place
 from protocol.vv import SeqRange, VersionVector, missing
 
 Range = tuple[bytes, SeqRange]
+ACK_EVERY_BATCHES = 2  # CHANGES messages applied before an ACK goes at once (as TCP acks
+# every second segment, RFC 5681 section 4.2): a sender holding back small batches while
+# two await their ACK (`SyncConfig.small_in_flight`) then never waits for a delayed one
+FEED_MEMO_ORIGINS = 1 << 16  # origins a feed remembers its answer for (peers may name any)
 
 
 class SyncError(RemoteProtocolError):
@@ -94,9 +98,12 @@ class SyncConfig:
     def __post_init__(self) -> None:
         if self.dead_after_s <= self.keepalive_s:
             raise LocalProtocolError("dead_after_s must exceed keepalive_s")
-        if self.window_bytes < 1 or self.batch_changes < 1 or self.small_in_flight < 1:
+        if self.window_bytes < 1 or self.batch_changes < 1:
+            raise LocalProtocolError("window_bytes and batch_changes must be positive")
+        if self.small_in_flight < ACK_EVERY_BATCHES:
             raise LocalProtocolError(
-                "window_bytes, batch_changes and small_in_flight must be positive"
+                f"small_in_flight must be at least {ACK_EVERY_BATCHES}: a peer acknowledges a "
+                "lone batch at its next tick, and that many at once"
             )
 
 
@@ -155,11 +162,20 @@ class _Feed:
     arcs: tuple[Arc, ...] = WHOLE_RING
     pruned: set[bytes] = field(default_factory=set)
     grafted: set[bytes] = field(default_factory=set)
+    # `pushes` remembered: it is asked of every link at every commit
+    _known: dict[bytes, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def pushes(self, origin: bytes) -> bool:
-        if origin in self.pruned:
-            return False
-        return self.arcs is WHOLE_RING or origin in self.grafted or covers(self.arcs, place(origin))
+        known = self._known.get(origin)
+        if known is None:
+            if len(self._known) >= FEED_MEMO_ORIGINS:
+                self._known.clear()
+            known = self._known[origin] = origin not in self.pruned and (
+                self.arcs is WHOLE_RING
+                or origin in self.grafted
+                or covers(self.arcs, place(origin))
+            )
+        return known
 
     def everything(self) -> bool:
         return self.arcs is WHOLE_RING and not self.pruned
@@ -167,15 +183,18 @@ class _Feed:
     def prune(self, origins: Iterable[bytes]) -> None:
         self.pruned.update(origins)
         self.grafted.difference_update(self.pruned)
+        self._known.clear()
 
     def graft(self, origins: Iterable[bytes]) -> None:
         self.grafted.update(origins)
         self.pruned.difference_update(self.grafted)
+        self._known.clear()
 
     def reset(self, arcs: Sequence[Arc]) -> None:
         self.arcs = WHOLE_RING if tuple(arcs) == WHOLE_RING else tuple(arcs)
         self.pruned.clear()
         self.grafted.clear()
+        self._known.clear()
 
 
 @dataclass(slots=True)
@@ -357,7 +376,8 @@ class SyncLink:
             self._behind_since = self._now
 
     def applied(self, batch: int) -> None:
-        """The changes of ``batch`` (an `Incoming` event) are committed: acknowledge them."""
+        """The changes of ``batch`` (an `Incoming` event) are committed: acknowledge them
+        (at once if `ACK_EVERY_BATCHES` await it, else with the next message or `tick`)."""
         if batch > self._received_batch:
             raise LocalProtocolError(f"batch {batch} was never received")
         self._applied_batch = max(self._applied_batch, batch)
@@ -372,6 +392,11 @@ class SyncLink:
         """
         for origin, seq in dots:
             self._refused.add(origin, seq)
+
+    def pushes(self, origins: Iterable[bytes]) -> bool:
+        """Whether this side pushes changes of any of ``origins`` to the peer: whether a
+        commit of such changes may give the link something to send."""
+        return any(map(self._feed_out.pushes, origins))
 
     def pushed_here(self, origin: bytes) -> bool:
         """Whether the peer pushes changes of ``origin`` to this side (it is eager)."""
@@ -419,7 +444,14 @@ class SyncLink:
 
     def ready(self) -> bool:
         """Whether `plan` or `data_to_send` would give anything now: worth waking for."""
-        return bool(self._out) or self._applied_batch > self._ack_sent or bool(self._next_ranges())
+        return bool(self._out) or self._ack_due() or bool(self._next_ranges())
+
+    def _ack_due(self) -> bool:
+        """Whether an ACK goes now: two batches await it, or it can ride with other
+        messages. A lone batch's ACK waits for the next `tick` (docs/protocol.md, 8.2
+        rule 4): when changes come one at a time, half the ACKs are saved."""
+        owed = self._applied_batch - self._ack_sent
+        return owed >= ACK_EVERY_BATCHES or (owed > 0 and bool(self._out))
 
     def _next_ranges(self) -> list[Range]:
         config = self._config
@@ -463,9 +495,8 @@ class SyncLink:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
-        if self._applied_batch > self._ack_sent:
-            self._out.append(self._encoder.encode(Ack(batch=self._applied_batch)))
-            self._ack_sent = self._applied_batch
+        if self._ack_due():
+            self._queue_ack()
         if not self._out:
             return b""
         data = b"".join(self._out)
@@ -473,9 +504,16 @@ class SyncLink:
         self.bytes_sent += len(data)
         return data
 
+    def _queue_ack(self) -> None:
+        self._out.append(self._encoder.encode(Ack(batch=self._applied_batch)))
+        self._ack_sent = self._applied_batch
+
     def tick(self, now: float) -> LinkDown | None:
-        """Run the timers: keepalive, anti-entropy, dead-link and stall detection."""
+        """Run the timers: delayed ACK, keepalive, anti-entropy, dead-link and stall
+        detection."""
         self._now = now
+        if self._applied_batch > self._ack_sent:
+            self._queue_ack()
         config = self._config
         silent = now - self._last_received
         if silent >= config.dead_after_s:

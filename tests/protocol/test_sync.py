@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.codec.messages import MessageEncoder, Summary
+from protocol.errors import LocalProtocolError
 from protocol.hlc import pack
 from protocol.model import Change, Put
 from protocol.ring import WHOLE_RING, place
@@ -75,12 +76,16 @@ def push(link: SyncLink, node: FakeNode) -> None:
 
 
 def settle(pairs: list[tuple[FakeNode, SyncLink, FakeNode, SyncLink]], rounds: int = 20) -> None:
+    """Rounds of sending and delivering both ways, each ended by the links' timers (which
+    send the ACKs a lone batch waits for), as the agent's tick does."""
     for _ in range(rounds):
         for a, la, b, lb in pairs:
             push(la, a)
             push(lb, b)
             deliver(la, lb, b)
             deliver(lb, la, a)
+            assert la.tick(0.0) is None
+            assert lb.tick(0.0) is None
 
 
 def test_hello_opens_both_sides() -> None:
@@ -153,7 +158,53 @@ def test_small_batches_wait_for_an_ack_while_two_are_unacknowledged() -> None:
     la.send_changes(a.fetch([(a.id, (13, 16))]))
     deliver(la, lb, b)
     assert not la.ready()  # the peer has been sent everything
+    assert not lb.ready()  # a lone batch: its ACK waits for the next tick
+    assert lb.tick(0.0) is None
     assert lb.ready()  # an ACK to send
+
+
+def test_a_lone_batch_is_acknowledged_at_the_tick_two_at_once() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b), b.link(a)
+    settle([(a, la, b, lb)])
+    a.write()
+    push(la, a)
+    deliver(la, lb, b)
+    assert lb.data_to_send() == b""  # delayed
+    a.write()
+    push(la, a)  # a second small batch goes without waiting (small_in_flight is 2)
+    deliver(la, lb, b)
+    deliver(lb, la, a)  # both acknowledged at once
+    assert la.status().in_flight_bytes == 0
+    a.write()
+    push(la, a)
+    deliver(la, lb, b)
+    b.write()
+    push(lb, b)  # a CHANGES message going the other way carries the owed ACK
+    deliver(lb, la, a)
+    assert la.status().in_flight_bytes == 0
+    assert la.status().in_sync
+
+
+def test_single_writes_never_wait_for_a_delayed_ack() -> None:
+    """Nagle's rule and the delayed ACK together: writes one at a time, each sent as soon
+    as it is made, with no tick ever run."""
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b, batch_changes=10), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    for n in range(1, 30):
+        a.write()
+        assert la.plan() == [(a.id, (n, n))]
+        la.send_changes(a.fetch([(a.id, (n, n))]))
+        deliver(la, lb, b)
+        deliver(lb, la, a)
+    assert b.vv == a.vv
+
+
+def test_a_sender_must_allow_two_small_batches_in_flight() -> None:
+    with pytest.raises(LocalProtocolError, match="small_in_flight must be at least 2"):
+        SyncConfig(small_in_flight=1)
 
 
 def test_forwarding_along_a_line() -> None:
@@ -192,6 +243,7 @@ def test_summary_repairs_a_change_the_peer_refused() -> None:
     b.apply([c for c in event.changes if c is not refused])  # the middle one is refused
     lb.refused([refused.dot])
     lb.applied(event.batch)
+    assert lb.tick(0.0) is None  # the ACK of a lone batch
     deliver(lb, la, a)
     assert refused.dot not in b.vv
     assert la.status().behind_out == 0  # a believes b has everything
