@@ -308,16 +308,12 @@ class Store:
             if isinstance(outcome, Applied):
                 self.vv.add(outcome.change.origin, outcome.change.seq)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> sqlite3.Connection:
+        """Begin a write transaction: the connection returned, as a context manager,
+        commits it, or rolls it back if the block raises (and costs less per commit
+        than a generator-based one)."""
+        self._writer.execute("BEGIN IMMEDIATE")
+        return self._writer
 
     def checkpoint(self, *, truncate: bool = False) -> None:
         """Copy the WAL back into the database file; call it off the trio thread."""
