@@ -310,8 +310,7 @@ class Store:
 
     def _transaction(self) -> sqlite3.Connection:
         """Begin a write transaction: the connection returned, as a context manager,
-        commits it, or rolls it back if the block raises (and costs less per commit
-        than a generator-based one)."""
+        commits it, or rolls it back if the block raises."""
         self._writer.execute("BEGIN IMMEDIATE")
         return self._writer
 

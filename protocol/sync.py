@@ -71,7 +71,6 @@ Range = tuple[bytes, SeqRange]
 ACK_EVERY_BATCHES = 2  # CHANGES messages applied before an ACK goes at once (as TCP acks
 # every second segment, RFC 5681 section 4.2): a sender holding back small batches while
 # two await their ACK (`SyncConfig.small_in_flight`) then never waits for a delayed one
-FEED_MEMO_ORIGINS = 1 << 16  # origins a feed remembers its answer for (peers may name any)
 
 
 class SyncError(RemoteProtocolError):
@@ -162,20 +161,11 @@ class _Feed:
     arcs: tuple[Arc, ...] = WHOLE_RING
     pruned: set[bytes] = field(default_factory=set)
     grafted: set[bytes] = field(default_factory=set)
-    # `pushes` remembered: it is asked of every link at every commit
-    _known: dict[bytes, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def pushes(self, origin: bytes) -> bool:
-        known = self._known.get(origin)
-        if known is None:
-            if len(self._known) >= FEED_MEMO_ORIGINS:
-                self._known.clear()
-            known = self._known[origin] = origin not in self.pruned and (
-                self.arcs is WHOLE_RING
-                or origin in self.grafted
-                or covers(self.arcs, place(origin))
-            )
-        return known
+        if origin in self.pruned:
+            return False
+        return self.arcs is WHOLE_RING or origin in self.grafted or covers(self.arcs, place(origin))
 
     def everything(self) -> bool:
         return self.arcs is WHOLE_RING and not self.pruned
@@ -183,18 +173,15 @@ class _Feed:
     def prune(self, origins: Iterable[bytes]) -> None:
         self.pruned.update(origins)
         self.grafted.difference_update(self.pruned)
-        self._known.clear()
 
     def graft(self, origins: Iterable[bytes]) -> None:
         self.grafted.update(origins)
         self.pruned.difference_update(self.grafted)
-        self._known.clear()
 
     def reset(self, arcs: Sequence[Arc]) -> None:
         self.arcs = WHOLE_RING if tuple(arcs) == WHOLE_RING else tuple(arcs)
         self.pruned.clear()
         self.grafted.clear()
-        self._known.clear()
 
 
 @dataclass(slots=True)
