@@ -54,7 +54,11 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
-CHECKPOINT_EVERY_CHANGES = 4_096  # WAL pages grow with changes; copy them back this often
+# The WAL grows by the pages each commit touches (three for a one-change commit: 12 KiB),
+# and a checkpoint copies them back. Whichever bound comes first: changes bound the WAL of
+# big batches (~5 MiB), commits that of single writes (~12 MiB).
+CHECKPOINT_EVERY_CHANGES = 4_096
+CHECKPOINT_EVERY_COMMITS = 1_024
 QUERY_PAGE_ROWS = 256  # rows read between checkpoints while a query runs
 
 
@@ -132,6 +136,7 @@ class Replica:
         data_dir: Path,
         max_batch_ops: int,
         threads: bool,
+        checkpoint_every_commits: int,
     ) -> None:
         self._store = store
         self.identity = identity
@@ -151,7 +156,9 @@ class Replica:
         self._commit_listeners: list[Callable[[list[Applied]], None]] = []
         self._closed = False
         self._hub = ObserverHub(store.last_lsn)
-        self._since_checkpoint = 0
+        self._checkpoint_every_commits = checkpoint_every_commits
+        self._changes_since_checkpoint = 0
+        self._commits_since_checkpoint = 0
         self._checkpointing = False
 
     @property
@@ -275,9 +282,14 @@ class Replica:
         self._hub.publish(applied)
         for listener in self._commit_listeners:
             listener(applied)
-        self._since_checkpoint += len(applied)
-        if self._since_checkpoint >= CHECKPOINT_EVERY_CHANGES and not self._checkpointing:
-            self._since_checkpoint = 0
+        if applied:
+            self._changes_since_checkpoint += len(applied)
+            self._commits_since_checkpoint += 1
+        if not self._checkpointing and (
+            self._changes_since_checkpoint >= CHECKPOINT_EVERY_CHANGES
+            or self._commits_since_checkpoint >= self._checkpoint_every_commits
+        ):
+            self._changes_since_checkpoint = self._commits_since_checkpoint = 0
             self._checkpointing = True
             assert self._nursery is not None
             self._nursery.start_soon(self._checkpoint)
@@ -475,6 +487,7 @@ async def open_replica(
     max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
     threads: bool = True,
     lock_wait_s: float = 0.0,
+    checkpoint_every_commits: int = CHECKPOINT_EVERY_COMMITS,
 ) -> AsyncIterator[Replica]:
     """Open the replica in ``data_dir`` for this process alone, until the block exits.
 
@@ -485,9 +498,14 @@ async def open_replica(
     With ``threads=False`` nothing leaves the trio thread (the open, every commit,
     checkpoints, the close), so that a run on a virtual clock (tests, the simulator)
     depends on nothing but its own tasks; the loop then waits whenever SQLite works.
+    A checkpoint copies the WAL back into the database at least every
+    ``checkpoint_every_commits`` commits (that bounds the WAL's size; see
+    `CHECKPOINT_EVERY_COMMITS`).
     """
     if max_batch_ops < 1:
         raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
+    if checkpoint_every_commits < 1:
+        raise ValueError(f"checkpoint_every_commits must be >= 1, got {checkpoint_every_commits}")
 
     def open_files(stack: contextlib.ExitStack) -> Replica:
         path = Path(data_dir).expanduser()
@@ -514,6 +532,7 @@ async def open_replica(
             data_dir=path,
             max_batch_ops=max_batch_ops,
             threads=threads,
+            checkpoint_every_commits=checkpoint_every_commits,
         )
 
     with contextlib.ExitStack() as stack:

@@ -72,19 +72,27 @@ def run() -> Iterator[Figure]:
         value=agents["converged_at_s"],
         unit="s",
     )
-    where = f"in memory, {agents['data_dir']}" if agents["data_dir"] else "on disk"
+    in_memory = bool(agents["data_dir"])
+    where = f"in memory, {agents['data_dir']}" if in_memory else "on disk"
     yield Figure(
         suite=SUITE,
         name=f"{NODES} agent nodes: process memory per node",
         value=agents["bytes_per_node"] / 2**20,
         unit="MiB",
-        target="<= 2 MiB",
     )
     yield Figure(
         suite=SUITE,
         name=f"{NODES} agent nodes: database files per node ({where})",
         value=agents["data_bytes_per_node"] / 2**20,
         unit="MiB",
+    )
+    held = agents["bytes_per_node"] + (agents["data_bytes_per_node"] if in_memory else 0)
+    yield Figure(
+        suite=SUITE,
+        name=f"{NODES} agent nodes: memory per node, files in memory included",
+        value=held / 2**20,
+        unit="MiB",
+        target="<= 2 MiB",
     )
     yield Figure(
         suite=SUITE,

@@ -52,6 +52,8 @@ EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
 SETTLE_S = 30.0  # how long the mesh may take to form before the first write
 SETTLE_POLL_S = 0.05
 MEMORY_FS = "/dev/shm"  # node directories go here when it is there (Linux: tmpfs)
+# A node's files are memory there: checkpoint often, so each WAL stays near 0.4 MiB.
+SIM_CHECKPOINT_EVERY_COMMITS = 32
 GC_YOUNG_OBJECTS = 1_000_000  # net allocations between the collector's young passes
 
 
@@ -167,7 +169,12 @@ class SimNode:
         sim, scenario = self.sim, self.sim.scenario
         try:
             with scope:
-                async with open_replica(self.dir, threads=False, wall_ms=self.wall_ms) as replica:
+                async with open_replica(
+                    self.dir,
+                    threads=False,
+                    wall_ms=self.wall_ms,
+                    checkpoint_every_commits=SIM_CHECKPOINT_EVERY_COMMITS,
+                ) as replica:
                     stop = replica.on_commit(functools.partial(sim.tracker.listener, self.index))
                     address = (host(self.index), PORT)
                     node = Node(

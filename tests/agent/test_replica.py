@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from agent.errors import DataDirLockedError, ReplicaClosedError
+from agent.paths import DB_FILE
 from agent.replica import Replica, open_replica
 from agent.store import Applied, Durability
 from protocol.errors import ClockSkewError, ValidationError
@@ -352,3 +353,25 @@ async def test_readers_never_see_half_a_change(tmp_path: Path, durability: Durab
             nursery.start_soon(reader)
             nursery.start_soon(writer)
         assert await replica.get("pair", "a") == {"n": rounds - 1}
+
+
+async def test_checkpoints_bound_the_wal_of_single_writes(tmp_path: Path) -> None:
+    wal_bytes = {}
+    for every in (8, 1_000):
+        path = tmp_path / str(every)
+        async with open_replica(
+            path, create=True, threads=False, checkpoint_every_commits=every
+        ) as replica:
+            for i in range(64):
+                await replica.put("c", f"k{i}", {"i": i})
+            await trio.testing.wait_all_tasks_blocked()  # the last checkpoint has run
+            wal_bytes[every] = (await trio.Path(f"{path / DB_FILE}-wal").stat()).st_size
+    # Checkpointed every 8 commits, the WAL is reused from its start and holds about
+    # 8 commits' pages at most, where unbounded it holds all 64.
+    assert wal_bytes[8] * 4 < wal_bytes[1_000]
+
+
+async def test_checkpoint_every_commits_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_every_commits must be >= 1"):
+        async with open_replica(tmp_path, create=True, checkpoint_every_commits=0):
+            pass
