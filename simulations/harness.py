@@ -219,6 +219,7 @@ class _Simulation:
     top: Path
     secret: bytes
     nursery: trio.Nursery
+    hub_down: int | None = None  # the hub that a crash or leave of "hub" took down last
 
 
 async def simulate(
@@ -392,7 +393,7 @@ async def _write(sim: _Simulation, writer: SimNode, i: int) -> Write:
 
 async def _apply(sim: _Simulation, nodes: list[SimNode], fault: Fault) -> None:
     net = sim.net
-    targets = [nodes[_resolve(n, nodes)] for n in fault.nodes]
+    targets = [nodes[_resolve(sim, n, nodes, fault.action)] for n in fault.nodes]
     sim.tracker.trace(f"fault {fault.action} {[host(t.index) for t in targets]} {fault.groups}")
     match fault.action:
         case "partition":
@@ -422,10 +423,20 @@ async def _apply(sim: _Simulation, nodes: list[SimNode], fault: Fault) -> None:
             net.break_connections()
 
 
-def _resolve(target: int | str, nodes: list[SimNode]) -> int:
-    """A node number, or the node that most live spokes use as their hub."""
+def _resolve(sim: _Simulation, target: int | str, nodes: list[SimNode], action: str) -> int:
+    """A node number; for "hub", the node that most live spokes use as their hub, except
+    that a restart or join brings back the hub that a fault took down last."""
     if isinstance(target, int):
         return target
+    if action in ("restart", "join") and sim.hub_down is not None:
+        return sim.hub_down
+    hub = _current_hub(nodes)
+    if action in ("crash", "leave"):
+        sim.hub_down = hub
+    return hub
+
+
+def _current_hub(nodes: list[SimNode]) -> int:
     votes: dict[bytes, int] = {}
     for n in nodes:
         if n.peering is not None and n.peering.hub is not None:

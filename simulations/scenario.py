@@ -22,7 +22,8 @@ A scenario file::
     [[fault]]
     at_s = 1.0                 # virtual seconds after the first write
     action = "crash"           # see ACTIONS
-    nodes = ["hub"]            # node numbers, or "hub": the node most spokes use
+    nodes = ["hub"]            # node numbers, or "hub": the node most spokes use (a
+                               # restart or join: the hub a fault took down last)
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Fault:
 
     at_s: float
     action: str
-    nodes: tuple[int | str, ...] = ()  # node numbers; "hub" means the current hub
+    nodes: tuple[int | str, ...] = ()  # node numbers; "hub": see `harness._resolve`
     groups: tuple[tuple[int, ...], ...] = ()  # partition only
 
     def __post_init__(self) -> None:

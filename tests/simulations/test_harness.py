@@ -216,6 +216,28 @@ async def test_the_hub_of_a_star_crashes_and_the_spokes_elect_another(
     assert report.hub != down[0]
 
 
+async def test_restarting_the_hub_brings_back_the_hub_that_crashed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scenario = Scenario(
+        nodes=6,
+        topology="star",
+        writes=60,
+        write_every_s=0.05,
+        faults=(
+            Fault(at_s=1.0, action="crash", nodes=("hub",)),
+            Fault(at_s=2.0, action="restart", nodes=("hub",)),
+        ),
+    )
+    report = await simulate(scenario, keep_trace=True)
+    assert_converged(report)
+    assert report.trace is not None
+    crashed = next(line for line in report.trace if "fault crash" in line)
+    restarted = next(line for line in report.trace if "fault restart" in line)
+    assert crashed.split("crash ")[1] == restarted.split("restart ")[1]
+    assert all(node["up"] for node in report.nodes)
+
+
 def test_the_same_seed_replays_the_same_trace_and_another_seed_does_not() -> None:
     scenario = Scenario(nodes=5, writes=30, hot_keys=4, link=LOSSY, seed=11)
     first, again = run(scenario, keep_trace=True), run(scenario, keep_trace=True)
