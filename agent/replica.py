@@ -12,6 +12,11 @@ fsync can take milliseconds -- is queued to one committer task that runs everyth
 queued as one transaction in a worker thread, so concurrent writers share commits (group
 commit) and the loop never waits on SQLite. docs/design.md, "Keeping SQLite off the
 loop", has the measurements behind the split.
+
+A WAL checkpoint runs in two passes: the first beside the writes, the second, which
+copies only what was written during the first, in the committer, with writes held. A
+checkpoint that only ever races writes never copies the last frames; the WAL is then
+never started over, and it grows without bound.
 """
 
 from __future__ import annotations
@@ -54,11 +59,11 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
-# The WAL grows by the pages each commit touches (three for a one-change commit: 12 KiB),
+# The WAL grows by the pages each commit touches (about 16 KiB for a one-change commit),
 # and a checkpoint copies them back. Whichever bound comes first: changes bound the WAL of
-# big batches (~5 MiB), commits that of single writes (~12 MiB).
+# batches, commits that of single writes (each to about 4 MiB; docs/design.md).
 CHECKPOINT_EVERY_CHANGES = 4_096
-CHECKPOINT_EVERY_COMMITS = 1_024
+CHECKPOINT_EVERY_COMMITS = 256
 QUERY_PAGE_ROWS = 256  # rows read between checkpoints while a query runs
 
 
@@ -159,7 +164,8 @@ class Replica:
         self._checkpoint_every_commits = checkpoint_every_commits
         self._changes_since_checkpoint = 0
         self._commits_since_checkpoint = 0
-        self._checkpointing = False
+        self._checkpointing = False  # the first pass runs
+        self._checkpoint_due = False  # the second pass waits for the committer
 
     @property
     def node_id(self) -> bytes:
@@ -254,7 +260,12 @@ class Replica:
 
     def _inline_ok(self, ops: int) -> bool:
         """Whether a batch may commit on the trio thread at once (module docstring)."""
-        return self._small(ops) and not self._committing and not self._queue
+        return (
+            self._small(ops)
+            and not self._committing
+            and not self._queue
+            and not self._checkpoint_due
+        )
 
     def _small(self, ops: int) -> bool:
         return not self._threads or (
@@ -285,7 +296,7 @@ class Replica:
         if applied:
             self._changes_since_checkpoint += len(applied)
             self._commits_since_checkpoint += 1
-        if not self._checkpointing and (
+        if not (self._checkpointing or self._checkpoint_due) and (
             self._changes_since_checkpoint >= CHECKPOINT_EVERY_CHANGES
             or self._commits_since_checkpoint >= self._checkpoint_every_commits
         ):
@@ -294,6 +305,15 @@ class Replica:
             assert self._nursery is not None
             self._nursery.start_soon(self._checkpoint)
         return outcomes
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._off_loop(self._store.checkpoint)
+        finally:
+            self._checkpointing = False
+        if self._threads:  # without threads no write ran beside it: it copied them all
+            self._checkpoint_due = True
+            self._work.set()
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -304,15 +324,20 @@ class Replica:
     async def _commit_queued(self) -> None:
         """Commit what `_write` queued: everything waiting shares one transaction.
 
-        While a batch runs in the worker thread the store is busy, so a small write that
-        arrives meanwhile cannot take the inline path: it queues here instead (writes
-        never run concurrently).
+        While a batch or a checkpoint runs in the worker thread the store is busy, so a
+        small write that arrives meanwhile cannot take the inline path: it queues here
+        instead (writes never run concurrently, nor beside a checkpoint's second pass).
         """
         while True:
+            if self._checkpoint_due:
+                self._committing = True  # writes queue until the second pass is done
+                self._checkpoint_due = False
+                await self._off_loop(self._store.checkpoint)
             if not self._queue:
                 self._committing = False
                 self._work = trio.Event()
                 await self._work.wait()
+                continue
             self._committing = True
             batch = [self._queue.popleft()]
             ops = batch[0].ops
@@ -337,12 +362,6 @@ class Replica:
                 start += len(p.jobs)
                 p.done.set()
             await trio.lowlevel.checkpoint()
-
-    async def _checkpoint(self) -> None:
-        try:
-            await self._off_loop(self._store.checkpoint)
-        finally:
-            self._checkpointing = False
 
     def on_commit(self, listener: Callable[[list[Applied]], None]) -> Callable[[], None]:
         """Call ``listener(applied)`` synchronously after every commit; return a remover.

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 import trio
 
+from agent.paths import DB_FILE
 from agent.replica import Replica, open_replica
 from agent.store import Durability
 from benchmarks.common import Figure, rate
@@ -31,6 +32,7 @@ PUTS_PER_WRITER = 150
 GETS = 20_000
 REMOTE_CHANGES = 20_000
 REMOTE_BATCH = 100
+WAL_PUTS = 5_000  # single puts while the write-ahead log is watched
 CODEC_ROUNDS = 20_000
 STALL_PROBE_S = 0.001  # the loop-stall probe asks to wake this often
 ORIGIN = bytes(range(16))
@@ -61,6 +63,7 @@ def run() -> Iterator[Figure]:
     yield from loop_stalls()
     yield gets()
     yield remote_apply()
+    yield wal_largest()
     yield from codec()
 
 
@@ -274,6 +277,36 @@ def remote_apply() -> Figure:
         unit="ops/s",
         baseline=f"raw sqlite3 {REMOTE_BATCH}-row transactions",
         baseline_value=raw_rate(Durability.NORMAL, REMOTE_CHANGES, REMOTE_BATCH),
+    )
+
+
+def raw_wal_largest(count: int) -> float:
+    """MiB of WAL that plain sqlite3, checkpointing itself (`wal_autocheckpoint`, 1,000
+    pages), holds at most after ``count`` one-row commits."""
+    with tempfile.TemporaryDirectory(prefix="bm-bench-") as d:
+        path = Path(d) / "raw.db"
+        db = raw_db(path, Durability.NORMAL)
+        for i in range(count):
+            raw_upserts(db, i, 1)
+        largest = Path(f"{path}-wal").stat().st_size  # a WAL never shrinks while open
+        db.close()
+    return largest / 2**20
+
+
+def wal_largest() -> Figure:
+    async def ours(replica: Replica) -> float:
+        await put_each(replica, 0, WAL_PUTS)
+        wal = trio.Path(f"{replica.data_dir / DB_FILE}-wal")
+        return (await wal.stat()).st_size / 2**20  # the largest: a WAL never shrinks while open
+
+    return Figure(
+        suite=SUITE,
+        name=f"write-ahead log at its largest, {WAL_PUTS:,} single puts, normal",
+        value=with_replica(ours),
+        unit="MiB",
+        baseline="raw sqlite3 one-row commits, its own checkpoints",
+        baseline_value=raw_wal_largest(WAL_PUTS),
+        target="<= 8 MiB",
     )
 
 

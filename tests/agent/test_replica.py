@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,41 @@ async def test_checkpoint_every_commits_must_be_positive(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="checkpoint_every_commits must be >= 1"):
         async with open_replica(tmp_path, create=True, checkpoint_every_commits=0):
             pass
+
+
+async def test_writes_wait_for_the_second_pass_of_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint that only ever races writes never copies the last frames, and the WAL
+    # is then never started over: it grows without bound. The first pass runs beside
+    # the writes; the second, which copies the rest, holds them.
+    passes = 0
+    second_started, release = threading.Event(), threading.Event()
+    async with open_replica(tmp_path, create=True, checkpoint_every_commits=2) as replica:
+        real = replica.store.checkpoint
+
+        def counted_checkpoint(*, truncate: bool = False) -> None:
+            nonlocal passes
+            passes += 1
+            if passes == 2:
+                second_started.set()
+                release.wait(timeout=30)
+            real(truncate=truncate)
+
+        monkeypatch.setattr(replica.store, "checkpoint", counted_checkpoint)
+        await replica.put("c", "a", {"n": 1})
+        await replica.put("c", "b", {"n": 2})  # the second commit: a checkpoint starts
+        assert await trio.to_thread.run_sync(second_started.wait, 10.0)
+        done = trio.Event()
+
+        async def put() -> None:
+            await replica.put("c", "c", {"n": 3})
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(put)
+            await trio.testing.wait_all_tasks_blocked()
+            waited = not done.is_set()
+            release.set()
+        assert waited  # the write waited for the second pass
+        assert await replica.get("c", "c") == {"n": 3}
