@@ -59,7 +59,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
-# The WAL grows by the pages each commit touches (about 16 KiB for a one-change commit),
+# The WAL grows by the pages each commit touches (12-15 KiB for a one-change commit),
 # and a checkpoint copies them back. Whichever bound comes first: changes bound the WAL of
 # batches, commits that of single writes (each to about 4 MiB; docs/design.md).
 CHECKPOINT_EVERY_CHANGES = 4_096

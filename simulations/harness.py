@@ -52,7 +52,7 @@ EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
 SETTLE_S = 30.0  # how long the mesh may take to form before the first write
 SETTLE_POLL_S = 0.05
 MEMORY_FS = "/dev/shm"  # node directories go here when it is there (Linux: tmpfs)
-# A node's files are memory there: checkpoint often, so each WAL stays near 0.4 MiB.
+# A node's files are memory there: checkpoint often, so they stay under 0.5 MiB.
 SIM_CHECKPOINT_EVERY_COMMITS = 32
 GC_YOUNG_OBJECTS = 1_000_000  # net allocations between the collector's young passes
 

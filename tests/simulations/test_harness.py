@@ -194,21 +194,27 @@ async def test_a_reconnect_storm_and_skewed_clocks_still_converge(
     assert sum(node["connections"] for node in report.nodes) > 2 * 15  # they reconnected
 
 
+async def star_of_six(*faults: Fault, link: LinkProfile | None = None) -> Report:
+    """A star of 6 nodes, 60 writes, through ``faults``, traced; it must converge."""
+    scenario = Scenario(nodes=6, topology="star", writes=60, write_every_s=0.05, faults=faults)
+    if link is not None:
+        scenario = replace(scenario, link=link)
+    report = await simulate(scenario, keep_trace=True)
+    assert_converged(report)
+    return report
+
+
+def fault_line(report: Report, action: str) -> str:
+    """The trace line of the first fault ``action`` (it names the nodes it hit)."""
+    assert report.trace is not None
+    return next(line for line in report.trace if f"fault {action}" in line)
+
+
 async def test_the_hub_of_a_star_crashes_and_the_spokes_elect_another(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    scenario = Scenario(
-        nodes=6,
-        topology="star",
-        writes=60,
-        write_every_s=0.05,
-        link=LOSSY,
-        faults=(Fault(at_s=1.0, action="crash", nodes=("hub",)),),
-    )
-    report = await simulate(scenario, keep_trace=True)
-    assert_converged(report)
-    assert report.trace is not None
-    crashed = next(line for line in report.trace if "fault crash" in line)
+    report = await star_of_six(Fault(at_s=1.0, action="crash", nodes=("hub",)), link=LOSSY)
+    crashed = fault_line(report, "crash")
     down = [node["name"] for node in report.nodes if not node["up"]]
     assert len(down) == 1
     assert f"'{down[0]}'" in crashed
@@ -219,21 +225,11 @@ async def test_the_hub_of_a_star_crashes_and_the_spokes_elect_another(
 async def test_restarting_the_hub_brings_back_the_hub_that_crashed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    scenario = Scenario(
-        nodes=6,
-        topology="star",
-        writes=60,
-        write_every_s=0.05,
-        faults=(
-            Fault(at_s=1.0, action="crash", nodes=("hub",)),
-            Fault(at_s=2.0, action="restart", nodes=("hub",)),
-        ),
+    report = await star_of_six(
+        Fault(at_s=1.0, action="crash", nodes=("hub",)),
+        Fault(at_s=2.0, action="restart", nodes=("hub",)),
     )
-    report = await simulate(scenario, keep_trace=True)
-    assert_converged(report)
-    assert report.trace is not None
-    crashed = next(line for line in report.trace if "fault crash" in line)
-    restarted = next(line for line in report.trace if "fault restart" in line)
+    crashed, restarted = fault_line(report, "crash"), fault_line(report, "restart")
     assert crashed.split("crash ")[1] == restarted.split("restart ")[1]
     assert all(node["up"] for node in report.nodes)
 
