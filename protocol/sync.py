@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from protocol.codec import PROTOCOL_VERSION
 from protocol.codec.messages import (
+    MAX_MESSAGE_BYTES,
     Ack,
     Arcs,
     Changes,
@@ -89,8 +90,9 @@ class SyncConfig:
     summary_every_s: float = 5.0  # anti-entropy: a SUMMARY this often
     stall_after_s: float = 15.0  # behind, with no progress this long: reset the link
     graft_after_s: float = 1.0  # behind on a pruned origin this long: graft it back
-    receive_limit_bytes: int = 8 << 20  # CHANGES received, not yet applied: a peer past this
-    # ignores flow control (an honest sender stays within its window, 4 MiB by default)
+    receive_limit_bytes: int = (4 << 20) + MAX_MESSAGE_BYTES  # CHANGES received, not yet
+    # applied: a peer past this ignores flow control (an honest sender's window is at most
+    # 4 MiB, which it passes by one change, in one message, at most)
     small_in_flight: int = 2  # CHANGES messages short of a full batch awaiting their ACK at
     # once; changes beyond wait for an ACK and go together (Nagle's rule, see `plan`)
 
@@ -417,17 +419,16 @@ class SyncLink:
     # -- outbound --------------------------------------------------------------------------
 
     def plan(self) -> list[Range]:
-        """The next ranges the peer lacks, within the window; they count as sent from now.
+        """The next ranges the peer lacks: fetch their changes, lazily and in order, for
+        `send_changes`, which takes what the window holds; the rest is planned again.
 
-        Less than a full batch is planned only while fewer than `small_in_flight` such
-        batches await their ACK (Nagle's rule): a write on an idle link goes at once, and
-        writes that come faster than the peer acknowledges travel together, each message
-        and each commit on the peer carrying many.
+        Nothing is planned while the window is full, and less than a full batch only
+        while fewer than `small_in_flight` such batches await their ACK (Nagle's rule): a
+        write on an idle link goes at once, and writes that come faster than the peer
+        acknowledges travel together, each message and each commit on the peer carrying
+        many.
         """
-        ranges = self._next_ranges()
-        for origin, (first, last) in ranges:
-            self._peer_has.add_range(origin, first, last)
-        return ranges
+        return self._next_ranges()
 
     def ready(self) -> bool:
         """Whether `plan` or `data_to_send` would give anything now: worth waking for."""
@@ -465,20 +466,27 @@ class SyncLink:
             return []
         return ranges
 
-    def send_changes(self, changes: Sequence[Change]) -> None:
-        """Queue ``changes`` (fetched for a `plan`) as CHANGES messages."""
-        if not changes:
+    def send_changes(self, changes: Iterable[Change]) -> None:
+        """Queue ``changes`` (fetched for a `plan`) as CHANGES messages until the window
+        is full (docs/protocol.md 8.2 rule 5): the bytes in flight then pass
+        ``window_bytes`` by one change at most. ``changes`` is read no further."""
+        budget = self._config.window_bytes - self._in_flight
+        messages = self._encoder.encode_changes(self._next_batch, changes, budget_bytes=budget)
+        if not messages:
             return
         if not self._unacked:
             self._waiting_since = self._now
-        for message, data in self._encoder.encode_changes(self._next_batch, changes):
+        peer_has = self._peer_has
+        for message, data in messages:
             self._out.append(data)
             dots = [(c.origin, c.seq) for c in message.changes]
+            for origin, seq in dots:
+                peer_has.add(origin, seq)
             self._unacked.append(_Batch(batch=message.batch, size=len(data), dots=dots))
             self._in_flight += len(data)
             self._small_unacked += len(dots) < self._config.batch_changes
             self._next_batch = message.batch + 1
-        self.changes_sent += len(changes)
+            self.changes_sent += len(dots)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""

@@ -13,7 +13,7 @@ raises `DecodeError` or `InvalidRemoteDataError`, after which the link is over.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -122,27 +122,37 @@ class MessageEncoder:
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def encode_changes(
-        self, first_batch: int, changes: Sequence[Change], max_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        first_batch: int,
+        changes: Iterable[Change],
+        max_bytes: int = MAX_MESSAGE_BYTES,
+        budget_bytes: int | None = None,
     ) -> list[tuple[Changes, bytes]]:
         """CHANGES messages numbered from ``first_batch``, each within ``max_bytes``.
 
         Every change is encoded exactly once, in order: encoding updates this link's
-        tables, so a change that would overflow one message opens the next.
+        tables, so a change that would overflow one message opens the next. With
+        ``budget_bytes``, no more changes are taken from ``changes`` once the messages
+        reach that many bytes (a sender's window, docs/protocol.md 8.2 rule 5): they pass
+        it by the last change taken at most. The rest of ``changes`` is not read.
         """
         pack = self._packer.pack
         messages: list[tuple[Changes, bytes]] = []
         items: list[bytes] = []
         members: list[Change] = []
-        size = 0
+        size = made = 0
         limit = min(max_bytes, MAX_MESSAGE_BYTES) - 32  # headers of the message itself
         for change in changes:
             packed = pack(self._changes.item(change))
             if items and (size + len(packed) > limit or len(items) == MAX_BATCH_CHANGES):
                 messages.append(self._changes_message(first_batch + len(messages), members, items))
+                made += len(messages[-1][1])
                 items, members, size = [], [], 0
             items.append(packed)
             members.append(change)
             size += len(packed)
+            if budget_bytes is not None and made + size >= budget_bytes:
+                break
         if items:
             messages.append(self._changes_message(first_batch + len(messages), members, items))
         return messages

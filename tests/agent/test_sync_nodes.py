@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from protocol.model import Put
+from protocol.sync import SyncConfig
 from tests.agent.cluster import cluster
 
 
@@ -109,3 +112,24 @@ async def test_static_peers_prune_duplicate_pushes(
         await trio.testing.wait_all_tasks_blocked()
         assert [replica.duplicate_changes for replica in c.replicas] == before
         assert all(replica.received_changes >= 60 for replica in c.replicas)
+
+
+async def test_big_transactions_stream_without_the_link_dropping(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each plan names up to 32 changes of about 20 KB here, five times the window: the
+    sender must take what its window holds, or its peer drops the link for ignoring flow
+    control (seen with 1,000-op transactions at the default window)."""
+    caplog.set_level(logging.INFO, logger="agent.node")
+    sync = SyncConfig(batch_changes=32, window_bytes=64 << 10, receive_limit_bytes=128 << 10)
+    async with cluster(tmp_path, 2, [(1, 0)], sync=sync) as c:
+        a = c.replicas[0]
+        await a.put("c", "first", {})
+        await c.until_converged()
+        for i in range(120):
+            await a.commit(
+                [Put(collection="c", key=f"{i}-{j}", fields={"pad": "x" * 200}) for j in range(100)]
+            )
+        await c.until_converged()
+        assert len(c.digests()) == 1
+        assert not [r.getMessage() for r in caplog.records if "down" in r.getMessage()]

@@ -32,10 +32,11 @@ class FakeNode:
         self.changes: dict[tuple[bytes, int], Change] = {}
         self.seq = 0
 
-    def write(self, n: int = 1) -> None:
+    def write(self, n: int = 1, *, pad: int = 0) -> None:
         for _ in range(n):
             self.seq += 1
-            op = Put(collection="c", key=f"{self.id[:1]!r}{self.seq}", fields={"n": self.seq})
+            fields = {"n": self.seq, "pad": "x" * pad} if pad else {"n": self.seq}
+            op = Put(collection="c", key=f"{self.id[:1]!r}{self.seq}", fields=fields)
             self.apply([Change(origin=self.id, seq=self.seq, hlc=pack(1000, self.seq), ops=(op,))])
 
     def apply(self, changes: list[Change]) -> None:
@@ -469,6 +470,27 @@ def test_random_graphs_writes_and_chunking_converge(seed: int, nodes: int) -> No
             deliver(link, links[j, i], fakes[j])
     assert all(f.vv == fakes[0].vv for f in fakes)
     assert fakes[0].vv.count() == sum(f.seq for f in fakes)
+
+
+def test_an_honest_sender_passes_its_window_by_one_change_at_most() -> None:
+    """One plan names up to `batch_changes` changes, however big they are: the sender
+    takes what its window holds and leaves the rest for after the ACKs. (It used to send
+    the whole plan: 1,000-op transactions put ten times the window in flight, and the
+    receiver dropped the link for ignoring flow control.)"""
+    a, b = FakeNode("a"), FakeNode("b")
+    a.write(200, pad=2_000)
+    window, change_bytes = 8_000, 2_100
+    la = a.link(b, window_bytes=window)
+    lb = b.link(a, receive_limit_bytes=window + change_bytes)
+    most = 0
+    for _ in range(200):
+        push(la, a)
+        most = max(most, la.status().in_flight_bytes)
+        deliver(la, lb, b)  # would raise SyncError("ignores flow control")
+        deliver(lb, la, a)
+        assert lb.tick(0.0) is None
+    assert b.vv == a.vv
+    assert window <= most <= window + change_bytes
 
 
 def test_a_peer_that_ignores_flow_control_is_refused() -> None:
