@@ -29,6 +29,7 @@ import msgpack
 
 from agent.errors import StorageError
 from agent.schema import migrate
+from protocol.admission import MAX_RUNS_HELD, Admission
 from protocol.codec import (
     CODEC_VERSION,
     decode_document,
@@ -38,9 +39,9 @@ from protocol.codec import (
     encode_meta,
 )
 from protocol.crdt import RecordKey, RecordState, apply_change
-from protocol.errors import ProtocolError, ValidationError
+from protocol.errors import OwnOriginError, ProtocolError, ValidationError
 from protocol.hlc import HybridClock
-from protocol.model import MAX_CHANGE_BYTES, Change, Op, Value
+from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Value
 from protocol.vv import VersionVector
 
 
@@ -109,9 +110,19 @@ class Store:
                 migrate(self._writer)
                 self._check_owner()
                 self._recover(max_skew_ms)
+                # Seqs of this node's own id that peers hold changes under and this node
+                # never made (`OwnOriginError`): its own writes skip them, so that a forged
+                # change does not shadow a real one. Kept in ``meta``, bounded like gaps.
+                self._taken = VersionVector.from_parts({}, {node_id: self._meta_runs("taken")})
             except sqlite3.DatabaseError as exc:
                 raise StorageError(f"cannot open {path}: {exc}") from None
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            except (
+                ValueError,
+                TypeError,
+                IndexError,
+                ProtocolError,
+                msgpack.UnpackException,
+            ) as exc:
                 raise StorageError(f"cannot open {path}: corrupt snapshot ({exc})") from None
             undo.pop_all()
         self._next_seq = self.vv.max_seq(node_id) + 1
@@ -145,7 +156,7 @@ class Store:
             lsn, clock, entries = msgpack.unpackb(snapshot)
         self.vv = VersionVector.from_parts(
             {origin: base for origin, base, _ in entries},
-            {origin: extras for origin, _, extras in entries},
+            {origin: _snapshot_runs(runs) for origin, _, runs in entries},
         )
         self._snapshot_lsn = lsn
         rows = self._writer.execute(
@@ -181,12 +192,12 @@ class Store:
         raised. Call `finish` with the outcomes once the batch has returned.
         ``with_updates=False`` leaves `Applied.updates` empty, for when nobody observes.
         """
-        next_seq = self._next_seq
+        next_seq, taken = self._next_seq, self._taken
         try:
             with self._transaction():
                 outcomes = self._write_batch(jobs, with_updates)
         except sqlite3.Error as exc:
-            self._next_seq = next_seq
+            self._next_seq, self._taken = next_seq, taken
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
         self.commits += 1
         return outcomes
@@ -195,9 +206,15 @@ class Store:
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes]] = []
         added: dict[bytes, set[int]] = {}
+        admission = Admission(self.node_id, self.vv)
         for i, job in enumerate(jobs):
             try:
-                change, blob = self._admit(job, added)
+                change, blob = self._admit(job, added, admission)
+            except OwnOriginError as exc:
+                outcomes[i] = exc
+                assert isinstance(job, Change)
+                self._take(job.seq)
+                continue
             except ProtocolError as exc:
                 outcomes[i] = exc
                 continue
@@ -243,12 +260,17 @@ class Store:
         self._last_lsn = lsn
         return outcomes
 
-    def _admit(self, job: Job, added: dict[bytes, set[int]]) -> tuple[Change | None, bytes]:
+    def _admit(
+        self, job: Job, added: dict[bytes, set[int]], admission: Admission
+    ) -> tuple[Change | None, bytes]:
         """Stamp a local write, or check a remote change; return it and its log encoding."""
         if isinstance(job, LocalWrite):
+            seq = self._taken.next_gap(self.node_id, self._next_seq)
+            if seq > MAX_SEQ:
+                raise ValidationError("this node has used up its sequence numbers")
             change = Change(
                 origin=self.node_id,
-                seq=self._next_seq,
+                seq=seq,
                 hlc=self.clock.tick(self._wall_ms(), width=len(job.ops)),
                 ops=job.ops,
             )
@@ -257,12 +279,27 @@ class Store:
                 raise ValidationError(
                     f"the transaction is {len(blob)} bytes encoded; the limit is {MAX_CHANGE_BYTES}"
                 )
-            self._next_seq += 1
+            self._next_seq = seq + 1
             return change, blob
         if job.dot in self.vv or job.seq in added.get(job.origin, ()):
             return None, b""
+        admission.admit(job)
         self.clock.receive(job.hlc + len(job.ops) - 1, self._wall_ms())
         return job, encode_change(job)
+
+    def _take(self, seq: int) -> None:
+        """Remember, in this batch's transaction, that peers hold a change under this
+        node's id and ``seq`` that it never made, unless that would pass the gap bound."""
+        taken, node_id = self._taken, self.node_id
+        if (node_id, seq) in taken or (
+            taken.opens_run(node_id, seq) and len(taken.runs(node_id)) >= MAX_RUNS_HELD
+        ):
+            return
+        taken = taken.copy()
+        taken.add(node_id, seq)
+        runs = [(1, taken.base(node_id))] if taken.base(node_id) else []
+        self._set_meta("taken", msgpack.packb(runs + list(taken.runs(node_id))))
+        self._taken = taken
 
     def _load_states(self, keys: set[RecordKey]) -> dict[RecordKey, RecordState]:
         states = {rk: RecordState() for rk in keys}
@@ -293,7 +330,7 @@ class Store:
             ) from None
 
     def _save_snapshot(self, vv: VersionVector, lsn: int | None = None) -> None:
-        entries = [(origin, vv.base(origin), sorted(vv.extras(origin))) for origin in vv.origins()]
+        entries = [(origin, vv.base(origin), vv.runs(origin)) for origin in vv.origins()]
         lsn = self._last_lsn if lsn is None else lsn
         self._set_meta("snapshot", msgpack.packb((lsn, self.clock.last, entries)))
         self._snapshot_lsn = lsn
@@ -396,8 +433,21 @@ class Store:
         row = first_row(self._writer, "SELECT value FROM meta WHERE name = ?", (name,))
         return default if row is None else row[0]
 
+    def _meta_runs(self, name: str) -> list[tuple[int, int]]:
+        blob = self._meta(name, None)
+        if blob is None:
+            return []
+        assert isinstance(blob, bytes)
+        return _snapshot_runs(msgpack.unpackb(blob))
+
     def _set_meta(self, name: str, value: object) -> None:
         self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+
+def _snapshot_runs(items: list[Any]) -> list[tuple[int, int]]:
+    """A snapshot's runs above an origin's prefix: ``[first, last]`` pairs, or single
+    seqs as snapshots written before runs (blazemesh 0.1, protocol version 2) held them."""
+    return [(item, item) if isinstance(item, int) else (item[0], item[1]) for item in items]
 
 
 def first_row(db: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> Any:

@@ -158,7 +158,7 @@ class Peer:
     def state(self) -> dict[str, Any]:
         vv = self.replica.store.vv
         return {
-            "vv": [[o.hex(), vv.base(o), sorted(vv.extras(o))] for o in sorted(vv.origins())],
+            "vv": [[o.hex(), vv.base(o), vv.runs(o)] for o in sorted(vv.origins())],
             "digest": self.replica.digest(),
         }
 

@@ -30,8 +30,39 @@ class DecodeError(RemoteProtocolError):
     """Raised when bytes from a peer are not a well-formed, in-bounds encoding."""
 
 
-class ClockSkewError(RemoteProtocolError):
+class ChangeRefusedError(RemoteProtocolError):
+    """Raised, as the outcome of one remote change, when a rule refuses that change: the
+    link carries on, the peer is told why (REFUSED), and offers it again later.
+    ``reason`` names the rule on the wire (docs/protocol.md, section 8.3)."""
+
+    reason = "invalid"
+
+
+class ClockSkewError(ChangeRefusedError):
     """Raised when a remote HLC stamp is further ahead of local time than the allowed skew."""
+
+    reason = "clock"
+
+
+class OwnOriginError(ChangeRefusedError):
+    """Raised for a remote change under this node's own id that this node does not hold:
+    only the node itself makes changes under its id."""
+
+    reason = "own-origin"
+
+
+class GapLimitError(ChangeRefusedError):
+    """Raised for a remote change that would leave an origin with more gaps (runs of
+    changes held apart from the rest) than a node holds."""
+
+    reason = "gaps"
+
+
+class OriginLimitError(ChangeRefusedError):
+    """Raised for a remote change from a new origin when a node holds changes of as many
+    origins as it keeps."""
+
+    reason = "origins"
 
 
 class HandshakeError(RemoteProtocolError):

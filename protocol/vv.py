@@ -1,9 +1,12 @@
 """Version vectors over dots, with out-of-order arrivals.
 
 A replica's knowledge is the set of dots ``(origin, seq)`` it holds. Per origin it is
-stored as a contiguous prefix ``1..base`` plus the few seqs above it that arrived early
-(changes can overtake each other across different paths). Gaps close as the missing
-changes arrive and the prefix absorbs them.
+stored as a contiguous prefix ``1..base`` plus the runs of seqs above it that arrived
+early (changes can overtake each other across different paths): sorted, disjoint,
+non-adjacent ``(first, last)`` pairs, each starting above ``base + 1``. Gaps close as the
+missing changes arrive and the prefix absorbs the runs it reaches. Runs, not single
+seqs, so that a busy origin's changes arriving ahead of a long catch-up cost one run,
+not one entry each, in memory and on the wire.
 
 A vector only grows. It counts its growth in `stamp` and remembers the order in which
 origins last grew, so that a reader can ask which origins grew since a stamp it saw
@@ -12,6 +15,7 @@ origins last grew, so that a reader can ask which origins grew since a stamp it 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 
 from protocol.errors import LocalProtocolError
@@ -20,22 +24,32 @@ Dot = tuple[bytes, int]
 SeqRange = tuple[int, int]  # inclusive: (first, last)
 
 
+def _first(run: SeqRange) -> int:
+    return run[0]
+
+
+def _last(run: SeqRange) -> int:
+    return run[1]
+
+
 class VersionVector:
     """A mutable set of dots, compact when arrivals are in order."""
 
-    __slots__ = ("_base", "_extra", "_grown", "stamp")
+    __slots__ = ("_base", "_grown", "_runs", "run_count", "stamp")
 
     def __init__(self) -> None:
         self._base: dict[bytes, int] = {}
-        self._extra: dict[bytes, set[int]] = {}
+        self._runs: dict[bytes, list[SeqRange]] = {}  # never an empty list
         self._grown: dict[bytes, int] = {}  # origin -> stamp of its last growth, in that order
         self.stamp = 0  # how many times the vector grew
+        self.run_count = 0  # runs above the prefixes, over every origin
 
     @classmethod
     def from_parts(
-        cls, bases: Mapping[bytes, int], extras: Mapping[bytes, Iterable[int]]
+        cls, bases: Mapping[bytes, int], runs: Mapping[bytes, Iterable[SeqRange]]
     ) -> VersionVector:
-        """Build a vector from per-origin prefixes and early seqs (normalised on the way in)."""
+        """Build a vector from per-origin prefixes and runs above them (normalised on the
+        way in: runs may overlap, touch, or reach into the prefix)."""
         vv = cls()
         for origin, base in bases.items():
             if base < 0:
@@ -43,30 +57,37 @@ class VersionVector:
             if base:
                 vv._base[origin] = base
                 vv._grow(origin)
-        for origin, seqs in extras.items():
-            for seq in seqs:
-                vv.add(origin, seq)
+        for origin, pairs in runs.items():
+            for first, last in pairs:
+                vv.add_range(origin, first, last)
         return vv
 
     def copy(self) -> VersionVector:
         other = VersionVector()
         other._base = dict(self._base)
-        other._extra = {o: set(s) for o, s in self._extra.items()}
+        other._runs = {o: list(r) for o, r in self._runs.items()}
         other._grown = dict(self._grown)
         other.stamp = self.stamp
+        other.run_count = self.run_count
         return other
 
     def __contains__(self, dot: Dot) -> bool:
         origin, seq = dot
-        return 0 < seq <= self._base.get(origin, 0) or seq in self._extra.get(origin, ())
+        if 0 < seq <= self._base.get(origin, 0):
+            return True
+        runs = self._runs.get(origin)
+        if runs is None:
+            return False
+        i = bisect_right(runs, seq, key=_first)
+        return i > 0 and runs[i - 1][1] >= seq
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VersionVector):
             return NotImplemented
-        return self._base == other._base and self._extra == other._extra
+        return self._base == other._base and self._runs == other._runs
 
     def __repr__(self) -> str:
-        return f"VersionVector(base={self._base!r}, extra={self._extra!r})"
+        return f"VersionVector(base={self._base!r}, runs={self._runs!r})"
 
     def add(self, origin: bytes, seq: int) -> bool:
         """Record the dot; return False if it was already held."""
@@ -75,24 +96,16 @@ class VersionVector:
         base = self._base.get(origin, 0)
         if seq <= base:
             return False
-        extra = self._extra.get(origin)
-        if seq != base + 1:
-            if extra is None:
-                self._extra[origin] = {seq}
-            elif seq in extra:
-                return False
-            else:
-                extra.add(seq)
+        if seq == base + 1:  # in order: the common case
+            self._base[origin] = seq
+            runs = self._runs.get(origin)
+            if runs and runs[0][0] == seq + 1:
+                self._absorb(origin)
             self._grow(origin)
             return True
-        base = seq
-        if extra:
-            while base + 1 in extra:
-                base += 1
-                extra.discard(base)
-            if not extra:
-                del self._extra[origin]
-        self._base[origin] = base
+        if (origin, seq) in self:
+            return False
+        self._union(origin, seq, seq)
         self._grow(origin)
         return True
 
@@ -101,14 +114,16 @@ class VersionVector:
         if first < 1 or last < first:
             raise LocalProtocolError(f"bad seq range {first}..{last}")
         base = self._base.get(origin, 0)
-        if first > base + 1:
-            for seq in range(first, last + 1):
-                self.add(origin, seq)
-            return
         if last <= base:
             return
-        self._base[origin] = last
-        self._absorb(origin)
+        if first <= base + 1:
+            self._base[origin] = last
+            self._absorb(origin)
+        else:
+            before = self._runs.get(origin)
+            if before is not None and _covered(before, first, last):
+                return
+            self._union(origin, first, last)
         self._grow(origin)
 
     def merge(self, other: VersionVector) -> None:
@@ -118,9 +133,34 @@ class VersionVector:
                 self._base[origin] = base
                 self._absorb(origin)
                 self._grow(origin)
-        for origin, seqs in other._extra.items():
-            for seq in seqs:
-                self.add(origin, seq)
+        for origin, runs in other._runs.items():
+            for first, last in runs:
+                self.add_range(origin, first, last)
+
+    def _union(self, origin: bytes, first: int, last: int) -> None:
+        """Add ``first..last`` (above ``base + 1``) to the origin's runs, merging the runs
+        it overlaps or touches."""
+        runs = self._runs.setdefault(origin, [])
+        lo = bisect_left(runs, first - 1, key=_last)  # the first run ending at first-1 or later
+        hi = bisect_right(runs, last + 1, key=_first)  # past the last run starting by last+1
+        if lo < hi:
+            first, last = min(first, runs[lo][0]), max(last, runs[hi - 1][1])
+        runs[lo:hi] = [(first, last)]
+        self.run_count += 1 - (hi - lo)
+
+    def _absorb(self, origin: bytes) -> None:
+        """Fold the runs that the prefix now reaches into it."""
+        runs = self._runs.get(origin)
+        if not runs:
+            return
+        base = self._base[origin]
+        reached = bisect_right(runs, base + 1, key=_first)
+        if reached:
+            self._base[origin] = max(base, runs[reached - 1][1])
+            del runs[:reached]
+            self.run_count -= reached
+            if not runs:
+                del self._runs[origin]
 
     def _grow(self, origin: bytes) -> None:
         self.stamp += 1
@@ -138,45 +178,68 @@ class VersionVector:
             out.append(origin)
         return out
 
-    def _absorb(self, origin: bytes) -> None:
-        """Fold early seqs that the prefix now reaches into it."""
-        extra = self._extra.get(origin)
-        if not extra:
-            return
-        base = self._base[origin]
-        extra.difference_update([s for s in extra if s <= base])
-        while base + 1 in extra:
-            base += 1
-            extra.discard(base)
-        self._base[origin] = base
-        if not extra:
-            del self._extra[origin]
-
     def origins(self) -> set[bytes]:
-        return set(self._base) | set(self._extra)
+        return set(self._base) | set(self._runs)
+
+    def knows(self, origin: bytes) -> bool:
+        """Whether the vector holds any dot of ``origin``."""
+        return origin in self._base or origin in self._runs
+
+    def origin_count(self) -> int:
+        """How many origins the vector holds dots of."""
+        return len(self._base) + sum(1 for o in self._runs if o not in self._base)
 
     def base(self, origin: bytes) -> int:
         """The length of the contiguous prefix held for ``origin``."""
         return self._base.get(origin, 0)
 
-    def extras(self, origin: bytes) -> frozenset[int]:
-        """The seqs above the prefix held for ``origin``."""
-        return frozenset(self._extra.get(origin, ()))
+    def runs(self, origin: bytes) -> tuple[SeqRange, ...]:
+        """The runs of seqs held above the prefix of ``origin``, in order."""
+        return tuple(self._runs.get(origin, ()))
+
+    def opens_run(self, origin: bytes, seq: int) -> bool:
+        """Whether adding ``(origin, seq)`` would add a run: it is not held, not next to
+        the prefix, and touches no run."""
+        if seq <= self._base.get(origin, 0) + 1:
+            return False
+        runs = self._runs.get(origin)
+        if runs is None:
+            return True
+        i = bisect_left(runs, seq - 1, key=_last)
+        return i == len(runs) or runs[i][0] > seq + 1
+
+    def next_gap(self, origin: bytes, seq: int) -> int:
+        """The least seq from ``seq`` on that the vector does not hold for ``origin``."""
+        seq = max(seq, self._base.get(origin, 0) + 1)
+        runs = self._runs.get(origin)
+        if runs:
+            i = bisect_right(runs, seq, key=_first)
+            if i and runs[i - 1][1] >= seq:
+                seq = runs[i - 1][1] + 1
+        return seq
 
     def max_seq(self, origin: bytes) -> int:
         """The greatest seq held for ``origin`` (0 if none)."""
-        extra = self._extra.get(origin)
-        return max(extra) if extra else self._base.get(origin, 0)
+        runs = self._runs.get(origin)
+        return runs[-1][1] if runs else self._base.get(origin, 0)
 
     def count(self) -> int:
         """How many dots the vector holds."""
-        return sum(self._base.values()) + sum(len(s) for s in self._extra.values())
+        return sum(self._base.values()) + sum(
+            last - first + 1 for runs in self._runs.values() for first, last in runs
+        )
 
     def bases(self) -> dict[bytes, int]:
         return dict(self._base)
 
-    def extra_items(self) -> dict[bytes, frozenset[int]]:
-        return {o: frozenset(s) for o, s in self._extra.items()}
+    def run_items(self) -> dict[bytes, tuple[SeqRange, ...]]:
+        return {o: tuple(r) for o, r in self._runs.items()}
+
+
+def _covered(runs: list[SeqRange], first: int, last: int) -> bool:
+    """Whether one of ``runs`` holds all of ``first..last``."""
+    i = bisect_right(runs, first, key=_first)
+    return i > 0 and runs[i - 1][1] >= last
 
 
 def missing(
@@ -186,42 +249,44 @@ def missing(
     only those of ``origins``, if given.
 
     Ranges come sorted by origin, then seq, each maximal. The cost grows with the number
-    of origins and of early seqs on either side, not with the number of missing dots.
+    of origins and of runs on either side, not with the number of missing dots.
     """
     out: list[tuple[bytes, SeqRange]] = []
-    have_base, have_extra = have._base, have._extra
-    peer_base, peer_extra = peer._base, peer._extra
+    have_base, have_runs = have._base, have._runs
+    peer_base, peer_runs = peer._base, peer._runs
     for origin in sorted(have.origins() if origins is None else origins):
         floor = peer_base.get(origin, 0)
-        if origin not in have_extra and origin not in peer_extra:
+        ours = have_runs.get(origin)
+        theirs = peer_runs.get(origin)
+        base = have_base.get(origin, 0)
+        if ours is None and theirs is None:
             # Both hold a prefix only, as when changes arrive in order: the common case.
-            base = have_base.get(origin, 0)
             if base > floor:
                 out.append((origin, (floor + 1, base)))
             continue
-        holes = sorted(s for s in peer_extra.get(origin, ()) if s > floor)
-        for first, last in _ranges_above(have, origin, floor):
-            for hole in holes:
-                if hole > last:
-                    break
-                if hole >= first:
-                    if hole > first:
-                        out.append((origin, (first, hole - 1)))
-                    first = hole + 1
-            if first <= last:
-                out.append((origin, (first, last)))
+        held = [(floor + 1, base)] if base > floor else []
+        held += [(max(a, floor + 1), b) for a, b in ours or () if b > floor]
+        out += [(origin, r) for r in _subtract(held, theirs or [])]
     return out
 
 
-def _ranges_above(vv: VersionVector, origin: bytes, floor: int) -> list[SeqRange]:
-    """The seqs ``vv`` holds for ``origin`` above ``floor``, as sorted maximal ranges."""
-    ranges: list[SeqRange] = []
-    base = vv.base(origin)
-    if base > floor:
-        ranges.append((floor + 1, base))
-    for seq in sorted(s for s in vv.extras(origin) if s > floor):
-        if ranges and ranges[-1][1] == seq - 1:
-            ranges[-1] = (ranges[-1][0], seq)
-        else:
-            ranges.append((seq, seq))
-    return ranges
+def _subtract(held: list[SeqRange], holes: list[SeqRange]) -> list[SeqRange]:
+    """The seqs of ``held`` outside ``holes`` (both sorted and disjoint), as maximal
+    ranges (``held``'s ranges never touch, so none need joining)."""
+    out: list[SeqRange] = []
+    j = 0
+    for first, last in held:
+        while j < len(holes) and holes[j][1] < first:
+            j += 1
+        k = j
+        while k < len(holes) and holes[k][0] <= last:
+            hole_first, hole_last = holes[k]
+            if hole_first > first:
+                out.append((first, hole_first - 1))
+            first = hole_last + 1
+            if first > last:
+                break
+            k += 1
+        if first <= last:
+            out.append((first, last))
+    return out

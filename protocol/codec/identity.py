@@ -10,7 +10,7 @@ from protocol.codec.bounds import unpack
 from protocol.errors import DecodeError
 from protocol.ids import PUBLIC_KEY_BYTES
 
-PROTOCOL_VERSION = 2  # the wire protocol's version, stated in the handshake and the hello
+PROTOCOL_VERSION = 3  # the wire protocol's version, stated in the handshake and the hello
 MAX_IDENTITY_BYTES = 128  # an identity payload is about 104 bytes
 SIGNATURE_BYTES = 64  # Ed25519
 

@@ -29,7 +29,8 @@ from protocol.vv import VersionVector
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES  # the largest message a node will buffer
 MAX_BATCH_CHANGES = 4_096  # changes in one CHANGES message
 MAX_VV_ORIGINS = 65_536  # origins in one version vector: far more nodes than any mesh
-MAX_VV_EXTRAS = 4_096  # early seqs per origin in a version vector
+MAX_VV_RUNS = 4_096  # runs of early seqs per origin in a version vector (a node holds at
+# most `MAX_RUNS_HELD`, a quarter of this: room for implementations with other bounds)
 MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
 MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 
@@ -198,11 +199,12 @@ class MessageEncoder:
 
 
 def _vv_items(vv: VersionVector) -> list[object]:
-    """``[origin, base, extras, origin, base, extras, ...]``; extras nil when none."""
+    """``[origin, base, runs, origin, base, runs, ...]``; runs a flat ``[first, last,
+    ...]``, nil when none."""
     out: list[object] = []
     for origin in sorted(vv.origins()):
-        extras = vv.extras(origin)
-        out += (origin, vv.base(origin), sorted(extras) if extras else None)
+        runs = vv.runs(origin)
+        out += (origin, vv.base(origin), [seq for run in runs for seq in run] if runs else None)
     return out
 
 
@@ -319,23 +321,29 @@ def _arcs(ends: object) -> list[Arc]:
 
 def _vv(items: object) -> VersionVector:
     if not isinstance(items, list) or len(items) % 3 or len(items) // 3 > MAX_VV_ORIGINS:
-        raise DecodeError("a version vector is [origin, base, extras] * n, within limits")
+        raise DecodeError("a version vector is [origin, base, runs] * n, within limits")
     bases: dict[bytes, int] = {}
-    extras: dict[bytes, list[int]] = {}
+    runs: dict[bytes, list[tuple[int, int]]] = {}
     for i in range(0, len(items), 3):
-        origin, base, early = items[i], items[i + 1], items[i + 2]
+        origin, base, flat = items[i], items[i + 1], items[i + 2]
         if type(origin) is not bytes or len(origin) != NODE_ID_BYTES or origin in bases:
             raise DecodeError("a version vector names each 16-byte origin once")
         if type(base) is not int or not 0 <= base <= MAX_SEQ:
             raise DecodeError(f"version vector base out of range: {base!r}")
         bases[origin] = base
-        if early is None:
-            continue
-        if (
-            not isinstance(early, list)
-            or len(early) > MAX_VV_EXTRAS
-            or any(type(s) is not int or not base + 1 < s <= MAX_SEQ for s in early)
-        ):
-            raise DecodeError("version vector extras must be seqs above base + 1, within limits")
-        extras[origin] = early
-    return VersionVector.from_parts(bases, extras)
+        if flat is not None:
+            runs[origin] = _runs(flat, base)
+    return VersionVector.from_parts(bases, runs)
+
+
+def _runs(flat: object, base: int) -> list[tuple[int, int]]:
+    """``[first, last, ...]``: sorted runs above ``base + 1``, apart from each other."""
+    if not isinstance(flat, list) or not flat or len(flat) % 2 or len(flat) > 2 * MAX_VV_RUNS:
+        raise DecodeError(f"version vector runs are [first, last] * n, 1 <= n <= {MAX_VV_RUNS}")
+    pairs = list(zip(flat[::2], flat[1::2], strict=True))
+    floor = base + 1  # a run starts past this: past the prefix's next seq, apart from the last run
+    for first, last in pairs:
+        if type(first) is not int or type(last) is not int or not floor < first <= last <= MAX_SEQ:
+            raise DecodeError("version vector runs must be sorted, apart and above base + 1")
+        floor = last + 1
+    return pairs

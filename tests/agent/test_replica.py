@@ -11,9 +11,9 @@ from agent.errors import DataDirLockedError, ReplicaClosedError
 from agent.paths import DB_FILE
 from agent.replica import Replica, open_replica
 from agent.store import Applied, Durability
-from protocol.errors import ClockSkewError, ValidationError
+from protocol.errors import ClockSkewError, OwnOriginError, ValidationError
 from protocol.hlc import pack
-from protocol.model import MAX_VALUE_BYTES, Change, Delete, Put
+from protocol.model import MAX_SEQ, MAX_VALUE_BYTES, Change, Delete, Put
 
 OTHER = b"\x07" * 16
 
@@ -249,6 +249,36 @@ async def test_future_stamp_is_refused_and_the_rest_applies(tmp_path: Path) -> N
         assert isinstance(outcomes[1], Applied)
         assert await replica.get("c", "f") is None
         assert (OTHER, 1) not in replica.store.vv
+
+
+@pytest.mark.parametrize("forged_seq", [3, 4, MAX_SEQ])
+async def test_a_change_forged_under_this_nodes_id_is_refused_and_skipped(
+    tmp_path: Path, forged_seq: int
+) -> None:
+    """Issue 17, item 5: a member sent a change under this node's id with its next seq
+    (its next writes failed on a UNIQUE constraint until it restarted), or with seq
+    2^63-1 (they failed for good). The node refuses it, and its own writes never take a
+    seq that peers hold a forged change under, restart or not."""
+    async with open_replica(tmp_path, create=True) as replica:
+        me = replica.node_id
+        for i in range(2):
+            await replica.put("c", f"real{i}", {})
+        forged = remote(
+            forged_seq, pack(1_000, 0), Put(collection="c", key="x", fields={}), origin=me
+        )
+        (outcome,) = await replica.apply_remote([forged])
+        assert isinstance(outcome, OwnOriginError)
+        assert await replica.get("c", "x") is None
+        seqs = [(await replica.put("c", f"after{i}", {})).seq for i in range(3)]
+        assert seqs[0] == (4 if forged_seq == 3 else 3)
+        assert seqs == sorted(seqs)
+        assert forged_seq not in seqs
+    async with open_replica(tmp_path) as replica:
+        seqs += [(await replica.put("c", f"later{i}", {})).seq for i in range(2)]
+        assert forged_seq not in seqs
+        assert len(set(seqs)) == len(seqs)
+        (again,) = await replica.apply_remote([forged])
+        assert isinstance(again, OwnOriginError)
 
 
 async def test_second_open_of_a_data_dir_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from agent.paths import DB_FILE
 from agent.replica import open_replica
 from agent.schema import SCHEMA_VERSION
 from agent.store import SNAPSHOT_EVERY_CHANGES
+from protocol.hlc import pack
+from protocol.model import Change, Put
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -117,3 +119,36 @@ async def test_snapshot_and_log_tail_restore_vector_clock_and_seq(
         assert replica.store.vv == vv
         assert replica.store.clock.last == clock
         assert (await replica.put("c", "next", {})).seq == total + 1
+
+
+@pytest.mark.parametrize("written_by", ["runs", "seqs"])
+async def test_a_snapshot_restores_gaps_as_runs(tmp_path: Path, written_by: str) -> None:
+    """Snapshots hold an origin's early changes as runs; those written before runs (as
+    single seqs) still open."""
+    other = b"\x07" * 16
+    async with open_replica(tmp_path, create=True) as replica:
+        changes = [
+            Change(
+                origin=other,
+                seq=s,
+                hlc=pack(1_000, s),
+                ops=(Put(collection="c", key=str(s), fields={}),),
+            )
+            for s in (1, 3, 4, 5, 9)
+        ]
+        await replica.apply_remote(changes)
+        vv = replica.store.vv.copy()
+    assert vv.runs(other) == ((3, 5), (9, 9))
+    if written_by == "seqs":
+        lsn, clock, entries = msgpack.unpackb(read_snapshot(tmp_path) or b"")
+        old = [
+            (o, base, [s for a, b in runs for s in range(a, b + 1)]) for o, base, runs in entries
+        ]
+        db = sqlite3.connect(tmp_path / DB_FILE)
+        db.execute(
+            "UPDATE meta SET value = ? WHERE name = 'snapshot'", (msgpack.packb((lsn, clock, old)),)
+        )
+        db.commit()
+        db.close()
+    async with open_replica(tmp_path) as replica:
+        assert replica.store.vv == vv

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from protocol.codec.messages import (
     MAX_ARCS,
     MAX_VV_ORIGINS,
+    MAX_VV_RUNS,
     Ack,
     Arcs,
     Graft,
@@ -48,7 +49,7 @@ def test_prune_and_graft_round_trip(origins: list[bytes], prune: bool) -> None:
         Ack(batch=7),
         Ping(token=3),
         Pong(token=3),
-        Summary(vv=VersionVector.from_parts({b"\x01" * 16: 4}, {b"\x01" * 16: [9]})),
+        Summary(vv=VersionVector.from_parts({b"\x01" * 16: 4}, {b"\x01" * 16: [(9, 9)]})),
         Hello(version=1, node_id=b"\x02" * 16, vv=VersionVector(), meta={"k": 1}),
     ],
 )
@@ -125,3 +126,49 @@ def test_random_arcs_bodies_decode_or_fail_cleanly(ends: list[object]) -> None:
         return
     assert isinstance(message, Arcs)
     assert all(0 <= end < RING_PLACES for arc in message.arcs for end in arc)
+
+
+ORIGIN = b"\x01" * 16
+
+
+@given(st.sets(st.integers(1, 200), max_size=60), st.integers(0, 5))
+def test_version_vectors_travel_as_runs(seqs: set[int], base: int) -> None:
+    vv = VersionVector.from_parts({ORIGIN: base}, {ORIGIN: [(s, s) for s in seqs]})
+    decoded = decode_one(MessageEncoder().encode(Summary(vv=vv)))
+    assert isinstance(decoded, Summary)
+    assert decoded.vv == vv
+
+
+def test_many_early_seqs_in_a_few_runs_encode_within_the_decoders_bounds() -> None:
+    """Issue 17, item 6: 4,097 early seqs were sent one by one and no decoder accepted
+    the vector that held them, which cut every link for good. In runs they are one."""
+    vv = VersionVector.from_parts({ORIGIN: 1}, {ORIGIN: [(3, 3 + MAX_VV_RUNS)]})
+    message = Summary(vv=vv)
+    assert decode_one(MessageEncoder().encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [5],  # half a run
+        [6, 5],  # backwards
+        [3, 4],  # starts at base + 1: the prefix would hold it
+        [2, 2],  # inside the prefix
+        [5, 6, 7, 8],  # touching: one run written as two
+        [5, 8, 7, 9],  # overlapping
+        [8, 9, 5, 6],  # unsorted
+        [5, "6"],
+        [5, 2**63],  # past MAX_SEQ
+        [],  # an empty list is nil
+        [10, 10, 12, 12] * MAX_VV_RUNS,  # too many (and unsorted)
+    ],
+)
+def test_hostile_version_vector_runs_are_refused(runs: object) -> None:
+    with pytest.raises(DecodeError, match="runs"):
+        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, runs]]))
+
+
+def test_more_runs_than_the_limit_are_refused() -> None:
+    flat = [s for k in range(MAX_VV_RUNS + 1) for s in (10 + 3 * k, 10 + 3 * k)]
+    with pytest.raises(DecodeError, match="runs"):
+        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, flat]]))

@@ -31,6 +31,15 @@ def dots_of(model: dict[bytes, set[int]]) -> set[tuple[bytes, int]]:
     return {(o, s) for o, seqs in model.items() for s in seqs}
 
 
+def extras(vv: VersionVector, origin: bytes) -> frozenset[int]:
+    """The seqs held above the prefix, one by one."""
+    return frozenset(s for first, last in vv.runs(origin) for s in range(first, last + 1))
+
+
+def singles(seqs: list[int]) -> list[tuple[int, int]]:
+    return [(s, s) for s in seqs]
+
+
 def prefix(seqs: set[int]) -> int:
     base = 0
     while base + 1 in seqs:
@@ -45,20 +54,20 @@ def test_add_reports_new_and_held() -> None:
     assert vv.add(O1, 3) is True  # early: a gap at 2
     assert vv.add(O1, 3) is False
     assert vv.base(O1) == 1
-    assert vv.extras(O1) == {3}
+    assert extras(vv, O1) == {3}
     assert (O1, 2) not in vv
     assert vv.add(O1, 2) is True  # closes the gap; the prefix absorbs 3
     assert vv.base(O1) == 3
-    assert vv.extras(O1) == frozenset()
-    assert vv.extra_items() == {}
+    assert extras(vv, O1) == frozenset()
+    assert vv.run_items() == {}
     assert vv.add(O1, 2) is False
     assert vv.add(O2, 5) is True
     assert vv.count() == 4
     for seq in (4, 3, 2):  # a chain of early arrivals, absorbed in one go
         assert vv.add(O2, seq) is True
-    assert vv.extras(O2) == {2, 3, 4, 5}
+    assert extras(vv, O2) == {2, 3, 4, 5}
     assert vv.add(O2, 1) is True
-    assert (vv.base(O2), vv.extras(O2), vv.count()) == (5, frozenset(), 8)
+    assert (vv.base(O2), extras(vv, O2), vv.count()) == (5, frozenset(), 8)
     assert vv.origins() == {O1, O2}
     assert vv.max_seq(O1) == 3
     assert vv.max_seq(O2) == 5
@@ -99,7 +108,7 @@ def test_any_insertion_order_gives_the_sorted_vector(seqs: set[int], data: st.Da
     assert vv.count() == len(seqs)
     base = prefix(seqs)
     assert vv.base(O1) == base
-    assert vv.extras(O1) == frozenset(s for s in seqs if s > base)
+    assert extras(vv, O1) == frozenset(s for s in seqs if s > base)
     assert vv.max_seq(O1) == max(seqs, default=0)
     for probe in range(-1, 63):
         assert ((O1, probe) in vv) == (probe in seqs)
@@ -175,26 +184,28 @@ def test_missing_examples() -> None:
 
 def test_missing_with_a_large_prefix_is_one_range() -> None:
     have = VersionVector.from_parts({O1: 10**12}, {})
-    peer = VersionVector.from_parts({O1: 10}, {O1: [10**6]})
+    peer = VersionVector.from_parts({O1: 10}, {O1: [(10**6, 10**6)]})
     assert missing(have, peer) == [(O1, (11, 10**6 - 1)), (O1, (10**6 + 1, 10**12))]
 
 
 def test_from_parts_normalises() -> None:
-    vv = VersionVector.from_parts({O1: 3, O2: 0}, {O1: [2, 4, 5, 7], O3: [2], O2: []})
+    vv = VersionVector.from_parts(
+        {O1: 3, O2: 0}, {O1: [(2, 2), (4, 5), (7, 7)], O3: [(2, 2)], O2: []}
+    )
     assert vv.base(O1) == 5
-    assert vv.extras(O1) == {7}
+    assert extras(vv, O1) == {7}
     assert vv.base(O2) == 0
     assert vv.origins() == {O1, O3}
     assert vv.bases() == {O1: 5}
-    assert vv.extra_items() == {O1: frozenset({7}), O3: frozenset({2})}
+    assert vv.run_items() == {O1: ((7, 7),), O3: ((2, 2),)}
     assert vv == build({O1: {1, 2, 3, 4, 5, 7}, O3: {2}})
 
 
 def test_from_parts_refuses_bad_input() -> None:
     with pytest.raises(LocalProtocolError, match="negative base"):
         VersionVector.from_parts({O1: -1}, {})
-    with pytest.raises(LocalProtocolError, match="seq must be >= 1"):
-        VersionVector.from_parts({}, {O1: [0]})
+    with pytest.raises(LocalProtocolError, match="bad seq range"):
+        VersionVector.from_parts({}, {O1: [(0, 0)]})
 
 
 @given(
@@ -202,14 +213,14 @@ def test_from_parts_refuses_bad_input() -> None:
     st.fixed_dictionaries({o: st.lists(st.integers(1, 40), max_size=10) for o in ORIGINS}),
 )
 def test_from_parts_equals_adding_every_dot(
-    bases: dict[bytes, int], extras: dict[bytes, list[int]]
+    bases: dict[bytes, int], early: dict[bytes, list[int]]
 ) -> None:
-    vv = VersionVector.from_parts(bases, extras)
-    model = {o: set(range(1, bases[o] + 1)) | set(extras[o]) for o in ORIGINS}
+    vv = VersionVector.from_parts(bases, {o: singles(seqs) for o, seqs in early.items()})
+    model = {o: set(range(1, bases[o] + 1)) | set(early[o]) for o in ORIGINS}
     assert vv == build(model)
-    assert VersionVector.from_parts(vv.bases(), vv.extra_items()) == vv  # persisted round trip
+    assert VersionVector.from_parts(vv.bases(), vv.run_items()) == vv  # persisted round trip
     for origin in ORIGINS:
-        assert all(s > vv.base(origin) + 1 for s in vv.extras(origin))
+        assert all(s > vv.base(origin) + 1 for s in extras(vv, origin))
 
 
 def test_equality() -> None:
@@ -244,8 +255,10 @@ def test_grown_since_names_exactly_the_origins_that_grew(
         elif how == "add_range":
             vv.add_range(origin, seq, seq + width)
         else:
-            vv.merge(VersionVector.from_parts({origin: seq}, {origin: [seq + width + 2]}))
-    grew = {o for o in ORIGINS if vv.base(o) != before.base(o) or vv.extras(o) != before.extras(o)}
+            vv.merge(VersionVector.from_parts({origin: seq}, {origin: singles([seq + width + 2])}))
+    grew = {
+        o for o in ORIGINS if vv.base(o) != before.base(o) or extras(vv, o) != extras(before, o)
+    }
     assert sorted(vv.grown_since(seen)) == sorted(grew)
     assert vv.grown_since(vv.stamp) == []
     assert (vv.stamp == seen) == (not grew)
@@ -254,3 +267,26 @@ def test_grown_since_names_exactly_the_origins_that_grew(
 def test_missing_for_some_origins_only() -> None:
     have = build({O1: {1, 2}, O2: {1}, O3: {4}})
     assert missing(have, VersionVector(), [O3, O1]) == [(O1, (1, 2)), (O3, (4, 4))]
+
+
+@given(knowledge, mutations)
+def test_run_count_and_opens_run_follow_the_runs(
+    model: dict[bytes, set[int]], steps: list[tuple[str, bytes, int, int]]
+) -> None:
+    vv = build(model)
+    for how, origin, seq, width in steps:
+        before = vv.run_count
+        opens = vv.opens_run(origin, seq)
+        if how == "add":
+            vv.add(origin, seq)
+            assert (vv.run_count == before + 1) == opens
+        elif how == "add_range":
+            vv.add_range(origin, seq, seq + width)
+        else:
+            vv.merge(VersionVector.from_parts({origin: seq}, {origin: singles([seq + width + 2])}))
+        assert vv.run_count == sum(len(vv.runs(o)) for o in ORIGINS)
+        for o in ORIGINS:
+            runs = vv.runs(o)
+            assert all(first > vv.base(o) + 1 for first, _ in runs)
+            assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(runs))
+    assert vv == build({o: {s for s in range(1, 80) if (o, s) in vv} for o in ORIGINS})
