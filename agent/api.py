@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import trio
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ClockAheadError, ConfigError
 from agent.mesh import MESH_FILE, Mesh, load_mesh
 from agent.network import format_address
 from agent.node import Node
@@ -26,11 +26,15 @@ from protocol.codec.control import change_event, parse_op
 from protocol.errors import DecodeError, LocalProtocolError
 from protocol.ids import node_id_short, node_id_text, parse_node_id
 from protocol.model import Change, Put, Value
+from protocol.sync import Refusals
 from protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
 WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up
 WATCH_BUFFER = 1_024  # changes a watch buffers before it falls back to reading the log
+# A peer refuses this node's changes again after each SUMMARY (every 5 s) while the cause
+# lasts: one this recent means it still does.
+REFUSALS_RECENT_S = 15.0
 
 T = TypeVar("T")
 Args = Mapping[str, Value]
@@ -71,6 +75,16 @@ def arg(args: Args, name: str, kind: type[T], default: object = _REQUIRED) -> T:
     return value  # type: ignore[return-value]
 
 
+def _refusals(refusals: Refusals | None, now: float) -> Value:
+    if refusals is None:
+        return None
+    return {
+        "changes": refusals.changes,
+        "reason": refusals.reason,
+        "last_s": round(now - refusals.last_at, 3),
+    }
+
+
 def _change(change: Change) -> Value:
     return {"origin": node_id_text(change.origin), "seq": change.seq, "hlc": change.hlc}
 
@@ -96,6 +110,7 @@ class Operations:
             "topology": self.topology,
             "topology.set": self.set_topology,
             "mesh.reload": self.reload_mesh,
+            "clock.repair": self.repair_clock,
         }
         self.streams: dict[str, Stream] = {"watch": self.watch}
 
@@ -207,9 +222,24 @@ class Operations:
         if self.node is not None:
             result["listen"] = [format_address(a) for a in self.node.bound]
             result["links"] = len(self.node.linked_peers())
+        result["clock"] = self._clock()
         if arg(args, "digest", bool, False):
             result["digest"] = self.replica.digest()
         return result
+
+    def _clock(self) -> Value:
+        """The replica's clock, and whether local writes are refused for it now."""
+        store = self.replica.store
+        try:
+            self.replica.check_clock()
+            refused = None
+        except ClockAheadError as exc:
+            refused = str(exc)
+        return {
+            "stamp": store.clock.last,
+            "ahead_of_device_ms": store.clock.ahead_ms(store.wall_ms()),
+            "writes_refused": refused,
+        }
 
     def _mesh(self, data_dir: Path) -> Mesh | None:
         if self.node is not None:
@@ -231,13 +261,17 @@ class Operations:
         out: list[Value] = []
         for peer in node.peers():
             s = peer.sync
+            refused_now = (
+                s.refused_out is not None and now - s.refused_out.last_at < REFUSALS_RECENT_S
+            )
+            state = "in sync" if s.in_sync else ("syncing" if s.open else "closing")
             out.append(
                 {
                     "node_id": node_id_text(peer.node_id),
                     "short_id": node_id_short(peer.node_id),
                     "address": format_address(peer.address),
                     "direction": "dialled" if peer.initiated else "accepted",
-                    "state": "in sync" if s.in_sync else ("syncing" if s.open else "closing"),
+                    "state": "refusing" if refused_now else state,
                     "up_s": round(now - peer.up_since, 3),
                     "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3),
                     "last_contact_s": round(now - s.last_contact, 3),
@@ -248,6 +282,9 @@ class Operations:
                     "bytes_sent": s.bytes_sent,
                     "bytes_received": s.bytes_received,
                     "in_flight_bytes": s.in_flight_bytes,
+                    "clock_offset_ms": s.clock_offset_ms,
+                    "refused_in": _refusals(s.refused_in, now),
+                    "refused_out": _refusals(s.refused_out, now),
                 }
             )
         for dial in node.dials_down():
@@ -362,6 +399,17 @@ class Operations:
             raise RequestError(str(exc)) from None
         put = Put(collection=SETTINGS_COLLECTION, key=TOPOLOGY_KEY, fields=setting.record())
         return _change(await self.replica.commit([put], system=True))
+
+    async def repair_clock(self, args: Args) -> Value:
+        """Re-stamp the changes made while this device's clock ran ahead; without an agent
+        (the links must not carry the old ones meanwhile)."""
+        if self.node is not None:
+            raise RequestError(
+                "an agent runs on this data directory: stop it, then run "
+                "`blazemesh repair-clock` again"
+            )
+        restamped = await self.replica.repair_clock()
+        return {"restamped": restamped, "clock": self.replica.store.clock.last}
 
     async def reload_mesh(self, args: Args) -> Value:
         """Re-read mesh.json after a membership command changed it; links that are no

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from agent.store import Durability, LogReader
 from protocol.codec import decode_change
 from protocol.codec.control import change_event
 from protocol.errors import ProtocolError
+from protocol.hlc import millis
 from protocol.ids import node_id_short, parse_node_id
 from protocol.model import Value
 from simulations import cli as sim_cli
@@ -111,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=int, default=None, help="start after this log position")
     p.add_argument("--no-follow", dest="follow", action="store_false", help="exit at the end")
     p.set_defaults(run=cmd_watch)
+
+    p = sub.add_parser(
+        "repair-clock",
+        parents=[common],
+        help="after this device's clock ran ahead and was set right: re-stamp its changes "
+        "(agent stopped)",
+    )
+    p.set_defaults(run=cmd_repair_clock)
 
     p = sub.add_parser("info", parents=[common], help="node id, data directory, counts")
     p.add_argument("--json", action="store_true")
@@ -236,12 +246,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             print("agent      not running")
         print(f"changes    {summary['changes_held']} held, log position {summary['last_lsn']}")
+        refused = summary["clock"]["writes_refused"]
+        print(f"clock      {'ok' if refused is None else 'writes refused: ' + refused}")
         for name, counts in summary["collections"].items():
             print(
                 f"collection {name}: {counts['records']} records, {counts['tombstones']} tombstones"
             )
         if "digest" in summary:
             print(f"digest     {summary['digest']}")
+        return 0
+
+    return _session(args, body)
+
+
+def cmd_repair_clock(args: argparse.Namespace) -> int:
+    async def body(session: Session) -> int:
+        result = await session.call("clock.repair", {})
+        stamp = datetime.datetime.fromtimestamp(
+            millis(result["clock"]) / 1000, datetime.UTC
+        ).isoformat(timespec="milliseconds")
+        print(
+            f"re-stamped {result['restamped']} changes made while the clock ran ahead; "
+            f"the replica's clock now stands at {stamp}"
+        )
         return 0
 
     return _session(args, body)

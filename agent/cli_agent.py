@@ -15,6 +15,7 @@ from agent.client import open_session
 from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
 from agent.demo import Demo
 from agent.errors import ConfigError
+from agent.link import REFUSAL_TEXT
 from agent.network import Address, parse_address
 from agent.store import Durability
 from protocol.errors import LocalProtocolError
@@ -23,6 +24,7 @@ from protocol.topology import TopologyConfig
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+CLOCK_NOTE_MS = 1_000  # `peers` mentions a peer's clock when it is this far off
 
 
 def register(
@@ -258,7 +260,32 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
             + f"{link['changes_sent']}/{link['changes_received']}".ljust(19)
             + f"{_size(link['bytes_sent'])}/{_size(link['bytes_received'])}"
         )
+        for note in _notes(link):
+            print(f"  {note}")
     return 0
+
+
+def _notes(link: dict[str, Any]) -> list[str]:
+    """What else a link says: refusals either way, and a clock that disagrees."""
+    notes = []
+    offset = link["clock_offset_ms"]
+    if offset is not None and abs(offset) >= CLOCK_NOTE_MS:
+        side = "ahead of" if offset > 0 else "behind"
+        notes.append(f"its clock is {abs(offset) / 1000:.1f} s {side} this node's")
+    if link["refused_out"] is not None:
+        r = link["refused_out"]
+        why = REFUSAL_TEXT.get(r["reason"], r["reason"])
+        notes.append(
+            f"it refused {r['changes']} of this node's changes ({r['reason']}: {why}), "
+            f"the last {r['last_s']:.1f} s ago"
+        )
+    if link["refused_in"] is not None:
+        r = link["refused_in"]
+        notes.append(
+            f"this node refused {r['changes']} of its changes ({r['reason']}), "
+            f"the last {r['last_s']:.1f} s ago"
+        )
+    return notes
 
 
 def _size(n: int) -> str:

@@ -19,3 +19,10 @@ class StorageError(AgentError):
 
 class ReplicaClosedError(AgentError):
     """Raised when a replica is used after it has been closed."""
+
+
+class ClockAheadError(AgentError):
+    """Raised for a local write while this node's clock is ahead of what its peers accept:
+    its stamps would make every peer refuse the change (docs/operations.md, "Clocks")."""
+
+    code = "clock-ahead"

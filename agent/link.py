@@ -24,13 +24,22 @@ from agent.errors import StorageError
 from agent.network import Address, format_address
 from agent.replica import Replica
 from agent.store import Outcome
-from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
-from protocol.sync import Incoming, LinkStatus, PeerHello, Range, SyncLink
+from protocol.sync import Incoming, LinkStatus, PeerHello, PeerRefused, Range, SyncLink
 
 log = logging.getLogger(__name__)
 
+# What a peer's refusal means, by its reason (docs/protocol.md 8.3).
+REFUSAL_TEXT = {
+    "clock": "their stamps are too far ahead of its clock",
+    "own-origin": "they bear its own node id (forged by a member, or this node runs on a copy "
+    "of its data directory)",
+    "gaps": "they leave too many gaps in their origin's changes (taken once the gaps close)",
+    "origins": "it holds changes of as many origins as it keeps",
+    "invalid": "they break a rule of the data model",
+}
 RECEIVE_BYTES = 65_536
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
 PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
@@ -152,27 +161,27 @@ class Link:
             while (event := sync.next_event()) is not None:
                 if isinstance(event, PeerHello):
                     self._on_hello(self)
+                elif isinstance(event, PeerRefused):
+                    self._peer_refused(event)
                 else:
                     self._incoming_send.send_nowait(event)
             self.wake()
+
+    def _peer_refused(self, event: PeerRefused) -> None:
+        why = REFUSAL_TEXT.get(
+            event.reason, f"for a reason this version does not know ({event.reason!r})"
+        )
+        if event.reason == "clock":
+            offset_s = event.clock_offset_ms / 1000
+            side = "ahead of" if offset_s > 0 else "behind"
+            why += f" (its clock is {abs(offset_s):.1f} s {side} this node's)"
+        log.warning("%s refused %d of this node's changes: %s", self.name, event.changes, why)
 
     async def _applier(self) -> None:
         async for first in self._incoming:
             last, changes = self._with_queued(first)
             outcomes = await self._replica.apply_remote(changes)
-            refused = [
-                change.dot
-                for change, outcome in zip(changes, outcomes, strict=True)
-                if isinstance(outcome, ProtocolError)
-            ]
-            if refused:
-                log.warning(
-                    "refused %d changes from %s: %s",
-                    len(refused),
-                    self.name,
-                    next(o for o in outcomes if isinstance(o, ProtocolError)),
-                )
-                self.sync.refused(refused)
+            self._refuse(changes, outcomes)
             self._on_applied(self, changes, outcomes)
             # The commit woke this node's observers, which wait on the app; the ACK does
             # not (the window is megabytes). They go first: they were woken before
@@ -180,6 +189,19 @@ class Link:
             # committer), and the writer this wakes runs in the scheduling round after.
             self.sync.applied(last)
             self.wake()
+
+    def _refuse(self, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
+        """Tell the peer which of its changes this node refused, and why (protocol.md 8.3)."""
+        refused: dict[str, list[tuple[bytes, int]]] = {}
+        first: dict[str, ProtocolError] = {}
+        for change, outcome in zip(changes, outcomes, strict=True):
+            if isinstance(outcome, ProtocolError):
+                reason = outcome.reason if isinstance(outcome, ChangeRefusedError) else "invalid"
+                refused.setdefault(reason, []).append(change.dot)
+                first.setdefault(reason, outcome)
+        for reason, dots in refused.items():
+            log.warning("refused %d changes from %s: %s", len(dots), self.name, first[reason])
+            self.sync.refused(dots, reason)
 
     def _with_queued(self, first: Incoming) -> tuple[int, list[Change]]:
         """``first`` and the batches queued behind it: the last batch number, the changes.

@@ -26,15 +26,17 @@ from dataclasses import dataclass, field
 
 import trio
 
+from agent.errors import ClockAheadError
 from agent.identity import Identity
 from agent.link import TICK_S, Link, LinkEnded
 from agent.mesh import Mesh
 from agent.network import Address, Network, format_address
-from agent.replica import Replica
+from agent.replica import Replica, duration_text
 from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, handshake
 from agent.store import Applied, Outcome
 from protocol.codec import decode_change
 from protocol.errors import ProtocolError
+from protocol.hlc import PeersRefuse, refused_by_peers
 from protocol.ids import node_id_short
 from protocol.model import Change
 from protocol.ring import WHOLE_RING, feed_arcs
@@ -131,6 +133,7 @@ class Node:
     ) -> None:
         """Listen, dial the static peers, and serve links until cancelled."""
         stop_listening = self.replica.on_commit(self._committed)
+        stop_guarding = self.replica.guard_writes(self._check_clock)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -144,6 +147,7 @@ class Node:
                 task_status.started(self.bound)
         finally:
             stop_listening()
+            stop_guarding()
             self._scopes.close()
 
     async def _tick_links(self) -> None:
@@ -240,6 +244,7 @@ class Node:
                 node_id=self.node_id,
                 have=self.replica.store.vv,
                 now=trio.current_time(),
+                wall_ms=self.replica.store.wall_ms,
                 config=self.config.sync,
                 expect_peer=expect,
             ),
@@ -420,6 +425,27 @@ class Node:
             except KeyError:
                 out += map(decode_change, self.replica.store.changes_in(origin, first, last))
         return out
+
+    # -- clocks -------------------------------------------------------------------------
+
+    def clock_refused(self, stamp_ms: int, now_ms: int) -> PeersRefuse | None:
+        """Whether most linked peers would refuse a stamp at ``stamp_ms`` as too far ahead
+        of their clocks (as last measured on each link)."""
+        offsets = [
+            link.sync.clock_offset_ms
+            for link in self._links.values()
+            if link.sync.clock_offset_ms is not None
+        ]
+        return refused_by_peers(stamp_ms, now_ms, offsets, self.replica.store.clock.max_skew_ms)
+
+    def _check_clock(self, stamp_ms: int, now_ms: int) -> None:
+        refused = self.clock_refused(stamp_ms, now_ms)
+        if refused is not None:
+            raise ClockAheadError(
+                f"this device's clock is {duration_text(refused.ahead_ms)} ahead of its "
+                f"peers' ({refused.refusing} of {refused.known} linked peers would refuse its "
+                "writes): writes are refused until the clocks agree; set the wrong clock right"
+            )
 
     # -- observing ---------------------------------------------------------------------
 

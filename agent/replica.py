@@ -33,7 +33,7 @@ from typing import TypeVar
 import msgpack
 import trio
 
-from agent.errors import ConfigError, ReplicaClosedError, StorageError
+from agent.errors import ClockAheadError, ConfigError, ReplicaClosedError, StorageError
 from agent.identity import Identity, create_identity, load_identity
 from agent.observe import DEFAULT_OBSERVER_CAPACITY, Observer, ObserverHub
 from agent.paths import DB_FILE, KEY_FILE, lock_data_dir
@@ -159,6 +159,7 @@ class Replica:
         self._nursery: trio.Nursery | None = None
         self._committing = False  # the committer task holds a batch
         self._commit_listeners: list[Callable[[list[Applied]], None]] = []
+        self._write_guard: Callable[[int, int], None] | None = None  # see `guard_writes`
         self._closed = False
         self._hub = ObserverHub(store.last_lsn)
         self._checkpoint_every_commits = checkpoint_every_commits
@@ -217,6 +218,7 @@ class Replica:
         return await self._commit_valid(ops)
 
     async def _commit_valid(self, ops: Sequence[Op]) -> Change:
+        self.check_clock()
         (outcome,) = await self._write([LocalWrite(tuple(ops))])
         if isinstance(outcome, BaseException):
             raise outcome
@@ -363,6 +365,44 @@ class Replica:
                 p.done.set()
             await trio.lowlevel.checkpoint()
 
+    async def repair_clock(self) -> int:
+        """Re-stamp this node's changes made while its clock ran ahead, once the clock is
+        right again, and set the replica's clock back (`Store.restamp_ahead`); return
+        how many were re-stamped. Waits for writes in progress; blocks the loop while it
+        works (it reads the whole log): for `blazemesh repair-clock`, with no agent."""
+        self._check_open()
+        await self._idle.wait()
+        return self._store.restamp_ahead()
+
+    def check_clock(self) -> None:
+        """Raise `ClockAheadError` if a local write now would be stamped so that every peer
+        refused it (docs/operations.md, "Clocks"): the clock stands ahead of the device's
+        (it ran ahead once and the device's clock was set back), or the guard says most
+        peers' clocks are behind. Every local write is checked so first."""
+        store = self._store
+        now_ms = store.wall_ms()
+        clock = store.clock
+        ahead = clock.ahead_ms(now_ms)
+        if ahead > clock.max_skew_ms:
+            raise ClockAheadError(
+                f"this replica's clock stands {duration_text(ahead)} ahead of this device's clock "
+                "(it ran ahead once), so every peer would refuse its writes: if the device's "
+                "clock is right now, stop the agent and run `blazemesh repair-clock`"
+            )
+        if self._write_guard is not None:
+            self._write_guard(clock.next_ms(now_ms), now_ms)
+
+    def guard_writes(self, check: Callable[[int, int], None]) -> Callable[[], None]:
+        """Call ``check(stamp_ms, now_ms)`` before each local write is stamped; it raises
+        `ClockAheadError` to refuse the write. For the node, which knows its peers' clocks.
+        Return a function that removes it."""
+        self._write_guard = check
+
+        def remove() -> None:
+            self._write_guard = None
+
+        return remove
+
     def on_commit(self, listener: Callable[[list[Applied]], None]) -> Callable[[], None]:
         """Call ``listener(applied)`` synchronously after every commit; return a remover.
 
@@ -473,6 +513,15 @@ class Replica:
 
 
 _ABSENT = object()
+
+
+def duration_text(ms: int) -> str:
+    """``ms`` for people: seconds under two minutes, then minutes, hours or days."""
+    seconds = ms / 1000
+    for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
 
 
 def _comparable(value: object) -> object:

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from agent.schema import migrate
 from protocol.admission import MAX_RUNS_HELD, Admission
 from protocol.codec import (
     CODEC_VERSION,
+    decode_change,
     decode_document,
     decode_meta,
     encode_change,
@@ -40,7 +41,7 @@ from protocol.codec import (
 )
 from protocol.crdt import RecordKey, RecordState, apply_change
 from protocol.errors import OwnOriginError, ProtocolError, ValidationError
-from protocol.hlc import HybridClock
+from protocol.hlc import COUNTER_BITS, HybridClock
 from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Value
 from protocol.vv import VersionVector
 
@@ -100,7 +101,7 @@ class Store:
         self.path = path
         self.node_id = node_id
         self.durability = durability
-        self._wall_ms = wall_ms
+        self.wall_ms = wall_ms  # the HLC's wall clock
         with contextlib.ExitStack() as undo:
             try:
                 self._writer = self._connect()
@@ -243,13 +244,7 @@ class Store:
             last_stamp = change.hlc + len(change.ops) - 1
             log_rows.append((lsn, change.origin, change.seq, last_stamp, blob))
             outcomes[i] = Applied(lsn=lsn, change=change, updates=updates)
-        rows = []
-        for c, k in dirty:
-            state = states[c, k]
-            document = state.document()
-            doc = None if document is None else encode_document(document)
-            rows.append((c, k, doc, encode_meta(state)))
-        self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
+        self._save_states(states, dirty)
         self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
@@ -271,7 +266,7 @@ class Store:
             change = Change(
                 origin=self.node_id,
                 seq=seq,
-                hlc=self.clock.tick(self._wall_ms(), width=len(job.ops)),
+                hlc=self.clock.tick(self.wall_ms(), width=len(job.ops)),
                 ops=job.ops,
             )
             blob = encode_change(change)
@@ -284,7 +279,7 @@ class Store:
         if job.dot in self.vv or job.seq in added.get(job.origin, ()):
             return None, b""
         admission.admit(job)
-        self.clock.receive(job.hlc + len(job.ops) - 1, self._wall_ms())
+        self.clock.receive(job.hlc + len(job.ops) - 1, self.wall_ms())
         return job, encode_change(job)
 
     def _take(self, seq: int) -> None:
@@ -300,6 +295,69 @@ class Store:
         runs = [(1, taken.base(node_id))] if taken.base(node_id) else []
         self._set_meta("taken", msgpack.packb(runs + list(taken.runs(node_id))))
         self._taken = taken
+
+    def _save_states(self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey]) -> None:
+        rows = []
+        for c, k in keys:
+            state = states[c, k]
+            document = state.document()
+            doc = None if document is None else encode_document(document)
+            rows.append((c, k, doc, encode_meta(state)))
+        self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
+
+    def restamp_ahead(self) -> int:
+        """Give this node's own changes stamped more than the skew limit ahead of the wall
+        clock fresh stamps, and set the clock back; return how many were re-stamped.
+
+        For a node whose clock ran ahead and was set right (docs/operations.md, "Clocks"):
+        every peer refused those changes (their stamps were ahead of its clock), so they are
+        nowhere else, and re-stamped they no longer win against everything written until
+        the wall clock reaches their old stamps. Each keeps its seq and ops; the records
+        they touched are merged again from the whole log. One transaction; reads the whole
+        log, so it takes as long as a full scan.
+        """
+        now_ms = self.wall_ms()
+        ahead = ((now_ms + self.clock.max_skew_ms + 1) << COUNTER_BITS) - 1  # stamps past this
+        try:
+            with self._transaction():
+                rows = self._writer.execute(
+                    "SELECT lsn, change FROM log WHERE origin = ? AND last_stamp > ? ORDER BY seq",
+                    (self.node_id, ahead),
+                ).fetchall()
+                (rest,) = first_row(
+                    self._writer,
+                    "SELECT coalesce(max(last_stamp), 0) FROM log "
+                    "WHERE NOT (origin = ? AND last_stamp > ?)",
+                    (self.node_id, ahead),
+                )
+                clock = HybridClock(last=rest, max_skew_ms=self.clock.max_skew_ms)
+                keys: set[RecordKey] = set()
+                for lsn, blob in rows:
+                    old = decode_change(blob)
+                    change = Change(
+                        origin=old.origin,
+                        seq=old.seq,
+                        hlc=clock.tick(now_ms, width=len(old.ops)),
+                        ops=old.ops,
+                    )
+                    last_stamp = change.hlc + len(change.ops) - 1
+                    self._writer.execute(
+                        "UPDATE log SET change = ?, last_stamp = ? WHERE lsn = ?",
+                        (encode_change(change), last_stamp, lsn),
+                    )
+                    keys.update((op.collection, op.key) for op in change.ops)
+                states: dict[RecordKey, RecordState] = {}
+                for (blob,) in self._writer.execute("SELECT change FROM log ORDER BY lsn"):
+                    change = decode_change(blob)
+                    if any((op.collection, op.key) in keys for op in change.ops):
+                        apply_change(change, states)
+                self._save_states(states, keys)
+                clock, self.clock = self.clock, clock
+                self._save_snapshot(self.vv)  # with the new clock
+        except (sqlite3.Error, ProtocolError) as exc:
+            self.clock = clock
+            raise StorageError(f"re-stamping in {self.path} failed: {exc}") from exc
+        return len(rows)
 
     def _load_states(self, keys: set[RecordKey]) -> dict[RecordKey, RecordState]:
         states = {rk: RecordState() for rk in keys}

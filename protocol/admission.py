@@ -5,10 +5,10 @@ A node refuses a remote change, and tells the peer why, when taking it would
 - put words in its own mouth: only the node makes changes under its own id, so a remote
   change under that id that it does not hold was forged by a member, or was made by a
   copy of this node's data directory (`OwnOriginError`);
-- leave an origin with more gaps than `MAX_RUNS_HELD`, or hold changes of more origins
-  than `MAX_ORIGINS_HELD`: a node's version vector is sent whole in every HELLO and
-  SUMMARY, so what it holds must stay within what every peer's decoder accepts
-  (`GapLimitError`, `OriginLimitError`);
+- leave an origin with more gaps than `MAX_RUNS_HELD` (all origins together, more than
+  `MAX_TOTAL_RUNS_HELD`), or hold changes of more origins than `MAX_ORIGINS_HELD`: a
+  node's version vector is sent whole in every HELLO and SUMMARY, so what it holds must
+  stay within what every peer's decoder accepts (`GapLimitError`, `OriginLimitError`);
 - drag its clock into the future (`protocol.hlc.check_skew`, applied by the caller with
   its wall clock).
 
@@ -18,12 +18,13 @@ and a clock may have caught up.
 
 from __future__ import annotations
 
-from protocol.codec.messages import MAX_VV_ORIGINS, MAX_VV_RUNS
+from protocol.codec.messages import MAX_VV_ORIGINS, MAX_VV_RUNS, MAX_VV_TOTAL_RUNS
 from protocol.errors import GapLimitError, OriginLimitError, OwnOriginError
 from protocol.model import Change
 from protocol.vv import VersionVector
 
 MAX_RUNS_HELD = MAX_VV_RUNS // 4  # gaps per origin: honest arrivals out of order leave a few
+MAX_TOTAL_RUNS_HELD = MAX_VV_TOTAL_RUNS // 4  # gaps over all origins
 MAX_ORIGINS_HELD = MAX_VV_ORIGINS // 4  # origins a node holds changes of: three times the
 # largest simulated mesh, for devices that come and go over a mesh's life
 
@@ -33,7 +34,15 @@ class Admission:
     batch; changes `admit` passes count against the bounds for the rest of the batch
     (conservatively: two admitted changes side by side count as two new runs)."""
 
-    __slots__ = ("_max_origins", "_max_runs", "_new_origins", "_new_runs", "_node_id", "_vv")
+    __slots__ = (
+        "_max_origins",
+        "_max_runs",
+        "_max_total_runs",
+        "_new_origins",
+        "_new_runs",
+        "_node_id",
+        "_vv",
+    )
 
     def __init__(
         self,
@@ -41,11 +50,13 @@ class Admission:
         vv: VersionVector,
         *,
         max_runs: int = MAX_RUNS_HELD,
+        max_total_runs: int = MAX_TOTAL_RUNS_HELD,
         max_origins: int = MAX_ORIGINS_HELD,
     ) -> None:
         self._node_id = node_id
         self._vv = vv
         self._max_runs = max_runs
+        self._max_total_runs = max_total_runs
         self._max_origins = max_origins
         self._new_runs: dict[bytes, int] = {}
         self._new_origins: set[bytes] = set()
@@ -66,10 +77,15 @@ class Admission:
                 )
             self._new_origins.add(origin)
         if vv.opens_run(origin, seq):
-            runs = len(vv.runs(origin)) + self._new_runs.get(origin, 0)
-            if runs >= self._max_runs:
+            new = self._new_runs.get(origin, 0)
+            if len(vv.runs(origin)) + new >= self._max_runs:
                 raise GapLimitError(
                     f"change {seq} would open gap {self._max_runs + 1} in its origin's "
                     "changes, past the limit; it is taken once the gaps before it close"
                 )
-            self._new_runs[origin] = self._new_runs.get(origin, 0) + 1
+            if vv.run_count + sum(self._new_runs.values()) >= self._max_total_runs:
+                raise GapLimitError(
+                    f"change {seq} would open gap {self._max_total_runs + 1} over all "
+                    "origins, past the limit; it is taken once earlier gaps close"
+                )
+            self._new_runs[origin] = new + 1

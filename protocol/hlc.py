@@ -12,6 +12,9 @@ catches up. Stamps stay unique and increasing, which is all the merge needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from protocol.errors import ClockSkewError, LocalProtocolError
 
 COUNTER_BITS = 16
@@ -77,6 +80,15 @@ class HybridClock:
         self._last = last
         return first
 
+    def next_ms(self, now_ms: int) -> int:
+        """The milliseconds of the stamp `tick` would give at ``now_ms``."""
+        return max(self._last + 1, pack(min(now_ms, MAX_MS), 0)) >> COUNTER_BITS
+
+    def ahead_ms(self, now_ms: int) -> int:
+        """How far the clock stands ahead of ``now_ms`` (0 if it does not): it ran ahead
+        when the wall clock did, and stays there once the wall clock is set back."""
+        return max(0, millis(self._last) - now_ms)
+
     def receive(self, stamp: int, now_ms: int) -> None:
         """Fold a remote stamp into this clock.
 
@@ -97,3 +109,30 @@ def check_skew(stamp: int, now_ms: int, max_skew_ms: int) -> None:
             f"remote HLC stamp is {ahead_ms} ms ahead of local time "
             f"(limit {max_skew_ms} ms): refusing to adopt it"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeersRefuse:
+    """Most peers would refuse a stamp: ``refusing`` of the ``known`` peers' clocks are
+    more than the skew limit behind it, the nearest of them by ``ahead_ms``."""
+
+    ahead_ms: int
+    refusing: int
+    known: int
+
+
+def refused_by_peers(
+    stamp_ms: int, now_ms: int, peer_offsets_ms: Sequence[int], max_skew_ms: int
+) -> PeersRefuse | None:
+    """Whether more than half of the peers would refuse ``stamp_ms`` (by `check_skew` with
+    ``max_skew_ms``); None if most would take it, or no peer's clock is known.
+    ``peer_offsets_ms``: each peer's clock minus ``now_ms``.
+
+    Only stamps ahead are refused: of two nodes whose clocks disagree, the one ahead stops
+    stamping (neither can tell whose clock is wrong) until they agree again.
+    """
+    aheads = sorted(stamp_ms - (now_ms + offset) for offset in peer_offsets_ms)
+    refusing = [ahead for ahead in aheads if ahead > max_skew_ms]
+    if 2 * len(refusing) <= len(aheads):
+        return None
+    return PeersRefuse(ahead_ms=refusing[0], refusing=len(refusing), known=len(aheads))

@@ -45,12 +45,15 @@ the peer's SUMMARY shows it holds changes of it that this side still lacks
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocol.codec import PROTOCOL_VERSION
 from protocol.codec.messages import (
     MAX_MESSAGE_BYTES,
+    MAX_REFUSED_RANGES,
+    MAX_VV_ORIGINS,
+    MAX_VV_TOTAL_RUNS,
     Ack,
     Arcs,
     Changes,
@@ -61,6 +64,7 @@ from protocol.codec.messages import (
     Ping,
     Pong,
     Prune,
+    Refused,
     Summary,
 )
 from protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -131,7 +135,27 @@ class LinkDown:
     reason: str
 
 
-Event = PeerHello | Incoming
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRefused:
+    """The peer refused ``changes`` of this node's changes, for ``reason``
+    (docs/protocol.md 8.3); ``clock_offset_ms`` is its clock minus this node's then."""
+
+    reason: str
+    changes: int
+    clock_offset_ms: int
+
+
+Event = PeerHello | Incoming | PeerRefused
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusals:
+    """Changes one side of a link refused of the other's: how many so far, and the reason
+    and time (`now`) of the last refusal."""
+
+    changes: int
+    reason: str
+    last_at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +172,9 @@ class LinkStatus:
     changes_sent: int
     changes_received: int
     in_flight_bytes: int
+    clock_offset_ms: int | None  # the peer's wall clock minus this node's, last measured
+    refused_in: Refusals | None  # the peer's changes this node refused
+    refused_out: Refusals | None  # this node's changes the peer refused
 
     @property
     def in_sync(self) -> bool:
@@ -202,12 +229,14 @@ class SyncLink:
         node_id: bytes,
         have: VersionVector,
         now: float,
+        wall_ms: Callable[[], int],
         config: SyncConfig | None = None,
         meta: Mapping[str, Value] | None = None,
         expect_peer: bytes | None = None,
     ) -> None:
         self._node_id = node_id
         self._have = have
+        self._wall_ms = wall_ms
         self._config = config or SyncConfig()
         self._expect_peer = expect_peer
         self._encoder = MessageEncoder()
@@ -244,9 +273,18 @@ class SyncLink:
         self._behind_since: float | None = None
         self._last_changes = now
         self.rtt_s: float | None = None
+        self.clock_offset_ms: int | None = None  # see `LinkStatus`
+        self._refused_in: Refusals | None = None
+        self._refused_out: Refusals | None = None
         self.bytes_sent = self.bytes_received = 0
         self.changes_sent = self.changes_received = 0
-        hello = Hello(version=PROTOCOL_VERSION, node_id=node_id, vv=have, meta=dict(meta or {}))
+        hello = Hello(
+            version=PROTOCOL_VERSION,
+            node_id=node_id,
+            vv=have,
+            clock_ms=wall_ms(),
+            meta=dict(meta or {}),
+        )
         self._out.append(self._encoder.encode(hello))
 
     @property
@@ -283,11 +321,16 @@ class SyncLink:
                 self._feed_out.graft(message.origins)
                 self._unsure.update(message.origins)
             elif isinstance(message, Ping):
-                self._out.append(self._encoder.encode(Pong(token=message.token)))
+                pong = Pong(token=message.token, clock_ms=self._wall_ms())
+                self._out.append(self._encoder.encode(pong))
             elif isinstance(message, Pong):
                 if self._ping_sent is not None and message.token == self._ping_token:
                     self.rtt_s = self._now - self._ping_sent
                     self._ping_sent = None
+                    # The peer read its clock about half a round trip ago.
+                    self._measure_clock(message.clock_ms, round(self.rtt_s * 500))
+            elif isinstance(message, Refused):
+                return self._peer_refused(message)
             else:
                 raise SyncError("a second hello on one link")
         return None
@@ -300,10 +343,26 @@ class SyncLink:
         if self._expect_peer is not None and hello.node_id != self._expect_peer:
             raise SyncError("the hello names another node than the channel authenticated")
         self.peer_id = hello.node_id
+        self._measure_clock(hello.clock_ms, 0)
         self._peer_has.merge(hello.vv)
         self._peer_told.merge(hello.vv)
         self._check_behind()
         return PeerHello(node_id=hello.node_id, meta=hello.meta)
+
+    def _measure_clock(self, peer_ms: int, transit_ms: int) -> None:
+        self.clock_offset_ms = peer_ms + transit_ms - self._wall_ms()
+
+    def _peer_refused(self, message: Refused) -> PeerRefused:
+        changes = _count(list(message.ranges))
+        before = self._refused_out.changes if self._refused_out is not None else 0
+        self._refused_out = Refusals(
+            changes=before + changes, reason=message.reason, last_at=self._now
+        )
+        return PeerRefused(
+            reason=message.reason,
+            changes=changes,
+            clock_offset_ms=message.clock_ms - self._wall_ms(),
+        )
 
     def _changes(self, message: Changes) -> Incoming:
         if message.batch != self._received_batch + 1:
@@ -320,6 +379,8 @@ class SyncLink:
         for change in message.changes:
             self._peer_has.add(change.origin, change.seq)
             self._peer_told.add(change.origin, change.seq)
+        _check_bounded(self._peer_told, "the changes the peer sent")
+        _check_bounded(self._peer_has, "the changes the peer sent")
         self.changes_received += len(message.changes)
         self._last_changes = self._now
         return Incoming(batch=message.batch, changes=message.changes)
@@ -373,14 +434,23 @@ class SyncLink:
         while self._unapplied and self._unapplied[0][0] <= batch:
             self._unapplied_bytes -= self._unapplied.popleft()[1]
 
-    def refused(self, dots: Sequence[tuple[bytes, int]]) -> None:
-        """This node refused these changes of the peer's (a clock too far ahead, say).
+    def refused(self, dots: Sequence[tuple[bytes, int]], reason: str) -> None:
+        """This node refused these changes of the peer's, for ``reason`` (a name of
+        docs/protocol.md 8.3: "clock", say): tell the peer.
 
         They are offered again after each SUMMARY, and do not count as lag meanwhile: a
         change no one here will accept yet must not make the link look stalled.
         """
+        refused = VersionVector()
         for origin, seq in dots:
             self._refused.add(origin, seq)
+            refused.add(origin, seq)
+        _check_bounded(self._refused, "the peer's changes this node refused")
+        before = self._refused_in.changes if self._refused_in is not None else 0
+        self._refused_in = Refusals(changes=before + len(dots), reason=reason, last_at=self._now)
+        ranges = missing(refused, VersionVector())[:MAX_REFUSED_RANGES]
+        message = Refused(reason=reason, ranges=ranges, clock_ms=self._wall_ms())
+        self._out.append(self._encoder.encode(message))
 
     def pushes(self, origins: Iterable[bytes]) -> bool:
         """Whether this side pushes changes of any of ``origins`` to the peer: whether a
@@ -553,6 +623,9 @@ class SyncLink:
             changes_sent=self.changes_sent,
             changes_received=self.changes_received,
             in_flight_bytes=self._in_flight,
+            clock_offset_ms=self.clock_offset_ms,
+            refused_in=self._refused_in,
+            refused_out=self._refused_out,
         )
 
     def _missing_pushed(self) -> list[Range]:
@@ -564,6 +637,16 @@ class SyncLink:
         """Those of ``origins`` this side pushes to the peer."""
         feed = self._feed_out
         return set(origins) if feed.everything() else set(filter(feed.pushes, origins))
+
+
+def _check_bounded(vv: VersionVector, what: str) -> None:
+    """A link's views of its peer grow by what the peer sends: they stay within what a
+    version vector may hold on the wire, or the link ends."""
+    if vv.run_count > MAX_VV_TOTAL_RUNS or vv.origin_count() > MAX_VV_ORIGINS:
+        raise SyncError(
+            f"{what} are scattered over more origins or gaps than a version vector holds "
+            f"({MAX_VV_ORIGINS} origins, {MAX_VV_TOTAL_RUNS} gaps)"
+        )
 
 
 def _count(ranges: list[Range]) -> int:

@@ -187,7 +187,7 @@ class VersionVector:
 
     def origin_count(self) -> int:
         """How many origins the vector holds dots of."""
-        return len(self._base) + sum(1 for o in self._runs if o not in self._base)
+        return len(self._grown)  # every origin held has grown once, and none is ever lost
 
     def base(self, origin: bytes) -> int:
         """The length of the contiguous prefix held for ``origin``."""

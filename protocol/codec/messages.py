@@ -15,12 +15,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import msgpack
 
 from protocol.codec.bounds import UNPACK_ERRORS, UNPACK_LIMITS, refuse_ext
 from protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
 from protocol.errors import DecodeError, InvalidRemoteDataError
+from protocol.hlc import MAX_MS
 from protocol.ids import NODE_ID_BYTES
 from protocol.model import MAX_SEQ, Change, Value
 from protocol.ring import RING_PLACES, Arc
@@ -29,10 +31,14 @@ from protocol.vv import VersionVector
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES  # the largest message a node will buffer
 MAX_BATCH_CHANGES = 4_096  # changes in one CHANGES message
 MAX_VV_ORIGINS = 65_536  # origins in one version vector: far more nodes than any mesh
-MAX_VV_RUNS = 4_096  # runs of early seqs per origin in a version vector (a node holds at
-# most `MAX_RUNS_HELD`, a quarter of this: room for implementations with other bounds)
+MAX_VV_RUNS = 4_096  # runs of early seqs per origin in a version vector
+MAX_VV_TOTAL_RUNS = 65_536  # ... and over all its origins: a decoded vector stays within a
+# few MiB (a node holds a quarter of each bound, `protocol.admission`)
 MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
 MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
+MAX_REFUSED_RANGES = 1_024  # ranges in one REFUSED message: enough to say what and how many
+MAX_REASON_BYTES = 32  # a refusal's reason is a short name
+REFUSAL_REASONS = ("clock", "own-origin", "gaps", "origins", "invalid")  # this version's
 
 
 class Kind(enum.IntEnum):
@@ -45,6 +51,7 @@ class Kind(enum.IntEnum):
     PRUNE = 6
     GRAFT = 7
     ARCS = 8
+    REFUSED = 9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +61,7 @@ class Hello:
     version: int
     node_id: bytes
     vv: VersionVector
+    clock_ms: int  # the sender's wall clock as it sends (docs/protocol.md 8.2 rule 11)
     meta: Mapping[str, Value] = field(default_factory=dict)
 
 
@@ -87,6 +95,18 @@ class Ping:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pong:
     token: int
+    clock_ms: int  # the sender's wall clock as it answers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refused:
+    """The sender refused these changes of the receiver's (docs/protocol.md 8.3), for
+    ``reason``: one of `REFUSAL_REASONS`, or another a later version adds. The ranges
+    may be cut short: they inform, the sender's SUMMARY is the truth."""
+
+    reason: str
+    ranges: Sequence[tuple[bytes, tuple[int, int]]]
+    clock_ms: int  # the sender's wall clock as it refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,8 +131,8 @@ class Arcs:
     arcs: Sequence[Arc]
 
 
-Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft | Arcs
-Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs  # all but CHANGES
+Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused
+Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused  # not CHANGES
 
 
 class MessageEncoder:
@@ -171,30 +191,39 @@ class MessageEncoder:
 
     def encode(self, message: Control) -> bytes:
         """Any message but CHANGES (see `encode_changes`)."""
-        pack = self._packer.pack
-        if isinstance(message, Hello):
-            body: list[object] = [
-                Kind.HELLO.value,
-                message.version,
-                message.node_id,
-                _vv_items(message.vv),
-                dict(message.meta),
-            ]
-        elif isinstance(message, Ack):
-            body = [Kind.ACK.value, message.batch]
-        elif isinstance(message, Summary):
-            body = [Kind.SUMMARY.value, _vv_items(message.vv)]
-        elif isinstance(message, Ping):
-            body = [Kind.PING.value, message.token]
-        elif isinstance(message, Prune):
-            body = [Kind.PRUNE.value, list(message.origins)]
-        elif isinstance(message, Graft):
-            body = [Kind.GRAFT.value, list(message.origins)]
-        elif isinstance(message, Arcs):
-            body = [Kind.ARCS.value, [end for arc in message.arcs for end in arc]]
-        else:
-            body = [Kind.PONG.value, message.token]
-        data: bytes = pack(body)
+        body: list[object]
+        match message:
+            case Hello():
+                body = [
+                    Kind.HELLO.value,
+                    message.version,
+                    message.node_id,
+                    _vv_items(message.vv),
+                    dict(message.meta),
+                    message.clock_ms,
+                ]
+            case Ack():
+                body = [Kind.ACK.value, message.batch]
+            case Summary():
+                body = [Kind.SUMMARY.value, _vv_items(message.vv)]
+            case Ping():
+                body = [Kind.PING.value, message.token]
+            case Pong():
+                body = [Kind.PONG.value, message.token, message.clock_ms]
+            case Prune():
+                body = [Kind.PRUNE.value, list(message.origins)]
+            case Graft():
+                body = [Kind.GRAFT.value, list(message.origins)]
+            case Arcs():
+                body = [Kind.ARCS.value, [end for arc in message.arcs for end in arc]]
+            case Refused():
+                flat = [
+                    x for origin, (first, last) in message.ranges for x in (origin, first, last)
+                ]
+                body = [Kind.REFUSED.value, message.reason, flat, message.clock_ms]
+            case _:
+                assert_never(message)
+        data: bytes = self._packer.pack(body)
         return data
 
 
@@ -262,8 +291,10 @@ class MessageDecoder:
             return Changes(batch=_batch(item[1]), changes=[decode(c) for c in item[2]])
         if kind == Kind.ACK and n == 2:
             return Ack(batch=_batch(item[1]))
-        if kind in (Kind.PING, Kind.PONG) and n == 2 and type(item[1]) is int:
-            return Ping(token=item[1]) if kind == Kind.PING else Pong(token=item[1])
+        if kind == Kind.PING and n == 2 and type(item[1]) is int:
+            return Ping(token=item[1])
+        if kind == Kind.PONG and n == 3 and type(item[1]) is int:
+            return Pong(token=item[1], clock_ms=_clock(item[2]))
         if kind == Kind.SUMMARY and n == 2:
             return Summary(vv=_vv(item[1]))
         if kind in (Kind.PRUNE, Kind.GRAFT) and n == 2:
@@ -271,7 +302,9 @@ class MessageDecoder:
             return Prune(origins=origins) if kind == Kind.PRUNE else Graft(origins=origins)
         if kind == Kind.ARCS and n == 2:
             return Arcs(arcs=_arcs(item[1]))
-        if kind == Kind.HELLO and n == 5:
+        if kind == Kind.REFUSED and n == 4:
+            return _refused(item)
+        if kind == Kind.HELLO and n == 6:
             return _hello(item)
         raise DecodeError(f"message type {kind} with {n} items is not part of the protocol")
 
@@ -282,15 +315,49 @@ def _batch(value: object) -> int:
     return value
 
 
+def _clock(value: object) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_MS:
+        raise DecodeError(f"a clock is milliseconds since 1970 in [0, {MAX_MS}], got {value!r}")
+    return value
+
+
+def _refused(item: list[object]) -> Refused:
+    _, reason, flat, clock = item
+    if (
+        type(reason) is not str
+        or not 0 < len(reason) <= MAX_REASON_BYTES
+        or not reason.isascii()
+        or not reason.isprintable()
+    ):
+        raise DecodeError(f"a refusal's reason is a name of 1 to {MAX_REASON_BYTES} characters")
+    if not isinstance(flat, list) or len(flat) % 3 or len(flat) > 3 * MAX_REFUSED_RANGES:
+        raise DecodeError(
+            f"refused ranges are [origin, first, last] * n, at most {MAX_REFUSED_RANGES}"
+        )
+    ranges = []
+    for i in range(0, len(flat), 3):
+        origin, first, last = flat[i], flat[i + 1], flat[i + 2]
+        if (
+            type(origin) is not bytes
+            or len(origin) != NODE_ID_BYTES
+            or type(first) is not int
+            or type(last) is not int
+            or not 1 <= first <= last <= MAX_SEQ
+        ):
+            raise DecodeError("a refused range is a 16-byte origin and 1 <= first <= last")
+        ranges.append((origin, (first, last)))
+    return Refused(reason=reason, ranges=ranges, clock_ms=_clock(clock))
+
+
 def _hello(item: list[object]) -> Hello:
-    _, version, node_id, vv, meta = item
+    _, version, node_id, vv, meta, clock = item
     if type(version) is not int:
         raise DecodeError("the hello's version must be an integer")
     if type(node_id) is not bytes or len(node_id) != NODE_ID_BYTES:
         raise DecodeError(f"the hello's node id must be {NODE_ID_BYTES} bytes")
     if not isinstance(meta, dict) or len(msgpack.packb(meta)) > MAX_META_BYTES:
         raise DecodeError(f"the hello's metadata must be a map of at most {MAX_META_BYTES} bytes")
-    return Hello(version=version, node_id=node_id, vv=_vv(vv), meta=meta)
+    return Hello(version=version, node_id=node_id, vv=_vv(vv), clock_ms=_clock(clock), meta=meta)
 
 
 def _origins(items: object) -> list[bytes]:
@@ -324,6 +391,7 @@ def _vv(items: object) -> VersionVector:
         raise DecodeError("a version vector is [origin, base, runs] * n, within limits")
     bases: dict[bytes, int] = {}
     runs: dict[bytes, list[tuple[int, int]]] = {}
+    total = 0
     for i in range(0, len(items), 3):
         origin, base, flat = items[i], items[i + 1], items[i + 2]
         if type(origin) is not bytes or len(origin) != NODE_ID_BYTES or origin in bases:
@@ -333,6 +401,9 @@ def _vv(items: object) -> VersionVector:
         bases[origin] = base
         if flat is not None:
             runs[origin] = _runs(flat, base)
+            total += len(runs[origin])
+            if total > MAX_VV_TOTAL_RUNS:
+                raise DecodeError(f"a version vector holds at most {MAX_VV_TOTAL_RUNS} runs")
     return VersionVector.from_parts(bases, runs)
 
 

@@ -45,7 +45,9 @@ async def test_batches_queued_together_commit_together_with_one_ack(
     replica = RecordingReplica()
     link = Link(
         stream=ours,
-        sync=SyncLink(node_id=B, have=VersionVector(), now=trio.current_time()),
+        sync=SyncLink(
+            node_id=B, have=VersionVector(), now=trio.current_time(), wall_ms=lambda: 1_000
+        ),
         replica=replica,  # type: ignore[arg-type]
         fetch=lambda ranges: [],
         on_hello=lambda link: None,
@@ -54,7 +56,11 @@ async def test_batches_queued_together_commit_together_with_one_ack(
         initiated=False,
     )
     encoder, decoder = MessageEncoder(), MessageDecoder()
-    script = [encoder.encode(Hello(version=PROTOCOL_VERSION, node_id=A, vv=VersionVector()))]
+    script = [
+        encoder.encode(
+            Hello(version=PROTOCOL_VERSION, node_id=A, vv=VersionVector(), clock_ms=1_000)
+        )
+    ]
     for batch in (1, 2, 3):  # one read brings all three: they queue behind each other
         ((_, data),) = encoder.encode_changes(batch, [change(batch)])
         script.append(data)

@@ -48,9 +48,9 @@ def test_prune_and_graft_round_trip(origins: list[bytes], prune: bool) -> None:
     [
         Ack(batch=7),
         Ping(token=3),
-        Pong(token=3),
+        Pong(token=3, clock_ms=1_700_000_000_000),
         Summary(vv=VersionVector.from_parts({b"\x01" * 16: 4}, {b"\x01" * 16: [(9, 9)]})),
-        Hello(version=1, node_id=b"\x02" * 16, vv=VersionVector(), meta={"k": 1}),
+        Hello(version=1, node_id=b"\x02" * 16, vv=VersionVector(), clock_ms=5, meta={"k": 1}),
     ],
 )
 def test_other_messages_round_trip(message: object) -> None:

@@ -15,6 +15,8 @@ from protocol.sync import (
     Incoming,
     LinkDown,
     PeerHello,
+    PeerRefused,
+    Refusals,
     SyncConfig,
     SyncError,
     SyncLink,
@@ -52,6 +54,7 @@ class FakeNode:
             node_id=self.id,
             have=self.vv,
             now=0.0,
+            wall_ms=lambda: 1_000,
             config=SyncConfig(**config) if config else None,  # type: ignore[arg-type]
             expect_peer=None if peer is None else peer.id,
         )
@@ -242,11 +245,13 @@ def test_summary_repairs_a_change_the_peer_refused() -> None:
     assert isinstance(event, Incoming)
     refused = event.changes[1]
     b.apply([c for c in event.changes if c is not refused])  # the middle one is refused
-    lb.refused([refused.dot])
+    lb.refused([refused.dot], "clock")
     lb.applied(event.batch)
     assert lb.tick(0.0) is None  # the ACK of a lone batch
-    deliver(lb, la, a)
+    assert deliver(lb, la, a) == [PeerRefused(reason="clock", changes=1, clock_offset_ms=0)]
     assert refused.dot not in b.vv
+    assert lb.status().refused_in == Refusals(changes=1, reason="clock", last_at=0.0)
+    assert la.status().refused_out == Refusals(changes=1, reason="clock", last_at=0.0)
     assert la.status().behind_out == 0  # a believes b has everything
     assert lb.tick(6.0) is None  # b is behind on a refused change: not a stall
     deliver(lb, la, a, now=6.0)  # b's SUMMARY reaches a

@@ -132,7 +132,7 @@ async def test_hostile_clients_are_dropped_and_sync_goes_on(
         #    has buffered its limit (5 MiB), however the bytes arrive.
         mallory = Identity.generate()
         stream, session = await hostile_session(target, mesh, mallory)
-        hello = msgpack.packb([0, PROTOCOL_VERSION, mallory.node_id, [], {}])
+        hello = msgpack.packb([0, PROTOCOL_VERSION, mallory.node_id, [], {}, 0])
         session.send(hello + b"\xc6" + (100 << 20).to_bytes(4, "big"))
         await stream.send_all(session.data_to_send())
         with contextlib.suppress(trio.BrokenResourceError):
