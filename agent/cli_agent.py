@@ -17,6 +17,7 @@ from agent.demo import Demo
 from agent.errors import ConfigError
 from agent.link import REFUSAL_TEXT
 from agent.network import Address, parse_address
+from agent.replica import duration_text
 from agent.store import Durability
 from protocol.errors import LocalProtocolError
 from protocol.ids import parse_node_id
@@ -271,7 +272,7 @@ def _notes(link: dict[str, Any]) -> list[str]:
     offset = link["clock_offset_ms"]
     if offset is not None and abs(offset) >= CLOCK_NOTE_MS:
         side = "ahead of" if offset > 0 else "behind"
-        notes.append(f"its clock is {abs(offset) / 1000:.1f} s {side} this node's")
+        notes.append(f"its clock is {duration_text(abs(offset))} {side} this node's")
     if link["refused_out"] is not None:
         r = link["refused_out"]
         why = REFUSAL_TEXT.get(r["reason"], r["reason"])

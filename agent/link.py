@@ -22,7 +22,7 @@ import trio
 
 from agent.errors import StorageError
 from agent.network import Address, format_address
-from agent.replica import Replica
+from agent.replica import Replica, duration_text
 from agent.store import Outcome
 from protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from protocol.ids import node_id_short
@@ -172,9 +172,9 @@ class Link:
             event.reason, f"for a reason this version does not know ({event.reason!r})"
         )
         if event.reason == "clock":
-            offset_s = event.clock_offset_ms / 1000
-            side = "ahead of" if offset_s > 0 else "behind"
-            why += f" (its clock is {abs(offset_s):.1f} s {side} this node's)"
+            offset = event.clock_offset_ms
+            side = "ahead of" if offset > 0 else "behind"
+            why += f" (its clock is {duration_text(abs(offset))} {side} this node's)"
         log.warning("%s refused %d of this node's changes: %s", self.name, event.changes, why)
 
     async def _applier(self) -> None:

@@ -85,20 +85,22 @@ async def cluster(
     secure: bool = True,
     seed: int = 0,
     sync: SyncConfig = TEST_SYNC,
-    wall_ms: Callable[[], int] | None = None,
+    wall_ms: Callable[[], int] | Sequence[Callable[[], int]] | None = None,
     discovery: MemoryDiscovery | None = None,
     topology: TopologyConfig | None = None,
     foreign: Sequence[int] = (),
     hub_eligible: Sequence[int] = (),
 ) -> AsyncIterator[Cluster]:
     """``discovery``: nodes also find each other through it; ``foreign``: these nodes
-    belong to another mesh; ``hub_eligible``: these may be a star's hub."""
+    belong to another mesh; ``hub_eligible``: these may be a star's hub; ``wall_ms``:
+    the nodes' wall clock, or each node's."""
     network = network or MemoryNetwork()
     mesh, other_mesh = new_mesh("test"), new_mesh("other")
     async with contextlib.AsyncExitStack() as stack:
         replicas = []
         for i in range(n):
-            options = {} if wall_ms is None else {"wall_ms": wall_ms}
+            wall = wall_ms[i] if isinstance(wall_ms, Sequence) else wall_ms
+            options = {} if wall is None else {"wall_ms": wall}
             replicas.append(
                 await stack.enter_async_context(
                     open_replica(tmp_path / f"n{i}", create=True, threads=False, **options)

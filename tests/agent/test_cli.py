@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from agent.cli import main
 from agent.paths import KEY_FILE
+from agent.replica import open_replica, wall_clock_ms
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -129,3 +131,32 @@ def test_info_and_watch(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(e["lsn"], e["op"], e["key"]) for e in lines] == [(1, "put", "1"), (3, "delete", "1")]
     assert lines[0]["fields"] == {"x": 1}
+
+
+def test_a_replica_whose_clock_ran_ahead_refuses_writes_until_repaired(
+    capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    """The device's clock was a day ahead when it wrote, and is right again: `put` says
+    so in one line and names the fix; `repair-clock` is the fix."""
+    assert run(capsys, "init")[0] == 0
+
+    async def write_from_the_future() -> None:
+        day_ahead = lambda: wall_clock_ms() + 86_400_000  # noqa: E731
+        async with open_replica(home, wall_ms=day_ahead) as replica:
+            await replica.put("c", "k", {"v": 1})
+
+    trio.run(write_from_the_future)
+    code, _, err = run(capsys, "put", "c", "k", "v=2")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "ahead of this device's clock" in err
+    assert "blazemesh repair-clock" in err
+    code, out, _ = run(capsys, "info")
+    assert "clock      writes refused: this replica's clock stands" in out
+    code, out, _ = run(capsys, "repair-clock")
+    assert code == 0
+    assert out.startswith("re-stamped 1 changes made while the clock ran ahead")
+    assert run(capsys, "put", "c", "k", "v=2")[0] == 0
+    code, out, _ = run(capsys, "get", "c", "k")
+    assert json.loads(out) == {"v": 2}
+    assert "clock      ok" in run(capsys, "info")[1]

@@ -11,10 +11,12 @@ from protocol.hlc import (
     MAX_MS,
     MAX_STAMP,
     HybridClock,
+    PeersRefuse,
     check_skew,
     counter,
     millis,
     pack,
+    refused_by_peers,
 )
 
 NOW = 1_700_000_000_000
@@ -257,3 +259,52 @@ def test_check_skew() -> None:
     check_skew(pack(0, 0), NOW, 0)
     with pytest.raises(ClockSkewError, match="limit 10 ms"):
         check_skew(pack(NOW + 11, 0), NOW, 10)
+
+
+def test_next_ms_and_ahead_ms() -> None:
+    clock = HybridClock()
+    assert clock.next_ms(NOW) == NOW
+    assert clock.ahead_ms(NOW) == 0
+    clock.tick(NOW + 86_400_000)  # the wall clock jumped a day ahead
+    assert clock.next_ms(NOW) == NOW + 86_400_000  # set back: stamps stay where it was
+    assert clock.ahead_ms(NOW) == 86_400_000
+    assert clock.ahead_ms(NOW + 90_000_000) == 0
+
+
+SKEW = 60_000
+
+
+@pytest.mark.parametrize(
+    ("offsets", "refused"),
+    [
+        ([], None),  # no peer's clock known: nothing to go by
+        ([-86_400_000], PeersRefuse(ahead_ms=86_400_000, refusing=1, known=1)),
+        ([-86_400_000, -86_400_000], PeersRefuse(ahead_ms=86_400_000, refusing=2, known=2)),
+        ([-86_400_000, 0], None),  # one of two: not most
+        ([-86_400_000, -70_000, 0], PeersRefuse(ahead_ms=70_000, refusing=2, known=3)),
+        ([-SKEW], None),  # at the limit is still taken
+        ([-SKEW - 1], PeersRefuse(ahead_ms=SKEW + 1, refusing=1, known=1)),
+        ([86_400_000], None),  # the peer is ahead: our stamps are in its past
+    ],
+)
+def test_refused_by_peers_is_a_majority_of_known_clocks(
+    offsets: list[int], refused: PeersRefuse | None
+) -> None:
+    assert refused_by_peers(NOW, NOW, offsets, SKEW) == refused
+
+
+@given(st.lists(st.integers(-(10**9), 10**9), max_size=9), st.integers(0, 10**9))
+def test_refused_by_peers_agrees_with_check_skew(offsets: list[int], ahead: int) -> None:
+    """Most of the peers' own `check_skew` would refuse the stamp exactly when the
+    verdict says so."""
+    stamp_ms = NOW + ahead
+    refusing = 0
+    for offset in offsets:
+        try:
+            check_skew(pack(stamp_ms, 0), NOW + offset, SKEW)
+        except ClockSkewError:
+            refusing += 1
+    verdict = refused_by_peers(stamp_ms, NOW, offsets, SKEW)
+    assert (verdict is not None) == (2 * refusing > len(offsets))
+    if verdict is not None:
+        assert verdict.refusing == refusing

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from protocol.codec.messages import (
     MAX_ARCS,
+    MAX_REFUSED_RANGES,
     MAX_VV_ORIGINS,
     MAX_VV_RUNS,
+    REFUSAL_REASONS,
     Ack,
     Arcs,
     Graft,
@@ -21,6 +23,7 @@ from protocol.codec.messages import (
     Ping,
     Pong,
     Prune,
+    Refused,
     Summary,
 )
 from protocol.errors import DecodeError, InvalidRemoteDataError
@@ -172,3 +175,49 @@ def test_more_runs_than_the_limit_are_refused() -> None:
     flat = [s for k in range(MAX_VV_RUNS + 1) for s in (10 + 3 * k, 10 + 3 * k)]
     with pytest.raises(DecodeError, match="runs"):
         decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, flat]]))
+
+
+@given(
+    st.sampled_from(REFUSAL_REASONS),
+    st.lists(st.tuples(node_ids(), st.integers(1, 2**63 - 1), st.integers(0, 5)), max_size=30),
+)
+def test_refused_round_trips(reason: str, spans: list[tuple[bytes, int, int]]) -> None:
+    ranges = [(o, (first, min(first + width, 2**63 - 1))) for o, first, width in spans]
+    message = Refused(reason=reason, ranges=ranges, clock_ms=1_700_000_000_000)
+    assert decode_one(MessageEncoder().encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ["", [], 0],  # no reason
+        ["x" * 33, [], 0],  # a reason too long to be a name
+        ["cl\nock", [], 0],
+        [7, [], 0],
+        ["clock", [ORIGIN, 5], 0],  # a third of a range
+        ["clock", [ORIGIN, 5, 4], 0],  # backwards
+        ["clock", [ORIGIN, 0, 4], 0],
+        ["clock", [b"\x01" * 15, 1, 4], 0],
+        ["clock", [ORIGIN, 1, 1] * (MAX_REFUSED_RANGES + 1), 0],
+        ["clock", [], -1],  # a clock before 1970
+        ["clock", [], 2**48],  # past the stamps' milliseconds
+        ["clock", []],  # no clock
+    ],
+)
+def test_hostile_refused_messages_are_refused(body: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        decode_one(msgpack.packb([Kind.REFUSED.value, *body]))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [Kind.HELLO.value, 3, b"\x02" * 16, [], {}],  # version 2's hello, without a clock
+        [Kind.HELLO.value, 3, b"\x02" * 16, [], {}, -5],
+        [Kind.PONG.value, 1],  # version 2's pong
+        [Kind.PONG.value, 1, "now"],
+    ],
+)
+def test_clocks_are_required_and_checked(message: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        decode_one(msgpack.packb(message))

@@ -33,6 +33,7 @@ class FakeNode:
         self.vv = VersionVector()
         self.changes: dict[tuple[bytes, int], Change] = {}
         self.seq = 0
+        self.wall_ms = 1_000  # this node's wall clock, as its links read it
 
     def write(self, n: int = 1, *, pad: int = 0) -> None:
         for _ in range(n):
@@ -54,7 +55,7 @@ class FakeNode:
             node_id=self.id,
             have=self.vv,
             now=0.0,
-            wall_ms=lambda: 1_000,
+            wall_ms=lambda: self.wall_ms,
             config=SyncConfig(**config) if config else None,  # type: ignore[arg-type]
             expect_peer=None if peer is None else peer.id,
         )
@@ -366,6 +367,22 @@ def test_keepalives_keep_a_quiet_link_alive_and_measure_rtt() -> None:
         deliver(la, lb, b, now)
         deliver(lb, la, a, now + 0.01)
     assert la.status().rtt_s == pytest.approx(0.01)
+
+
+def test_each_side_learns_the_peers_clock_from_hello_and_pong() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    b.wall_ms = a.wall_ms + 86_400_000  # b's clock runs a day ahead
+    la, lb = a.link(b), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    assert la.status().clock_offset_ms == 86_400_000
+    assert lb.status().clock_offset_ms == -86_400_000
+    b.wall_ms -= 86_400_000  # b's clock is set right; a hears of it at the next PONG
+    assert la.tick(1.0) is None  # a PING
+    deliver(la, lb, b, 1.0)
+    a.wall_ms += 20  # 20 ms pass while the PONG comes back
+    deliver(lb, la, a, 1.02)
+    assert la.status().clock_offset_ms == -10  # b read its clock half a round trip ago
 
 
 def test_stall_when_the_peer_never_acknowledges() -> None:
