@@ -9,7 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.model import Put
+from protocol.admission import MAX_RUNS_HELD
+from protocol.errors import GapLimitError
+from protocol.hlc import pack
+from protocol.model import Change, Put
 from protocol.sync import SyncConfig
 from tests.agent.cluster import cluster
 
@@ -133,3 +136,27 @@ async def test_big_transactions_stream_without_the_link_dropping(
         await c.until_converged()
         assert len(c.digests()) == 1
         assert not [r.getMessage() for r in caplog.records if "down" in r.getMessage()]
+
+
+async def test_changes_with_gaps_from_a_member_do_not_cut_the_links(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Issue 17, item 6: 4,097 changes of one origin, each apart from the next, sent once,
+    made every node's HELLO and SUMMARY undecodable for its peers: every link of the mesh
+    dropped, for good. Now a node takes gaps up to its bound and says it refused the rest."""
+    async with cluster(tmp_path, 2, [(1, 0)]) as c:
+        a, b = c.replicas
+        await a.put("c", "first", {})
+        await c.until_converged()
+        op = Put(collection="c", key="gap", fields={})
+        gapped = [
+            Change(origin=b"m" * 16, seq=2 * i, hlc=pack(1_000, 0), ops=(op,))
+            for i in range(1, 4_098)
+        ]
+        outcomes = await a.apply_remote(gapped)
+        assert sum(isinstance(o, GapLimitError) for o in outcomes) == 4_097 - MAX_RUNS_HELD
+        await trio.sleep(6)  # virtual: a SUMMARY of a's vector, gaps and all, reaches b
+        await a.put("c", "after", {})
+        await c.until_converged()
+        assert await b.get("c", "after") == {}
+        assert c.nodes[1].in_sync(c.nodes[0].node_id)

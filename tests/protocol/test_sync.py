@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec.messages import MessageEncoder, Summary
+from protocol.codec.messages import MAX_VV_TOTAL_RUNS, MessageEncoder, Summary
 from protocol.errors import LocalProtocolError
 from protocol.hlc import pack
 from protocol.model import Change, Put
@@ -544,3 +544,31 @@ def test_applying_frees_the_receive_budget() -> None:
         deliver(la, lb, b)  # applies each batch as it arrives
         deliver(lb, la, a)
     assert b.vv == a.vv
+
+
+def test_a_peer_that_scatters_changes_past_any_vector_is_dropped() -> None:
+    """What a link remembers of its peer grows with what the peer sends: changes of one
+    origin each apart from the next would grow it without bound, so past what a version
+    vector may hold on the wire the link ends."""
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b), b.link(a)
+    deliver(la, lb, b)
+    deliver(lb, la, a)
+    encoder = MessageEncoder()
+    origin = b"z" * 16
+    op = Put(collection="c", key="k", fields={})
+    scattered = [
+        Change(origin=origin, seq=2 * i, hlc=pack(1_000, 0), ops=(op,))
+        for i in range(1, MAX_VV_TOTAL_RUNS + 2)
+    ]
+    messages = encoder.encode_changes(1, scattered)
+
+    def receive_and_apply() -> None:
+        for _, data in messages:
+            lb.receive_data(data, 0.0)
+            while (event := lb.next_event()) is not None:
+                assert isinstance(event, Incoming)
+                lb.applied(event.batch)
+
+    with pytest.raises(SyncError, match="scattered"):
+        receive_and_apply()
