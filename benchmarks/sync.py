@@ -18,6 +18,10 @@ takes on the wire.
 - catch-up: B stops its node, A takes 100,000 single-op changes, B dials again; seconds
   from B starting the node until its version vector holds all of A's. Ceiling: the same
   number of messages through the plain stream.
+- catch-up of big transactions: the same with 1,000 transactions of 1,000 records (a
+  million): a sender that let one plan of big changes past its window had its link
+  dropped for ignoring flow control, about ten times over (issue 17, item 12), so the
+  connections B opened while catching up are counted too (one is right).
 - bytes per op: every byte both sockets carried while the phase ran (Noise framing and
   tags, CHANGES, ACKs, PINGs, SUMMARYs), at the socket (TCP/IP headers not included).
   Baseline: the sync messages themselves, before encryption.
@@ -50,6 +54,7 @@ LATENCY_WRITES = 2_000
 SINGLE_PUTS = 10_000
 TX_COUNT, TX_OPS = 300, 100
 CATCH_UP_CHANGES = 100_000
+BIG_TX_COUNT, BIG_TX_OPS = 1_000, 1_000
 PINGS = 2_000
 STREAM_MESSAGES = 30_000
 CALL_TIMEOUT_S = 300.0  # the longest command (100,000 puts) takes ~20 s here
@@ -119,6 +124,7 @@ class Traffic:
     tcp_sent: int = 0
     tcp_received: int = 0
     sync_bytes: int = 0
+    connections: int = 0  # opened by the process whose counts these are
 
     @classmethod
     def between(cls, before: dict[str, int], after: dict[str, int]) -> Traffic:
@@ -142,6 +148,9 @@ class Results:
     stream_rate: float = 0.0
     catch_up_s: float = 0.0
     catch_up_traffic: Traffic = field(default_factory=Traffic)
+    big_catch_up_s: float = 0.0
+    big_catch_up_traffic: Traffic = field(default_factory=Traffic)
+    big_catch_up_connections: int = 0
 
 
 class Bench:
@@ -213,18 +222,29 @@ class Bench:
         self.results.stream_rate = rate(STREAM_MESSAGES, reply["seconds"])
 
     async def catch_up(self) -> None:
+        r = self.results
+        r.catch_up_s, r.catch_up_traffic, _ = await self._catch_up(
+            "puts", count=CATCH_UP_CHANGES, ops=CATCH_UP_CHANGES
+        )
+        r.big_catch_up_s, r.big_catch_up_traffic, r.big_catch_up_connections = await self._catch_up(
+            "transactions", count=BIG_TX_COUNT, size=BIG_TX_OPS, ops=BIG_TX_COUNT * BIG_TX_OPS
+        )
+
+    async def _catch_up(self, op: str, ops: int, **args: Any) -> tuple[float, Traffic, int]:
+        """B stops; A writes by ``op``; seconds until B holds it all, bytes, connections."""
         await self.b.call("stop")
         before = await self.b.call("traffic")
-        wrote = await self.a.call("puts", first=self.keys(CATCH_UP_CHANGES), count=CATCH_UP_CHANGES)
+        wrote = await self.a.call(op, first=self.keys(ops), **args)
         reply = await self.b.call(
             "catch_up", dial=self.address, origin=self.origin, seq=wrote["seq"]
         )
         after = await self.b.call("traffic")
-        self.results.catch_up_s = (reply["at_ns"] - reply["start_ns"]) / 1e9
-        self.results.catch_up_traffic = Traffic.between(before, after)
         a_state, b_state = await self.a.call("state"), await self.b.call("state")
         if a_state != b_state:
             raise RuntimeError(f"after catching up the replicas differ: {a_state} != {b_state}")
+        seconds = (reply["at_ns"] - reply["start_ns"]) / 1e9
+        traffic = Traffic.between(before, after)
+        return seconds, traffic, traffic.connections
 
 
 async def measure() -> Results:
@@ -297,11 +317,32 @@ def run() -> Iterator[Figure]:
         baseline_value=CATCH_UP_CHANGES / r.stream_rate,
         target="<= 10 s",
     )
+    big = f"{BIG_TX_COUNT * BIG_TX_OPS:,} records in {BIG_TX_OPS:,}-op transactions"
+    yield Figure(
+        suite=SUITE,
+        name=f"catch-up of {big}",
+        value=r.big_catch_up_s,
+        unit="s",
+        baseline=f"catch-up of {CATCH_UP_CHANGES:,} single-op changes, per record, times "
+        f"{BIG_TX_COUNT * BIG_TX_OPS:,}",
+        baseline_value=r.catch_up_s / CATCH_UP_CHANGES * BIG_TX_COUNT * BIG_TX_OPS,
+        target="",
+    )
+    yield Figure(
+        suite=SUITE,
+        name=f"connections opened during the catch-up of {big}",
+        value=r.big_catch_up_connections,
+        unit="connections",
+        baseline="",
+        baseline_value=None,
+        target="1: the link never drops",
+    )
     for name, traffic, ops in (
         ("single puts streamed", r.single_traffic, SINGLE_PUTS),
         (f"{TX_OPS}-op transactions", r.tx_traffic, TX_COUNT * TX_OPS),
         ("one put at a time (+ts field)", r.latency_traffic, LATENCY_WRITES),
         ("catch-up", r.catch_up_traffic, CATCH_UP_CHANGES),
+        (f"catch-up of {big}", r.big_catch_up_traffic, BIG_TX_COUNT * BIG_TX_OPS),
     ):
         yield Figure(
             suite=SUITE,

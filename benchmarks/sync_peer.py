@@ -41,6 +41,7 @@ class Counts:
     def __init__(self) -> None:
         self.sent = 0
         self.received = 0
+        self.connections = 0  # opened, either way
 
 
 class CountingStream(trio.abc.Stream):
@@ -77,12 +78,15 @@ class CountingNetwork:
         self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
     ) -> None:
         async def counted(stream: trio.abc.Stream, remote: Address) -> None:
+            self._counts.connections += 1
             await handler(CountingStream(stream, self._counts), remote)
 
         await self._tcp.serve(address, counted, task_status=task_status)
 
     async def connect(self, address: Address) -> trio.abc.Stream:
-        return CountingStream(await self._tcp.connect(address), self._counts)
+        stream = CountingStream(await self._tcp.connect(address), self._counts)
+        self._counts.connections += 1
+        return stream
 
 
 class Peer:
@@ -152,6 +156,7 @@ class Peer:
         return {
             "tcp_sent": self.counts.sent,
             "tcp_received": self.counts.received,
+            "connections": self.counts.connections,
             "sync_bytes": sum(p.sync.bytes_sent + p.sync.bytes_received for p in links),
         }
 
