@@ -30,8 +30,10 @@ from protocol.sync import Refusals
 from protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
-WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up
-WATCH_BUFFER = 1_024  # changes a watch buffers before it falls back to reading the log
+WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up (and at most
+# `agent.store.LOG_PAGE_BYTES` of them)
+WATCH_BUFFER = 1_024  # changes a watch buffers before it falls back to reading the log,
+WATCH_BUFFER_BYTES = 4 << 20  # and their held bytes: reading the log loses nothing
 # A peer refuses this node's changes again after each SUMMARY (every 5 s) while the cause
 # lasts: one this recent means it still does.
 REFUSALS_RECENT_S = 15.0
@@ -180,7 +182,9 @@ class Operations:
         since = arg(args, "since", int, None)
         follow = arg(args, "follow", bool, True)
         replica = self.replica
-        with replica.observe(collection, capacity=WATCH_BUFFER) as observer:
+        with replica.observe(
+            collection, capacity=WATCH_BUFFER, capacity_bytes=WATCH_BUFFER_BYTES
+        ) as observer:
             lsn = replica.info().last_lsn if since is None else since
             while True:
                 while page := replica.changes_since(lsn, limit=WATCH_LOG_PAGE):

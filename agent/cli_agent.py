@@ -14,6 +14,7 @@ from agent import jsonio
 from agent.client import open_session
 from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
 from agent.demo import Demo
+from agent.discovery import DEFAULT_MAX_PEERS, check_max_peers
 from agent.errors import ConfigError
 from agent.link import REFUSAL_TEXT
 from agent.network import Address, parse_address
@@ -83,6 +84,14 @@ def register(
         metavar="N",
         help="in a mesh, dial at most N members (default: all); the graph stays connected",
     )
+    p.add_argument(
+        "--max-peers",
+        type=int,
+        default=DEFAULT_MAX_PEERS,
+        metavar="N",
+        help="mDNS: follow at most N adverts at once, of any mesh; raise it if the LAN has "
+        f"more blazemesh nodes (default: {DEFAULT_MAX_PEERS:,})",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.set_defaults(run=lambda args: cmd_agent(data_dir(args), args))
 
@@ -120,6 +129,13 @@ def _addresses(texts: list[str], option: str) -> list[Address]:
         raise ConfigError(f"{option}: {exc}") from None
 
 
+def _max_peers(n: int) -> int:
+    try:
+        return check_max_peers(n)
+    except LocalProtocolError:
+        raise ConfigError(f"--max-peers must be at least 1, got {n}") from None
+
+
 def _node_id(text: str) -> bytes:
     try:
         return parse_node_id(text)
@@ -141,6 +157,7 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
             hub=None if args.hub is None else _node_id(args.hub),
         ),
         hub_eligible=args.hub_eligible,
+        max_peers=_max_peers(args.max_peers),
     )
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     trio.run(run_agent, config)

@@ -19,7 +19,7 @@ import trio
 
 from agent import control
 from agent.api import Operations
-from agent.discovery import ZeroconfDiscovery
+from agent.discovery import DEFAULT_MAX_PEERS, ZeroconfDiscovery
 from agent.errors import ConfigError
 from agent.identity import load_identity
 from agent.mesh import load_mesh
@@ -50,6 +50,7 @@ class AgentConfig:
     interfaces: list[str] = field(default_factory=list)  # empty: every non-loopback IPv4 one
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     hub_eligible: bool = False
+    max_peers: int = DEFAULT_MAX_PEERS  # adverts discovery follows at once (agent.discovery)
 
 
 def default_interfaces() -> list[str]:
@@ -114,7 +115,7 @@ async def run_agent(
                     interfaces = config.interfaces or default_interfaces()
                     peering = Peering(
                         node,
-                        ZeroconfDiscovery(interfaces),
+                        ZeroconfDiscovery(interfaces, max_peers=config.max_peers),
                         advertise=advertised(node.bound, interfaces),
                         topology=config.topology,
                         hub_eligible=config.hub_eligible,

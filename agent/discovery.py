@@ -11,8 +11,14 @@ who might be there; whether a node is alive is for the links to tell: a crashed 
 advert stays in caches for minutes (RFC 6762 §10).
 
 What a consumer is told is the difference between what it was last told and the adverts
-as they are now, newest state per name (`_Tracker`): a slow consumer delays only itself,
-holds at most `MAX_PEERS_TRACKED` adverts, and never receives a stale one.
+as they are now, newest state per name (`_Tracker`): a slow consumer delays only itself
+and never receives a stale one.
+
+Discovery follows at most ``max_peers`` adverts at once (`DEFAULT_MAX_PEERS`; the agent's
+``--max-peers``), of any mesh: what a flood of forged adverts can make a node hold. Past
+it, new adverts are ignored until some go, and a warning says so once per episode (not
+once per advert); the node then plans its links from a partial view, so the bound must
+exceed the number of blazemesh nodes on the LAN (docs/operations.md).
 
 Threading (STYLE.md practice 6): zeroconf runs its own asyncio loop in its own thread and
 calls browser handlers from another. A handler only hands ``(name, gone)`` to trio with
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     from zeroconf import ServiceBrowser, ServiceInfo, Zeroconf
 
 __all__ = [
-    "MAX_PEERS_TRACKED",
+    "DEFAULT_MAX_PEERS",
     "MAX_RESOLVING",
     "RESOLVE_TIMEOUT_MS",
     "SERVICE_TYPE",
@@ -69,8 +75,10 @@ log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3_000  # an advert not resolved in this time waits for its next change
 MAX_RESOLVING = 4  # resolves at once, each holding a worker thread: a burst of adverts
 # cannot take the threads the rest of the node needs (trio's default limit is 40)
-MAX_PEERS_TRACKED = 1_024  # adverts followed at once: twice the largest mesh the design
-# simulates (500 devices); a flood of forged adverts beyond it is dropped, not stored
+# Adverts followed at once unless configured: twice the largest mesh the design supports
+# (the simulator's 5,000 nodes), so that another mesh on the same LAN fits as well; a
+# flood of forged adverts beyond it is dropped, not stored.
+DEFAULT_MAX_PEERS = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +164,45 @@ def _seen(name: str, advert: Advert) -> PeerSeen:
     )
 
 
+def check_max_peers(max_peers: int) -> int:
+    """``max_peers`` if it is a valid bound, else `LocalProtocolError`."""
+    if type(max_peers) is not int or max_peers < 1:
+        raise LocalProtocolError(f"max_peers must be an integer of at least 1, got {max_peers!r}")
+    return max_peers
+
+
+class _Bound:
+    """At most ``limit`` names followed; says once when it starts ignoring new ones, and
+    once when it follows new ones again (an episode in between)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = check_max_peers(limit)
+        self._ignored = 0  # new names ignored in this episode; 0: not full
+
+    def admits(self, name: str, followed: int) -> bool:
+        """Whether a new name may be followed, given ``followed`` names followed now."""
+        if followed < self.limit:
+            if self._ignored:
+                log.info(
+                    "discovery follows new adverts again, having ignored %d while it "
+                    "followed %d; those are followed once they change or come again",
+                    self._ignored,
+                    self.limit,
+                )
+                self._ignored = 0
+            return True
+        if not self._ignored:
+            log.warning(
+                "discovery follows %d adverts, its bound (--max-peers): ignoring %r and any "
+                "new one until some go; if the LAN has this many blazemesh nodes, raise the "
+                "bound, else this may be a flood of forged adverts",
+                followed,
+                name,
+            )
+        self._ignored += 1
+        return False
+
+
 class _Tracker:
     """What one consumer has been told, and what it is still to be told.
 
@@ -163,26 +210,19 @@ class _Tracker:
     difference, one event per name with news, oldest news first.
     """
 
-    def __init__(self, own_id: bytes) -> None:
+    def __init__(self, own_id: bytes, *, max_peers: int) -> None:
         self._own_id = own_id
         self._now: dict[str, PeerSeen] = {}  # the adverts as they are now
         self._told: dict[str, PeerSeen] = {}  # as the consumer last heard of them
         self._news: dict[str, None] = {}  # names where the two may differ (ordered set)
         self._wakeup = trio.Event()
-        self._full = False
+        self._bound = _Bound(max_peers)
 
     def seen(self, peer: PeerSeen) -> None:
         if peer.node_id == self._own_id:  # ours: another copy of this node, or its own
             self.gone(peer.name)
             return
-        if peer.name not in self._now and len(self._now) >= MAX_PEERS_TRACKED:
-            if not self._full:
-                log.warning(
-                    "following %d adverts already; ignoring %r and any more (a flood?)",
-                    len(self._now),
-                    peer.name,
-                )
-                self._full = True
+        if peer.name not in self._now and not self._bound.admits(peer.name, len(self._now)):
             return
         self._now[peer.name] = peer
         self._news[peer.name] = None
@@ -225,13 +265,17 @@ class _Tracker:
 
 
 class MemoryDiscovery:
-    """Every node of one trio run that shares this object sees every other's advert.
+    """Every node of one trio run that shares this object sees every other's advert, each
+    following at most ``max_peers`` (default `DEFAULT_MAX_PEERS`: a simulation of more
+    nodes passes its own count).
 
     Names are taken as mDNS would with ``allow_name_change``: the second advert that
     wants a name gets ``-2``, the next ``-3`` (RFC 6762 §9).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_peers: int | None = None) -> None:
+        # None is read here, not at import, so that a test can lower the default.
+        self.max_peers = check_max_peers(DEFAULT_MAX_PEERS if max_peers is None else max_peers)
         self._nodes: dict[str, tuple[PeerSeen, _Tracker]] = {}
 
     async def run(
@@ -248,7 +292,7 @@ class MemoryDiscovery:
             if name not in self._nodes:
                 break
             name = f"{label}-{number}.{SERVICE_TYPE}"
-        me, tracker = _seen(name, advert), _Tracker(advert.node_id)
+        me, tracker = _seen(name, advert), _Tracker(advert.node_id, max_peers=self.max_peers)
         for other, other_tracker in self._nodes.values():
             tracker.seen(other)
             other_tracker.seen(me)
@@ -266,13 +310,15 @@ class MemoryDiscovery:
 
 
 class ZeroconfDiscovery:
-    """mDNS on exactly ``interfaces``: IP addresses of this host, never "all".
+    """mDNS on exactly ``interfaces``: IP addresses of this host, never "all"; at most
+    ``max_peers`` adverts followed at once.
 
     Stopping waits for the resolves in flight (each at most `RESOLVE_TIMEOUT_MS`, as a
     worker thread cannot be interrupted) and for the goodbye packets (about 0.5 s).
     """
 
-    def __init__(self, interfaces: Sequence[str]) -> None:
+    def __init__(self, interfaces: Sequence[str], *, max_peers: int = DEFAULT_MAX_PEERS) -> None:
+        self.max_peers = check_max_peers(max_peers)
         if not isinstance(interfaces, list | tuple) or not interfaces:
             raise LocalProtocolError(
                 f"ZeroconfDiscovery needs a list of this host's interface addresses to use, "
@@ -314,7 +360,7 @@ class ZeroconfDiscovery:
             server=f"{host_label(advert.node_id)}.local.",
             parsed_addresses=hosts,
         )
-        browse = _Browse(advert.node_id)
+        browse = _Browse(advert.node_id, max_peers=self.max_peers)
         handler = _BrowseHandler(trio.lowlevel.current_trio_token(), browse.changed)
         zc: Zeroconf | None = None
         browser: ServiceBrowser | None = None
@@ -399,14 +445,14 @@ class _Browse:
     while it ran is discarded, and the newer change decides.
     """
 
-    def __init__(self, own_id: bytes) -> None:
-        self.tracker = _Tracker(own_id)
+    def __init__(self, own_id: bytes, *, max_peers: int) -> None:
+        self.tracker = _Tracker(own_id, max_peers=max_peers)
         self._want: dict[str, int] = {}  # names to follow -> generation of their last change
         self._queue: dict[str, None] = {}  # names waiting for a resolver (ordered set)
         self._waiting = trio.lowlevel.ParkingLot()
         self._generations = itertools.count()
         self._refused: dict[str, str] = {}  # the reason last logged for each refused name
-        self._full = False
+        self._bound = _Bound(max_peers)  # names browsed, blazemesh adverts or not
 
     def changed(self, name: str, gone: bool) -> None:
         """A browse change (from `_BrowseHandler`, on the trio thread); never raises."""
@@ -416,12 +462,7 @@ class _Browse:
             self._refused.pop(name, None)
             self.tracker.gone(name)
             return
-        if name not in self._want and len(self._want) >= MAX_PEERS_TRACKED:
-            if not self._full:
-                log.warning(
-                    "browsing %d adverts already; ignoring %r and any more", len(self._want), name
-                )
-                self._full = True
+        if name not in self._want and not self._bound.admits(name, len(self._want)):
             return
         self._want[name] = next(self._generations)
         self._queue[name] = None

@@ -61,7 +61,20 @@ class NodeConfig:
     max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     connect_timeout_s: float = 3.0  # a host that does not answer a SYN is tried again later
-    cache_changes: int = 65_536  # recent changes kept in memory for the links to send
+    # Recent changes kept in memory for the links to send, at most this many and this many
+    # bytes (`Applied.change_bytes`): what links send as soon as it commits, a window or
+    # two each (4 MiB on the wire), and a short catch-up; anything older is read from the
+    # log (docs/design.md, "Memory bounds").
+    cache_changes: int = 65_536
+    cache_bytes: int = 32 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStatistics:
+    """The node's cache of recent changes: how many, and their held bytes."""
+
+    changes: int
+    bytes: int
 
 
 @dataclass(slots=True, kw_only=True)
@@ -116,7 +129,8 @@ class Node:
         # of it before its feeder was known (`_applied`)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
-        self._cache: OrderedDict[tuple[bytes, int], Change] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, int], tuple[Change, int]] = OrderedDict()
+        self._cache_bytes = 0  # the sum of the cached changes' held bytes
         self._scopes = LinkScopes(mesh)
         self._handshakes = trio.CapacityLimiter(self.config.max_handshakes)
         self._nursery: trio.Nursery | None = None
@@ -352,11 +366,7 @@ class Node:
     # -- changes -----------------------------------------------------------------------
 
     def _committed(self, applied: list[Applied]) -> None:
-        cache = self._cache
-        for item in applied:
-            cache[item.change.dot] = item.change
-        while len(cache) > self.config.cache_changes:
-            cache.popitem(last=False)
+        self._cache_changes(applied)
         origins = {item.change.origin for item in applied}
         for link in self._links.values():
             if link.sync.pushes(origins):  # the others have nothing new to send
@@ -415,13 +425,28 @@ class Node:
                 link.sync.graft(origins)
                 link.wake()
 
+    def _cache_changes(self, applied: list[Applied]) -> None:
+        """Keep the newest changes, within `NodeConfig.cache_changes` and `cache_bytes`."""
+        cache, config = self._cache, self.config
+        for item in applied:
+            cache[item.change.dot] = (item.change, item.change_bytes)
+            self._cache_bytes += item.change_bytes
+        while cache and (
+            len(cache) > config.cache_changes or self._cache_bytes > config.cache_bytes
+        ):
+            self._cache_bytes -= cache.popitem(last=False)[1][1]
+
+    def cache_statistics(self) -> CacheStatistics:
+        """What the cache of recent changes holds now."""
+        return CacheStatistics(changes=len(self._cache), bytes=self._cache_bytes)
+
     def fetch(self, ranges: Sequence[Range]) -> list[Change]:
         """The changes of ``ranges``, from memory if recent, else from the log."""
         out: list[Change] = []
         cache = self._cache
         for origin, (first, last) in ranges:
             try:
-                out += [cache[origin, seq] for seq in range(first, last + 1)]
+                out += [cache[origin, seq][0] for seq in range(first, last + 1)]
             except KeyError:
                 out += map(decode_change, self.replica.store.changes_in(origin, first, last))
         return out

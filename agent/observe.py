@@ -1,10 +1,12 @@
 """Change observers: bounded buffers that never block writers and never drop silently.
 
-Each observer has its own buffer of committed changes. When a slow observer's buffer is
-full, further changes are not queued: the buffer is cleared and the observer's next read
-is an `Overflow` naming the last log position it received, from which it can catch up
-with `Replica.changes_since` (or simply re-read what it shows). Writers only ever append
-to buffers; they never wait for an observer.
+Each observer has its own buffer of committed changes, bounded both in changes and in
+bytes (`Applied.change_bytes` plus `Applied.updates_bytes`; a change larger than the
+byte bound still fits in an empty buffer, so a reader that keeps up never overflows).
+When a slow observer's buffer is full, further changes are not queued: the buffer is
+cleared and the observer's next read is an `Overflow` naming the last log position it
+received, from which it can catch up with `Replica.changes_since` (or simply re-read
+what it shows). Writers only ever append to buffers; they never wait for an observer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import trio
 from agent.store import Applied
 
 DEFAULT_OBSERVER_CAPACITY = 1_024  # changes buffered per observer before it overflows
+DEFAULT_OBSERVER_BYTES = 16 << 20  # and their held bytes: 1,024 changes could be 4 GiB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,13 +37,19 @@ Event = Applied | Overflow
 class Observer:
     """An async iterator of `Applied` changes (optionally of one collection) and `Overflow`s."""
 
-    def __init__(self, hub: ObserverHub, *, collection: str | None, capacity: int) -> None:
+    def __init__(
+        self, hub: ObserverHub, *, collection: str | None, capacity: int, capacity_bytes: int
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if capacity_bytes < 1:
+            raise ValueError(f"capacity_bytes must be >= 1, got {capacity_bytes}")
         self._hub = hub
         self._collection = collection
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
         self._buffer: deque[Applied] = deque()
+        self._buffered_bytes = 0
         self._delivered_lsn = hub.last_lsn
         self._missed = 0
         self._ready = trio.Event()
@@ -55,12 +64,24 @@ class Observer:
         if self._missed:
             self._missed += 1
             return
-        if len(self._buffer) >= self._capacity:
+        size = applied.change_bytes + applied.updates_bytes
+        if self._buffer and (
+            len(self._buffer) >= self._capacity
+            or self._buffered_bytes + size > self._capacity_bytes
+        ):
             self._missed = len(self._buffer) + 1
             self._buffer.clear()
+            self._buffered_bytes = 0
         else:
             self._buffer.append(applied)
+            self._buffered_bytes += size
         self._ready.set()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The held bytes of the changes buffered now (at most ``capacity_bytes``, or one
+        change)."""
+        return self._buffered_bytes
 
     def __aiter__(self) -> Observer:
         return self
@@ -77,6 +98,7 @@ class Observer:
             self._missed = 0
             return overflow
         applied = self._buffer.popleft()
+        self._buffered_bytes -= applied.change_bytes + applied.updates_bytes
         self._delivered_lsn = applied.lsn
         return applied
 
@@ -94,8 +116,10 @@ class ObserverHub:
         self._observers: set[Observer] = set()
         self.last_lsn = last_lsn
 
-    def add(self, *, collection: str | None, capacity: int) -> Observer:
-        observer = Observer(self, collection=collection, capacity=capacity)
+    def add(self, *, collection: str | None, capacity: int, capacity_bytes: int) -> Observer:
+        observer = Observer(
+            self, collection=collection, capacity=capacity, capacity_bytes=capacity_bytes
+        )
         self._observers.add(observer)
         return observer
 

@@ -35,9 +35,22 @@ import trio
 
 from agent.errors import ClockAheadError, ConfigError, ReplicaClosedError, StorageError
 from agent.identity import Identity, create_identity, load_identity
-from agent.observe import DEFAULT_OBSERVER_CAPACITY, Observer, ObserverHub
+from agent.observe import (
+    DEFAULT_OBSERVER_BYTES,
+    DEFAULT_OBSERVER_CAPACITY,
+    Observer,
+    ObserverHub,
+)
 from agent.paths import DB_FILE, KEY_FILE, lock_data_dir
-from agent.store import Applied, Durability, Job, LocalWrite, Outcome, Store
+from agent.store import (
+    LOG_PAGE_BYTES,
+    Applied,
+    Durability,
+    Job,
+    LocalWrite,
+    Outcome,
+    Store,
+)
 from protocol.codec import decode_change, decode_document
 from protocol.errors import RemoteProtocolError, ValidationError
 from protocol.hlc import DEFAULT_MAX_SKEW_MS
@@ -464,11 +477,15 @@ class Replica:
         await trio.lowlevel.checkpoint()
         return out
 
-    def changes_since(self, lsn: int, *, limit: int = 1_000) -> list[tuple[int, Change]]:
-        """Committed changes after log position ``lsn``, oldest first, with their positions."""
+    def changes_since(
+        self, lsn: int, *, limit: int = 1_000, max_bytes: int = LOG_PAGE_BYTES
+    ) -> list[tuple[int, Change]]:
+        """Committed changes after log position ``lsn``, oldest first, with their
+        positions: at most ``limit`` of them, and at most ``max_bytes`` encoded (at least
+        one, however large). Call again from the last position for the rest."""
         self._check_open()
         out = []
-        for position, blob in self._store.log_since(lsn, limit):
+        for position, blob in self._store.log_since(lsn, limit, max_bytes):
             try:
                 out.append((position, decode_change(blob)))
             except RemoteProtocolError as exc:
@@ -477,11 +494,20 @@ class Replica:
 
     @contextlib.contextmanager
     def observe(
-        self, collection: str | None = None, *, capacity: int = DEFAULT_OBSERVER_CAPACITY
+        self,
+        collection: str | None = None,
+        *,
+        capacity: int = DEFAULT_OBSERVER_CAPACITY,
+        capacity_bytes: int = DEFAULT_OBSERVER_BYTES,
     ) -> Iterator[Observer]:
-        """Observe committed changes (local and remote) from now on, while the block runs."""
+        """Observe committed changes (local and remote) from now on, while the block runs.
+
+        The observer buffers at most ``capacity`` changes and ``capacity_bytes`` of them
+        (`agent.observe`); past either it overflows."""
         self._check_open()
-        observer = self._hub.add(collection=collection, capacity=capacity)
+        observer = self._hub.add(
+            collection=collection, capacity=capacity, capacity_bytes=capacity_bytes
+        )
         try:
             yield observer
         finally:

@@ -42,7 +42,7 @@ from protocol.codec import (
 from protocol.crdt import RecordKey, RecordState, apply_change
 from protocol.errors import OwnOriginError, ProtocolError, ValidationError
 from protocol.hlc import COUNTER_BITS, HybridClock
-from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Value
+from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Put, Value
 from protocol.vv import VersionVector
 
 
@@ -64,11 +64,18 @@ class RecordUpdate:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Applied:
-    """A change that was committed, with its local log position and its visible effect."""
+    """A change that was committed, with its local log position and its visible effect.
+
+    ``change_bytes`` and ``updates_bytes`` are what holding ``change`` and ``updates``
+    costs, as `held_bytes` estimates it: the byte bounds of the caches and buffers that
+    hold them count these (docs/design.md, "Memory bounds").
+    """
 
     lsn: int
     change: Change
     updates: tuple[RecordUpdate, ...]
+    change_bytes: int
+    updates_bytes: int  # 0 when ``updates`` is empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,27 @@ Outcome = Applied | ProtocolError | None  # None: a remote change already held
 
 SNAPSHOT_EVERY_CHANGES = 4_096  # bounds the log tail replayed when the store opens
 LOAD_CHUNK_KEYS = 250  # records fetched per SELECT when a batch touches many
+# What Python holds per decoded object beyond the object's encoded bytes, about (tracemalloc:
+# 110-330 bytes per op or field, 1.1 KiB for a one-op change): a change of 65,535 small
+# ops is 0.8 MiB encoded but 22 MB decoded, so a bound in bytes counts its objects too.
+OBJECT_BYTES = 160
+CHANGE_OBJECTS = 4  # a change's own: itself, its origin, its tuple of ops, its stamp
+# Encoded changes read from the log at a time by a reader that follows it (a watch, a
+# catch-up): a page holds this much, or one change if that is larger.
+LOG_PAGE_BYTES = 1 << 20
+
+
+def held_bytes(encoded_bytes: int, objects: int) -> int:
+    """The memory a decoded value of ``encoded_bytes`` made of ``objects`` objects holds,
+    about. Values nested in lists and maps count by their bytes alone: for many small
+    ones Python holds more (8-9x for lists of numbers or short strings)."""
+    return encoded_bytes + OBJECT_BYTES * objects
+
+
+def change_objects(change: Change) -> int:
+    """The objects of ``change`` that `held_bytes` counts: its own, its ops, their fields."""
+    fields = sum(len(op.fields) for op in change.ops if isinstance(op, Put))
+    return CHANGE_OBJECTS + len(change.ops) + fields
 
 
 class Store:
@@ -229,6 +257,7 @@ class Store:
         )
         dirty: set[RecordKey] = set()
         log_rows = []
+        done = []  # (job index, lsn, change, its held bytes, its updates)
         lsn = self._last_lsn
         for i, change, blob in admitted:
             touched = apply_change(change, states)
@@ -243,8 +272,17 @@ class Store:
             lsn += 1
             last_stamp = change.hlc + len(change.ops) - 1
             log_rows.append((lsn, change.origin, change.seq, last_stamp, blob))
-            outcomes[i] = Applied(lsn=lsn, change=change, updates=updates)
-        self._save_states(states, dirty)
+            done.append((i, lsn, change, held_bytes(len(blob), change_objects(change)), updates))
+        doc_bytes = self._save_states(states, dirty)
+        for i, lsn, change, size, updates in done:
+            outcomes[i] = Applied(
+                lsn=lsn,
+                change=change,
+                updates=updates,
+                change_bytes=size,
+                # A record that several changes of the batch touched counts as it ended.
+                updates_bytes=sum(doc_bytes.get((u.collection, u.key), 0) for u in updates),
+            )
         self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
@@ -296,14 +334,22 @@ class Store:
         self._set_meta("taken", msgpack.packb(runs + list(taken.runs(node_id))))
         self._taken = taken
 
-    def _save_states(self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey]) -> None:
+    def _save_states(
+        self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey]
+    ) -> dict[RecordKey, int]:
+        """Write the records of ``keys``; return the held bytes of each document left."""
         rows = []
+        doc_bytes: dict[RecordKey, int] = {}
         for c, k in keys:
             state = states[c, k]
             document = state.document()
-            doc = None if document is None else encode_document(document)
+            doc = None
+            if document is not None:
+                doc = encode_document(document)
+                doc_bytes[c, k] = held_bytes(len(doc), 1 + len(document))
             rows.append((c, k, doc, encode_meta(state)))
         self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
+        return doc_bytes
 
     def restamp_ahead(self) -> int:
         """Give this node's own changes stamped more than the skew limit ahead of the wall
@@ -449,9 +495,12 @@ class Store:
         finally:
             db.close()
 
-    def log_since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order."""
-        return _log_since(self._reader, lsn, limit)
+    def log_since(
+        self, lsn: int, limit: int, max_bytes: int = LOG_PAGE_BYTES
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order,
+        of at most ``max_bytes`` encoded (or the first entry alone, if it is larger)."""
+        return _log_since(self._reader, lsn, limit, max_bytes)
 
     def changes_in(self, origin: bytes, first: int, last: int) -> list[bytes]:
         """The encoded changes of ``origin`` with seqs ``first..last`` that the log holds."""
@@ -518,10 +567,23 @@ def first_row(db: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -
     return rows[0] if rows else None
 
 
-def _log_since(db: sqlite3.Connection, lsn: int, limit: int) -> list[tuple[int, bytes]]:
-    return db.execute(
+def _log_since(
+    db: sqlite3.Connection, lsn: int, limit: int, max_bytes: int
+) -> list[tuple[int, bytes]]:
+    cursor = db.execute(
         "SELECT lsn, change FROM log WHERE lsn > ? ORDER BY lsn LIMIT ?", (lsn, limit)
-    ).fetchall()
+    )
+    out: list[tuple[int, bytes]] = []
+    size = 0
+    try:
+        for row in cursor:
+            size += len(row[1])
+            if out and size > max_bytes:
+                break
+            out.append(row)
+    finally:
+        cursor.close()  # ends the statement, and its read transaction (see `first_row`)
+    return out
 
 
 class LogReader:
@@ -546,8 +608,11 @@ class LogReader:
         lsn: int = row[0]
         return lsn
 
-    def since(self, lsn: int, limit: int) -> list[tuple[int, bytes]]:
-        return _log_since(self._db, lsn, limit)
+    def since(
+        self, lsn: int, limit: int, max_bytes: int = LOG_PAGE_BYTES
+    ) -> list[tuple[int, bytes]]:
+        """As `Store.log_since`."""
+        return _log_since(self._db, lsn, limit, max_bytes)
 
     def changed(self) -> bool:
         """Whether another connection has committed since the last call."""

@@ -8,7 +8,7 @@ import sys
 
 from benchmarks.common import Figure, print_json, print_table
 
-SUITES = ["replica", "secure", "sync", "lan", "sim"]
+SUITES = ["replica", "secure", "sync", "lan", "sim", "memory"]
 
 
 def main() -> int:

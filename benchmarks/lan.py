@@ -68,11 +68,11 @@ def run() -> Iterator[Figure]:
     )
 
 
-async def seen(agent: LocalAgent, key: str) -> float:
-    """trio time at which ``key`` shows up in ``agent``'s watch stream."""
+async def seen(agent: LocalAgent, key: str, collection: str = "bench") -> float:
+    """trio time at which ``key`` shows up in ``agent``'s watch stream of ``collection``."""
     client = await agent.connect()
     try:
-        events = client.stream("watch", {"collection": "bench", "since": 0})
+        events = client.stream("watch", {"collection": collection, "since": 0})
         async with contextlib.aclosing(events):
             async for event in events:
                 if any(op["key"] == key for op in event["ops"]):

@@ -249,7 +249,8 @@ async def simulate(
                 scenario=scenario,
                 rng=rng,
                 net=SimNetwork(random.Random(rng.random()), scenario.link),
-                discovery=MemoryDiscovery(),
+                # Every node follows every other's advert, however many there are.
+                discovery=MemoryDiscovery(max_peers=scenario.nodes),
                 tracker=tracker,
                 top=Path(top),
                 secret=rng.randbytes(32),

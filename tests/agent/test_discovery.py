@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import trio.testing
 from zeroconf import InterfaceChoice
 
 from agent.discovery import (
+    DEFAULT_MAX_PEERS,
     Advert,
     Event,
     MemoryDiscovery,
@@ -55,19 +57,20 @@ def test_zeroconf_never_runs_on_all_or_unnamed_interfaces(interfaces: Any) -> No
         ZeroconfDiscovery(interfaces)
 
 
-async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> None:
-    tracker = _Tracker(b"\0" * 16)
-    send, receive = trio.open_memory_channel[Event](10)
+def seen(name: str, *, hub: bool = False, node_id: bytes = b"\1" * 16) -> PeerSeen:
+    return PeerSeen(
+        name=name,
+        node_id=node_id,
+        addresses=(("node1", 7400),),
+        mesh_tag=mesh_tag(bytes(32)),
+        version=1,
+        hub_eligible=hub,
+    )
 
-    def seen(name: str, *, hub: bool = False, node_id: bytes = b"\1" * 16) -> PeerSeen:
-        return PeerSeen(
-            name=name,
-            node_id=node_id,
-            addresses=(("node1", 7400),),
-            mesh_tag=mesh_tag(bytes(32)),
-            version=1,
-            hub_eligible=hub,
-        )
+
+async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> None:
+    tracker = _Tracker(b"\0" * 16, max_peers=DEFAULT_MAX_PEERS)
+    send, receive = trio.open_memory_channel[Event](10)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tracker.pump, send)
@@ -84,3 +87,41 @@ async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> No
         nursery.cancel_scope.cancel()
     send.close()
     assert [event async for event in receive] == [seen("a", hub=True), PeerGone(name="a")]
+
+
+async def test_a_tracker_at_its_bound_ignores_new_adverts_and_warns_once_per_episode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.discovery")
+    tracker = _Tracker(b"\0" * 16, max_peers=3)
+    send, receive = trio.open_memory_channel[Event](100)
+
+    def warnings() -> int:
+        return sum(r.levelno == logging.WARNING for r in caplog.records)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tracker.pump, send)
+        for i in range(10):
+            tracker.seen(seen(f"a{i}"))
+        tracker.seen(seen("a0", hub=True))  # news of an advert it follows still counts
+        assert warnings() == 1  # not one per ignored advert
+        await trio.testing.wait_all_tasks_blocked()
+        tracker.gone("a1")
+        tracker.seen(seen("b0"))  # room again: followed
+        assert any("follows new adverts again" in r.getMessage() for r in caplog.records)
+        for i in range(1, 10):
+            tracker.seen(seen(f"b{i}"))
+        assert warnings() == 2  # a second episode, said once
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    send.close()
+    names = [event.name async for event in receive]
+    assert names == ["a0", "a1", "a2", "a1", "b0"]  # a0 told once, with its newest state
+
+
+@pytest.mark.parametrize("max_peers", [0, -1, 1.5])
+def test_max_peers_must_be_a_positive_integer(max_peers: Any) -> None:
+    with pytest.raises(LocalProtocolError, match="max_peers"):
+        MemoryDiscovery(max_peers=max_peers)
+    with pytest.raises(LocalProtocolError, match="max_peers"):
+        ZeroconfDiscovery(["127.0.0.81"], max_peers=max_peers)

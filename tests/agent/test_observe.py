@@ -89,4 +89,4 @@ def test_capacity_must_be_positive() -> None:
     from agent.observe import ObserverHub
 
     with pytest.raises(ValueError, match="capacity"):
-        ObserverHub(0).add(collection=None, capacity=0)
+        ObserverHub(0).add(collection=None, capacity=0, capacity_bytes=1)

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from agent import discovery
 from agent.cli import main
 from protocol import crdt
 from simulations.cli import write_outputs
@@ -76,6 +77,20 @@ async def test_every_origin_has_one_tree_from_its_first_change(
     # Flooding would deliver each change about 28 (full), 3 or 5 (bounded) times over;
     # pruning the links that bring duplicates would still flood each first change.
     assert report.redundancy == 0
+
+
+async def test_a_mesh_larger_than_discovery_s_default_bound_plans_from_whole_views(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 17, item 13, at a small scale: 1,100 nodes against a bound of 1,024 adverts
+    flooded the log with a warning per node and gave 4.5-4.8 links per node, not 3."""
+    monkeypatch.setattr(discovery, "DEFAULT_MAX_PEERS", 10)
+    report = await simulate(Scenario(nodes=30, writes=30, max_links=3))
+    assert_converged(report)
+    assert [r.getMessage() for r in caplog.records if r.name == "agent.discovery"] == []
+    assert len(report.links) <= 3 * 30  # each node dials at most 3, as its whole view says
 
 
 async def test_a_partition_heals_and_no_write_or_delete_is_lost(

@@ -65,3 +65,8 @@ def test_port_in_use(node: Path) -> None:
 )
 def test_bad_addresses(node: Path, option: str, value: str, why: str) -> None:
     assert refused(blazemesh("agent", "--data-dir", str(node), option, value), why)
+
+
+def test_a_discovery_bound_below_one_is_refused(node: Path) -> None:
+    result = blazemesh("agent", "--data-dir", str(node), "--max-peers", "0")
+    assert refused(result, "--max-peers must be at least 1, got 0")

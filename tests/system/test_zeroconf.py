@@ -21,7 +21,6 @@ from zeroconf._dns import DNSPointer
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
 
-import agent.discovery
 from agent.discovery import (
     SERVICE_TYPE,
     Advert,
@@ -205,9 +204,8 @@ def test_the_browse_handler_does_not_raise_after_the_trio_run() -> None:
     assert delivered == []
 
 
-async def test_a_flood_of_browse_changes_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent.discovery, "MAX_PEERS_TRACKED", 8)
-    browse = _Browse(b"\1" * 16)
+async def test_a_flood_of_browse_changes_stays_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    browse = _Browse(b"\1" * 16, max_peers=8)
     flood = 1_000
     done = trio.Event()
     handled = 0
@@ -230,3 +228,6 @@ async def test_a_flood_of_browse_changes_stays_bounded(monkeypatch: pytest.Monke
         await trio.to_thread.run_sync(from_zeroconfs_thread)
         await done.wait()
     assert len(browse._want) == len(browse._queue) == 8
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1  # once for the whole flood
+    assert "--max-peers" in warnings[0].getMessage()
