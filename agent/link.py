@@ -16,7 +16,7 @@ what it has committed. Any failure ends the link with a reason, which `run` retu
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
@@ -59,7 +59,7 @@ class Link:
         stream: trio.abc.Stream,
         sync: SyncLink,
         replica: Replica,
-        fetch: Callable[[Sequence[Range]], list[Change]],
+        fetch: Callable[[Sequence[Range]], Iterable[Change]],
         on_hello: Callable[[Link], None],
         on_applied: Callable[[Link, Sequence[Change], Sequence[Outcome]], None],
         address: Address,

@@ -21,7 +21,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -440,16 +440,18 @@ class Node:
         """What the cache of recent changes holds now."""
         return CacheStatistics(changes=len(self._cache), bytes=self._cache_bytes)
 
-    def fetch(self, ranges: Sequence[Range]) -> list[Change]:
-        """The changes of ``ranges``, from memory if recent, else from the log."""
-        out: list[Change] = []
+    def fetch(self, ranges: Sequence[Range]) -> Iterator[Change]:
+        """The changes of ``ranges``, in order, from memory if recent, else from the log,
+        one page at a time: a link takes what its window holds (often much less than a
+        plan of big changes), and stops reading."""
         cache = self._cache
         for origin, (first, last) in ranges:
-            try:
-                out += [cache[origin, seq][0] for seq in range(first, last + 1)]
-            except KeyError:
-                out += map(decode_change, self.replica.store.changes_in(origin, first, last))
-        return out
+            if all((origin, seq) in cache for seq in range(first, last + 1)):
+                yield from (cache[origin, seq][0] for seq in range(first, last + 1))
+                continue
+            while first <= last and (page := self.replica.store.changes_in(origin, first, last)):
+                yield from (decode_change(blob) for _, blob in page)
+                first = page[-1][0] + 1
 
     # -- clocks -------------------------------------------------------------------------
 

@@ -502,15 +502,17 @@ class Store:
         of at most ``max_bytes`` encoded (or the first entry alone, if it is larger)."""
         return _log_since(self._reader, lsn, limit, max_bytes)
 
-    def changes_in(self, origin: bytes, first: int, last: int) -> list[bytes]:
-        """The encoded changes of ``origin`` with seqs ``first..last`` that the log holds."""
-        return [
-            row[0]
-            for row in self._reader.execute(
-                "SELECT change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                (origin, first, last),
-            )
-        ]
+    def changes_in(
+        self, origin: bytes, first: int, last: int, max_bytes: int = LOG_PAGE_BYTES
+    ) -> list[tuple[int, bytes]]:
+        """``(seq, encoded change)`` of ``origin`` with seqs in ``first..last`` that the
+        log holds, in order, of at most ``max_bytes`` encoded (or the first alone, if it
+        is larger): read on from the last seq for more."""
+        cursor = self._reader.execute(
+            "SELECT seq, change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (origin, first, last),
+        )
+        return _page(cursor, max_bytes)
 
     def digest(self) -> str:
         """BLAKE2b over every visible record in (collection, key) order, as hex."""
@@ -573,6 +575,12 @@ def _log_since(
     cursor = db.execute(
         "SELECT lsn, change FROM log WHERE lsn > ? ORDER BY lsn LIMIT ?", (lsn, limit)
     )
+    return _page(cursor, max_bytes)
+
+
+def _page(cursor: sqlite3.Cursor, max_bytes: int) -> list[tuple[int, bytes]]:
+    """The rows ``(number, encoded change)`` of ``cursor`` up to ``max_bytes`` of changes,
+    or the first alone if it is larger; the cursor is closed."""
     out: list[tuple[int, bytes]] = []
     size = 0
     try:

@@ -242,6 +242,12 @@ class SyncLink:
         self._encoder = MessageEncoder()
         self._decoder = MessageDecoder()
         self._out: list[bytes] = []
+        # Replies a peer's messages call for wait here, one of each kind, and are encoded
+        # when the writer takes the output: a peer that sends and never reads cannot grow
+        # the output (PONGs and REFUSED while a send blocks; a SUMMARY per tick).
+        self._pong_due: int | None = None  # the token of the last PING, to answer
+        self._summary_due = False
+        self._refusals_due: dict[str, VersionVector] = {}  # reason -> the dots refused
         self.peer_id: bytes | None = None
         self._peer_has = VersionVector()
         self._peer_told = VersionVector()
@@ -321,8 +327,7 @@ class SyncLink:
                 self._feed_out.graft(message.origins)
                 self._unsure.update(message.origins)
             elif isinstance(message, Ping):
-                pong = Pong(token=message.token, clock_ms=self._wall_ms())
-                self._out.append(self._encoder.encode(pong))
+                self._pong_due = message.token
             elif isinstance(message, Pong):
                 if self._ping_sent is not None and message.token == self._ping_token:
                     self.rtt_s = self._now - self._ping_sent
@@ -441,16 +446,13 @@ class SyncLink:
         They are offered again after each SUMMARY, and do not count as lag meanwhile: a
         change no one here will accept yet must not make the link look stalled.
         """
-        refused = VersionVector()
+        refused = self._refusals_due.setdefault(reason, VersionVector())
         for origin, seq in dots:
             self._refused.add(origin, seq)
             refused.add(origin, seq)
         _check_bounded(self._refused, "the peer's changes this node refused")
         before = self._refused_in.changes if self._refused_in is not None else 0
         self._refused_in = Refusals(changes=before + len(dots), reason=reason, last_at=self._now)
-        ranges = missing(refused, VersionVector())[:MAX_REFUSED_RANGES]
-        message = Refused(reason=reason, ranges=ranges, clock_ms=self._wall_ms())
-        self._out.append(self._encoder.encode(message))
 
     def pushes(self, origins: Iterable[bytes]) -> bool:
         """Whether this side pushes changes of any of ``origins`` to the peer: whether a
@@ -502,14 +504,19 @@ class SyncLink:
 
     def ready(self) -> bool:
         """Whether `plan` or `data_to_send` would give anything now: worth waking for."""
-        return bool(self._out) or self._ack_due() or bool(self._next_ranges())
+        return self._output_due() or self._ack_due() or bool(self._next_ranges())
+
+    def _output_due(self) -> bool:
+        return bool(
+            self._out or self._pong_due is not None or self._summary_due or self._refusals_due
+        )
 
     def _ack_due(self) -> bool:
         """Whether an ACK goes now: two batches await it, or it can ride with other
         messages. A lone batch's ACK waits for the next `tick` (docs/protocol.md, 8.2
         rule 4): when changes come one at a time, half the ACKs are saved."""
         owed = self._applied_batch - self._ack_sent
-        return owed >= ACK_EVERY_BATCHES or (owed > 0 and bool(self._out))
+        return owed >= ACK_EVERY_BATCHES or (owed > 0 and self._output_due())
 
     def _next_ranges(self) -> list[Range]:
         config = self._config
@@ -560,6 +567,7 @@ class SyncLink:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
+        self._encode_replies()
         if self._ack_due():
             self._queue_ack()
         if not self._out:
@@ -568,6 +576,19 @@ class SyncLink:
         self._out.clear()
         self.bytes_sent += len(data)
         return data
+
+    def _encode_replies(self) -> None:
+        encode, out = self._encoder.encode, self._out
+        if self._pong_due is not None:
+            out.append(encode(Pong(token=self._pong_due, clock_ms=self._wall_ms())))
+            self._pong_due = None
+        if self._summary_due:
+            out.append(encode(Summary(vv=self._have)))
+            self._summary_due = False
+        for reason, dots in self._refusals_due.items():
+            ranges = missing(dots, VersionVector())[:MAX_REFUSED_RANGES]
+            out.append(encode(Refused(reason=reason, ranges=ranges, clock_ms=self._wall_ms())))
+        self._refusals_due.clear()
 
     def _queue_ack(self) -> None:
         self._out.append(self._encoder.encode(Ack(batch=self._applied_batch)))
@@ -591,7 +612,7 @@ class SyncLink:
             self._out.append(self._encoder.encode(Ping(token=self._ping_token)))
         if now - self._last_summary >= config.summary_every_s:
             self._last_summary = now
-            self._out.append(self._encoder.encode(Summary(vv=self._have)))
+            self._summary_due = True
         if self._unacked and now - self._waiting_since >= config.stall_after_s:
             return LinkDown(
                 reason=f"the peer acknowledged nothing for {now - self._waiting_since:.1f} s "

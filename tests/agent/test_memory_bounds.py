@@ -99,16 +99,16 @@ async def test_fetch_reads_changes_evicted_by_bytes_back_from_the_log(tmp_path: 
         changes = await put_values(node.replica, 20, 100 * KIB)
         assert node.cache_statistics().changes == 3  # 18, 19 and 20
         origin = node.node_id
-        assert node.fetch([(origin, (1, 20))]) == changes  # from the log
-        assert node.fetch([(origin, (18, 20))]) == changes[17:]  # from memory
-        assert node.fetch([(origin, (15, 19)), (origin, (20, 20))]) == changes[14:]
+        assert list(node.fetch([(origin, (1, 20))])) == changes  # from the log
+        assert list(node.fetch([(origin, (18, 20))])) == changes[17:]  # from memory
+        assert list(node.fetch([(origin, (15, 19)), (origin, (20, 20))])) == changes[14:]
 
 
 async def test_a_change_larger_than_the_cache_is_not_held(tmp_path: Path) -> None:
     async with running_node(tmp_path, NodeConfig(cache_bytes=100 * KIB)) as node:
         (change,) = await put_values(node.replica, 1, 200 * KIB)
         assert node.cache_statistics() == type(node.cache_statistics())(changes=0, bytes=0)
-        assert node.fetch([(node.node_id, (1, 1))]) == [change]
+        assert list(node.fetch([(node.node_id, (1, 1))])) == [change]
 
 
 # -- what a change is counted as --------------------------------------------------------
@@ -222,3 +222,28 @@ async def test_reads_of_the_log_are_pages_bounded_in_bytes(replica: Replica) -> 
     assert [lsn for lsn, _ in replica.changes_since(3, max_bytes=KIB)] == [4]  # one at least
     assert len(replica.changes_since(0, max_bytes=10 * MIB)) == 10
     assert [lsn for lsn, _ in replica.store.log_since(8, 100)] == [9, 10]
+
+
+async def test_fetch_reads_the_log_a_page_at_a_time_as_it_is_consumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link takes from a plan only what its window holds: fetching a plan of big
+    changes must not read (and hold) all of them first."""
+    async with running_node(tmp_path, NodeConfig(cache_bytes=KIB)) as node:
+        changes = await put_values(node.replica, 40, 100 * KIB)
+        store = node.replica.store
+        pages: list[int] = []
+        read = store.changes_in
+
+        def counted(origin: bytes, first: int, last: int) -> list[tuple[int, bytes]]:
+            page = read(origin, first, last)
+            pages.append(len(page))
+            return page
+
+        monkeypatch.setattr(store, "changes_in", counted)
+        fetched = node.fetch([(node.node_id, (1, 40))])
+        assert next(fetched) == changes[0]
+        assert len(pages) == 1
+        assert pages[0] * 100 * KIB <= 1 << 20  # one page of at most 1 MiB
+        assert [changes[0], *fetched] == changes
+        assert sum(pages) == 40

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec.messages import MAX_VV_TOTAL_RUNS, MessageEncoder, Summary
+from protocol.codec.messages import (
+    MAX_VV_TOTAL_RUNS,
+    MessageDecoder,
+    MessageEncoder,
+    Ping,
+    Summary,
+)
 from protocol.errors import LocalProtocolError
 from protocol.hlc import pack
 from protocol.model import Change, Put
@@ -572,3 +578,25 @@ def test_a_peer_that_scatters_changes_past_any_vector_is_dropped() -> None:
 
     with pytest.raises(SyncError, match="scattered"):
         receive_and_apply()
+
+
+def test_a_peer_that_never_reads_cannot_grow_the_output() -> None:
+    """Replies wait one of a kind: 10,000 PINGs, SUMMARY periods and refusals while the
+    writer is blocked leave one PONG (the last token), one SUMMARY and one REFUSED."""
+    a, b = FakeNode("a"), FakeNode("b")
+    la, lb = a.link(b, dead_after_s=1e9, keepalive_s=1e8), b.link(a)
+    settle([(a, la, b, lb)])
+    encoder = MessageEncoder()
+    pings = b"".join(encoder.encode(Ping(token=t)) for t in range(1, 10_001))
+    for now in range(1, 60):  # a minute of ticks: a SUMMARY due every 5 s
+        la.receive_data(pings, float(now))
+        assert la.next_event() is None
+        la.refused([(b.id, now)], "clock")
+        assert la.tick(float(now)) is None
+    decoder = MessageDecoder()
+    decoder.feed(la.data_to_send())
+    kinds = [type(message).__name__ for message in decoder]
+    assert sorted(kinds) == ["Pong", "Refused", "Summary"]
+    decoder = MessageDecoder()
+    decoder.feed(la.data_to_send() or b"")
+    assert list(decoder) == []
