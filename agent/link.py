@@ -23,7 +23,7 @@ import trio
 from agent.errors import StorageError
 from agent.network import Address, format_address
 from agent.replica import Replica, duration_text
-from agent.store import Outcome
+from agent.store import Outcome, change_objects, held_bytes
 from protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
@@ -41,9 +41,16 @@ REFUSAL_TEXT = {
     "invalid": "they break a rule of the data model",
 }
 RECEIVE_BYTES = 65_536
+INCOMING_HELD_BYTES = 64 << 20  # decoded changes received and not yet applied, about: a
+# reader past this waits for the applier (the wire bound alone lets 9 MiB hold ~200 MB)
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
 PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
+
+
+def _held(incoming: Incoming) -> int:
+    """What the decoded changes of ``incoming`` hold in memory, about (`held_bytes`)."""
+    return held_bytes(incoming.size, sum(change_objects(c) for c in incoming.changes))
 
 
 class LinkEnded(Exception):
@@ -75,7 +82,11 @@ class Link:
         self._on_hello = on_hello
         self._on_applied = on_applied
         self._wake = trio.Event()
+        # Bounded by `SyncConfig.receive_limit_bytes` on the wire, and by what the decoded
+        # changes hold: the reader waits past `INCOMING_HELD_BYTES` (see `_reader`).
         self._incoming_send, self._incoming = trio.open_memory_channel[Incoming](float("inf"))
+        self._incoming_held = 0
+        self._incoming_drained = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._last_progress = self.since
         self.reason: str | None = None
@@ -115,6 +126,8 @@ class Link:
     def tick(self, now: float) -> None:
         """Run the link's timers; end the link if it is dead or stalled (call every
         `TICK_S`)."""
+        if self._incoming_held > INCOMING_HELD_BYTES:
+            self.sync.reading_paused(now)
         down = self.sync.tick(now)
         if down is not None:
             self.end(down.reason)
@@ -164,8 +177,15 @@ class Link:
                 elif isinstance(event, PeerRefused):
                     self._peer_refused(event)
                 else:
+                    self._incoming_held += _held(event)
                     self._incoming_send.send_nowait(event)
             self.wake()
+            # Small ops decode to many times their bytes on the wire (a change of 65,535
+            # ops: 0.8 MiB sent, 22 MB held): past the bound the reader stops taking more
+            # until the applier catches up, and TCP holds the peer back.
+            while self._incoming_held > INCOMING_HELD_BYTES:
+                self._incoming_drained = trio.Event()
+                await self._incoming_drained.wait()
 
     def _peer_refused(self, event: PeerRefused) -> None:
         why = REFUSAL_TEXT.get(
@@ -179,7 +199,7 @@ class Link:
 
     async def _applier(self) -> None:
         async for first in self._incoming:
-            last, changes = self._with_queued(first)
+            last, changes, held = self._with_queued(first)
             outcomes = await self._replica.apply_remote(changes)
             self._refuse(changes, outcomes)
             self._on_applied(self, changes, outcomes)
@@ -188,6 +208,8 @@ class Link:
             # `apply_remote` returned (it ends with a checkpoint, or waits for the
             # committer), and the writer this wakes runs in the scheduling round after.
             self.sync.applied(last)
+            self._incoming_held -= held
+            self._incoming_drained.set()
             self.wake()
 
     def _refuse(self, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
@@ -203,15 +225,16 @@ class Link:
             log.warning("refused %d changes from %s: %s", len(dots), self.name, first[reason])
             self.sync.refused(dots, reason)
 
-    def _with_queued(self, first: Incoming) -> tuple[int, list[Change]]:
-        """``first`` and the batches queued behind it: the last batch number, the changes.
+    def _with_queued(self, first: Incoming) -> tuple[int, list[Change], int]:
+        """``first`` and the batches queued behind it: the last batch number, the changes,
+        and what they hold (`_held`).
 
         Batches that queued while the previous ones committed share one transaction and
         one ACK, so a receiver that falls behind catches up in bigger commits instead of
         paying a commit and an ACK per batch. At most one group commit's worth, so that
         ACKs keep flowing and the sender's window keeps moving.
         """
-        last, changes = first.batch, list(first.changes)
+        last, changes, held = first.batch, list(first.changes), _held(first)
         ops = sum(len(change.ops) for change in changes)
         while ops < self._replica.max_batch_ops:
             try:
@@ -220,8 +243,9 @@ class Link:
                 break
             last = batch.batch
             changes += batch.changes
+            held += _held(batch)
             ops += sum(len(change.ops) for change in batch.changes)
-        return last, changes
+        return last, changes, held
 
     async def _writer(self) -> None:
         sync = self.sync

@@ -126,6 +126,7 @@ class Incoming:
 
     batch: int
     changes: Sequence[Change]
+    size: int  # the message's bytes on the link
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +305,11 @@ class SyncLink:
         self.bytes_received += len(data)
         self._decoder.feed(data)
 
+    def reading_paused(self, now: float) -> None:
+        """The agent is not reading from the peer for now (changes received wait to be
+        applied): the silence is this side's, not the peer's (see `tick`)."""
+        self._now = self._last_received = now
+
     def next_event(self) -> Event | None:
         """The next event the received bytes make, or None until more arrive."""
         for message in self._decoder:
@@ -388,7 +394,7 @@ class SyncLink:
         _check_bounded(self._peer_has, "the changes the peer sent")
         self.changes_received += len(message.changes)
         self._last_changes = self._now
-        return Incoming(batch=message.batch, changes=message.changes)
+        return Incoming(batch=message.batch, changes=message.changes, size=size)
 
     def _ack(self, batch: int) -> None:
         if not self._peer_acked <= batch < self._next_batch:
