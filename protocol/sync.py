@@ -14,20 +14,26 @@ a link that has nothing in flight and nothing missing is in sync, and `status` s
 (The difference is computed only for the origins where it may have changed: those
 ``have`` grew in since the last look, and every origin after a SUMMARY.)
 
-`plan` names the next ranges to send (marking them as sent); the agent fetches them and
-hands them to `send_changes`. Bytes of CHANGES not yet acknowledged are bounded by the
-window: a slow peer fills its own link's window and then gets nothing more until it
+`plan` names the next ranges to send; the agent fetches their changes lazily and hands
+them to `send_changes`, which takes what the window holds and counts those as sent. Bytes
+of CHANGES not yet acknowledged are bounded by the window, whatever the changes' sizes:
+a slow peer fills its own link's window and then gets nothing more until it
 acknowledges, while every other link carries on. The receiver reports each CHANGES
 message as an `Incoming` event, applies and commits it, then calls `applied`, which
-queues a cumulative ACK.
+queues a cumulative ACK; for the changes it refused it calls `refused`, which tells the
+peer why (REFUSED, docs/protocol.md 8.3; the peer sees a `PeerRefused` event).
 
 Every `summary_every_s` each side sends a SUMMARY of its whole vector. The receiver
 resets ``peer_has`` to it (plus what is still unacknowledged), which repairs whatever a
 push missed: a change the peer refused (say, its clock said it came from the future) is
-offered again. `tick` also sends keepalive PINGs, measures round trips from the PONGs,
-declares the link dead when nothing has arrived for `dead_after_s`, and declares it
-stalled when the peer is behind and acknowledges nothing, or ahead and sends nothing, for
-`stall_after_s`: the agent then drops and redials the link, and says why.
+offered again. `tick` also sends keepalive PINGs, measures round trips and the peer's
+clock offset from the PONGs (HELLO gives the first), declares the link dead when nothing
+has arrived for `dead_after_s`, and declares it stalled when the peer is behind and
+acknowledges nothing, or ahead and sends nothing, for `stall_after_s`: the agent then
+drops and redials the link, and says why. Replies to the peer (PONG, SUMMARY, REFUSED)
+wait one of a kind until the writer takes the output, and what the link remembers of
+its peer stays within a version vector's bounds: nothing the peer sends grows this
+side's memory without bound.
 
 Feeding. That one rule sends a change to every neighbour of every node that holds it, so
 in a mesh each change arrives many times. So each side says which origins it wants
