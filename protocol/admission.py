@@ -32,9 +32,11 @@ MAX_ORIGINS_HELD = MAX_VV_ORIGINS // 4  # origins a node holds changes of: three
 class Admission:
     """The checks for one batch of remote changes against ``vv`` as it was before the
     batch; changes `admit` passes count against the bounds for the rest of the batch
-    (conservatively: two admitted changes side by side count as two new runs)."""
+    (a change next to none held or admitted counts as a new run, though it may later
+    join two: the count never falls short)."""
 
     __slots__ = (
+        "_batch",
         "_max_origins",
         "_max_runs",
         "_max_total_runs",
@@ -58,6 +60,7 @@ class Admission:
         self._max_runs = max_runs
         self._max_total_runs = max_total_runs
         self._max_origins = max_origins
+        self._batch = VersionVector()  # the dots admitted so far
         self._new_runs: dict[bytes, int] = {}
         self._new_origins: set[bytes] = set()
 
@@ -76,7 +79,7 @@ class Admission:
                     f"this node holds changes of {self._max_origins} origins, its limit"
                 )
             self._new_origins.add(origin)
-        if vv.opens_run(origin, seq):
+        if self._opens_run(origin, seq):
             new = self._new_runs.get(origin, 0)
             if len(vv.runs(origin)) + new >= self._max_runs:
                 raise GapLimitError(
@@ -89,3 +92,13 @@ class Admission:
                     "origins, past the limit; it is taken once earlier gaps close"
                 )
             self._new_runs[origin] = new + 1
+        self._batch.add(origin, seq)
+
+    def _opens_run(self, origin: bytes, seq: int) -> bool:
+        """Whether ``seq`` (held by neither) touches nothing ``vv`` or the batch holds."""
+        vv, batch = self._vv, self._batch
+        return (
+            vv.opens_run(origin, seq)
+            and (origin, seq - 1) not in batch
+            and (origin, seq + 1) not in batch
+        )

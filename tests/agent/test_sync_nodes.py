@@ -160,3 +160,18 @@ async def test_changes_with_gaps_from_a_member_do_not_cut_the_links(
         await c.until_converged()
         assert await b.get("c", "after") == {}
         assert c.nodes[1].in_sync(c.nodes[0].node_id)
+
+
+async def test_a_catch_up_at_the_default_batch_size_refuses_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batches of 1,024 changes in order, queued two at a time into one commit: an honest
+    catch-up must never meet the bound on gaps."""
+    async with cluster(tmp_path, 2, [(1, 0)], sync=SyncConfig()) as c:
+        c.crash(1)
+        a = c.replicas[0]
+        for i in range(5_000):
+            await a.put("c", f"k{i}", {"i": i})
+    async with cluster(tmp_path, 2, [(1, 0)], sync=SyncConfig()) as c:
+        await c.until_converged()
+    assert "refused" not in caplog.text

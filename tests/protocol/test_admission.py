@@ -90,3 +90,16 @@ def test_new_origins_past_the_bound_are_refused() -> None:
     assert outcomes[:2] == [None, None]
     assert all(isinstance(o, OriginLimitError) for o in outcomes[2:])
     assert take(vv, [change(PEER, 2), change(others[0], 2)], max_origins=3) == [None, None]
+
+
+@pytest.mark.parametrize("start", [1, 2, 500])
+def test_a_batch_of_consecutive_changes_is_one_run(start: int) -> None:
+    """A catch-up brings thousands of an origin's changes in order in one batch: side by
+    side they make one run, whatever the bound (a count of one run each refused all but
+    the first 1,024 of every batch)."""
+    vv = VersionVector()
+    changes = [change(PEER, s) for s in range(start, start + 5_000)]
+    assert take(vv, changes, max_runs=2) == [None] * 5_000
+    assert (
+        take(vv, [change(PEER, s) for s in range(start + 5_001, start + 9_000)]) == [None] * 3_999
+    )
