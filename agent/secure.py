@@ -51,7 +51,8 @@ class ChannelError(AgentError, trio.BrokenResourceError):
     hold the mesh secret); ``refused`` (the peer hung up on our proof: it holds another
     secret or does not admit us); ``not-allowed`` (our allowlist refuses it); ``version``;
     ``protocol`` (malformed or forged traffic); ``closed`` (the peer went away); ``broken``
-    (the connection failed, or an earlier send on it was interrupted).
+    (the connection failed, or an earlier send on it was interrupted); ``evicted`` (an
+    accepted connection gave its handshake slot to a newer one, `agent.limits`).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:
