@@ -22,6 +22,7 @@ from agent.api import Operations
 from agent.discovery import DEFAULT_MAX_PEERS, ZeroconfDiscovery
 from agent.errors import ConfigError
 from agent.identity import load_identity
+from agent.limits import connection_limits, raise_file_limit
 from agent.mesh import load_mesh
 from agent.network import Address, TcpNetwork, format_address
 from agent.node import Node, NodeConfig
@@ -89,6 +90,8 @@ async def run_agent(
         )
     identity = load_identity(data_dir)
     mesh = load_mesh(data_dir)
+    was, files = raise_file_limit()
+    limits = connection_limits(files, control_clients=control.MAX_CLIENTS)
     async with open_replica(
         data_dir, durability=config.durability, lock_wait_s=LOCK_WAIT_S
     ) as replica:
@@ -97,7 +100,12 @@ async def run_agent(
             identity=identity,
             mesh=mesh,
             network=TcpNetwork(),
-            config=NodeConfig(listen=config.listen, peers=config.peers),
+            config=NodeConfig(
+                listen=config.listen,
+                peers=config.peers,
+                max_handshakes=limits.handshakes,
+                max_links=limits.links,
+            ),
         )
         log.info(
             "node %s (%s) in mesh %r, data in %s",
@@ -105,6 +113,13 @@ async def run_agent(
             identity.short,
             mesh.name,
             data_dir,
+        )
+        log.info(
+            "open-file limit %d%s: at most %d connections in their handshake, %d links",
+            files,
+            "" if was == files else f" (raised from {was})",
+            limits.handshakes,
+            limits.links,
         )
         started = False
         try:

@@ -9,6 +9,7 @@ An address is a ``(host, port)`` pair; a memory network treats it as a name.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
+
+# accept() errors that say the process or host is out of a resource, not that the
+# listener broke: wait and retry, as trio.serve_listeners does.
+ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_S = 0.1  # how long accepting pauses for a resource to free up
 
 
 class Network(Protocol):
@@ -67,21 +73,50 @@ class TcpNetwork:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
         bound = listeners[0].socket.getsockname()
         async with trio.open_nursery() as nursery:
-
-            async def accept_loop(listener: trio.SocketListener) -> None:
-                async with listener:
-                    while True:
-                        stream = await listener.accept()
-                        remote = stream.socket.getpeername()
-                        nursery.start_soon(handler, stream, (remote[0], remote[1]))
-
             for listener in listeners:
-                nursery.start_soon(accept_loop, listener)
+                nursery.start_soon(accept_forever, listener, handler, nursery)
             task_status.started((bound[0], bound[1]))
 
     async def connect(self, address: Address) -> trio.abc.Stream:
         host, port = address
         return await trio.open_tcp_stream(host, port)
+
+
+async def accept_forever(
+    listener: trio.SocketListener, handler: Handler, nursery: trio.Nursery
+) -> None:
+    """Accept connections on ``listener`` and start ``handler`` for each in ``nursery``,
+    until cancelled. Nothing one connection does stops it: a connection reset before it
+    is accepted is dropped, and while the process is out of files (or the host out of
+    buffers) it retries every `ACCEPT_RETRY_S`, with one warning for the episode."""
+    starved = False
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
+                    raise
+                if not starved:
+                    log.warning(
+                        "cannot accept connections: %s; retrying every %.1f s",
+                        exc.strerror,
+                        ACCEPT_RETRY_S,
+                    )
+                    starved = True
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
+            if starved:
+                log.info("accepting connections again")
+                starved = False
+            try:
+                remote = stream.socket.getpeername()
+            except OSError as exc:
+                # The peer reset the connection while it waited to be accepted (ENOTCONN).
+                log.debug("a connection ended before it was accepted: %s", exc)
+                await trio.aclose_forcefully(stream)
+                continue
+            nursery.start_soon(handler, stream, (remote[0], remote[1]))
 
 
 class MemoryNetwork:

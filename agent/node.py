@@ -17,6 +17,7 @@ stayed up for `stable_after_s`), drawing from the node's injected RNG.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -28,11 +29,18 @@ import trio
 
 from agent.errors import ClockAheadError
 from agent.identity import Identity
+from agent.limits import MAX_HANDSHAKE_SLOTS, HandshakeSlots
 from agent.link import TICK_S, Link, LinkEnded
 from agent.mesh import Mesh
 from agent.network import Address, Network, format_address
 from agent.replica import Replica, duration_text
-from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, handshake
+from agent.secure import (
+    HANDSHAKE_TIMEOUT_S,
+    ChannelError,
+    LinkScopes,
+    SecureStream,
+    handshake,
+)
 from agent.store import Applied, Outcome
 from protocol.codec import decode_change
 from protocol.errors import ProtocolError
@@ -43,6 +51,15 @@ from protocol.ring import WHOLE_RING, feed_arcs
 from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
 
 log = logging.getLogger(__name__)
+
+# How loudly a failed handshake is logged, by `ChannelError.reason`; anything else (a
+# wrong secret, forged traffic) is a warning.
+_HANDSHAKE_FAILURE_LEVELS = {
+    "timeout": logging.INFO,
+    "closed": logging.INFO,
+    "broken": logging.INFO,
+    "evicted": logging.DEBUG,  # one per connection of a flood; `HandshakeSlots` logs the flood
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,8 +75,12 @@ class NodeConfig:
     # is cheap, and a restarted peer is back in sync within that bound.
     backoff_max_s: float = 5.0
     stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
-    max_handshakes: int = 64  # handshakes in progress at once; more wait their turn
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    # Accepted connections in their handshake at once; a new one beyond closes the oldest
+    # (`agent.limits.HandshakeSlots`). The agent derives this and `max_links` from its
+    # open-file limit (`agent.limits.connection_limits`).
+    max_handshakes: int = MAX_HANDSHAKE_SLOTS
+    max_links: int = 65_536  # links at once, either way; beyond, a new link is refused
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S  # counted from accept (or connect)
     connect_timeout_s: float = 3.0  # a host that does not answer a SYN is tried again later
     # Recent changes kept in memory for the links to send, at most this many and this many
     # bytes (`Applied.change_bytes`): what links send as soon as it commits, a window or
@@ -132,7 +153,7 @@ class Node:
         self._cache: OrderedDict[tuple[bytes, int], tuple[Change, int]] = OrderedDict()
         self._cache_bytes = 0  # the sum of the cached changes' held bytes
         self._scopes = LinkScopes(mesh)
-        self._handshakes = trio.CapacityLimiter(self.config.max_handshakes)
+        self._handshakes = HandshakeSlots(self.config.max_handshakes)
         self._nursery: trio.Nursery | None = None
         self.bound: list[Address] = []
 
@@ -207,6 +228,9 @@ class Node:
                 except trio.TooSlowError:
                     dial.last_error = "cannot connect: no answer"
                     log.debug("cannot reach %s: no answer", format_address(address))
+                except Exception as exc:  # a fault met by one connection must not stop the node
+                    dial.last_error = f"failed: {exc!r}"
+                    log.exception("link to %s failed", format_address(address))
                 if peer is not None and peer in self._links:
                     # We lost a duplicate to the peer's own link: wait until that one ends.
                     await self._gone(peer).wait()
@@ -224,7 +248,12 @@ class Node:
             del self._dials[address]
 
     async def _accept(self, stream: trio.abc.Stream, remote: Address) -> None:
-        await self._serve_link(stream, remote, initiated=False)
+        """Serve a connection a peer opened; whatever happens to it ends it alone."""
+        try:
+            await self._serve_link(stream, remote, initiated=False)
+        except Exception:  # a fault met by one connection must not stop the node
+            log.exception("connection from %s failed", format_address(remote))
+            await trio.aclose_forcefully(stream)
 
     async def _serve_link(
         self, stream: trio.abc.Stream, address: Address, *, initiated: bool
@@ -234,24 +263,17 @@ class Node:
         expect = None
         if self.config.secure:
             try:
-                async with self._handshakes:
-                    stream = secure = await handshake(
-                        stream,
-                        initiator=initiated,
-                        identity=self.identity,
-                        mesh=self.mesh,
-                        random_bytes=self._random_bytes,
-                        timeout_s=self.config.handshake_timeout_s,
-                    )
+                stream = secure = await self._authenticate(stream, initiated=initiated)
             except ChannelError as exc:
-                level = (
-                    logging.INFO
-                    if exc.reason in ("timeout", "closed", "broken")
-                    else logging.WARNING
-                )
+                level = _HANDSHAKE_FAILURE_LEVELS.get(exc.reason, logging.WARNING)
                 log.log(level, "no link with %s: %s", format_address(address), exc)
                 return None, str(exc)
             expect = secure.peer_id
+        if len(self._running) >= self.config.max_links:
+            why = f"this node has {len(self._running)} links, its limit"
+            log.warning("refusing a link with %s: %s", format_address(address), why)
+            await stream.aclose()
+            return None, why
         link = Link(
             stream=stream,
             sync=SyncLink(
@@ -281,6 +303,28 @@ class Node:
             del self._running[link]
             self._forget(link, reason)
         return link.peer_id, reason
+
+    async def _authenticate(self, stream: trio.abc.Stream, *, initiated: bool) -> SecureStream:
+        """Run the handshake on ``stream``, within `NodeConfig.handshake_timeout_s` of now
+        (of accept, for an accepted connection: it never waits for a slot); raise
+        `ChannelError` if it fails or gives its slot to a newer connection."""
+        run = functools.partial(
+            handshake,
+            stream,
+            initiator=initiated,
+            identity=self.identity,
+            mesh=self.mesh,
+            random_bytes=self._random_bytes,
+            timeout_s=self.config.handshake_timeout_s,
+        )
+        if initiated:
+            return await run()
+        with self._handshakes.hold():
+            return await run()
+        raise ChannelError(
+            "closed before its handshake ended, to make room for newer connections",
+            reason="evicted",
+        )
 
     def _hello(self, link: Link) -> None:
         """Register a link whose peer has said hello; end it if another link wins."""

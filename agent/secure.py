@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer must prove itself within this, or it is cut off
 RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
+CLOSE_TIMEOUT_S = 1.0  # a peer that does not take the CLOSE record by then is just cut off
 
 
 class ChannelError(AgentError, trio.BrokenResourceError):
@@ -50,7 +51,8 @@ class ChannelError(AgentError, trio.BrokenResourceError):
     hold the mesh secret); ``refused`` (the peer hung up on our proof: it holds another
     secret or does not admit us); ``not-allowed`` (our allowlist refuses it); ``version``;
     ``protocol`` (malformed or forged traffic); ``closed`` (the peer went away); ``broken``
-    (the connection failed).
+    (the connection failed, or an earlier send on it was interrupted); ``evicted`` (an
+    accepted connection gave its handshake slot to a newer one, `agent.limits`).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:
@@ -140,7 +142,13 @@ def _reraise(exc: BaseException, during: str) -> NoReturn:
 class SecureStream(trio.abc.Stream):
     """An established secure channel to ``peer``: a byte stream, encrypted and authenticated.
 
-    One task may send and one may receive at a time, as for any trio stream.
+    One task may send and one may receive at a time, as for any trio stream. A send that
+    is interrupted (cancelled, timed out, failed) once its records are encrypted may have
+    written none, some or all of their bytes: the peer can no longer read a record sent
+    after them (its nonce or its framing would be off), so the stream sends nothing more,
+    and `aclose` closes the connection without a CLOSE record. The peer then sees the
+    connection end without a close, which is what happened, instead of a record that
+    fails authentication, which reads as an attack. (trio's SSLStream does the same.)
     """
 
     def __init__(
@@ -155,6 +163,7 @@ class SecureStream(trio.abc.Stream):
         self.peer = peer
         self._pending = bytearray(b"".join(received))
         self._eof = False
+        self._send_broken = False  # an interrupted send left the wire mid-record
         self._send_busy = False
         self._receive_busy = False
 
@@ -170,16 +179,32 @@ class SecureStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._send_busy = True
         try:
+            if self._send_broken:
+                raise ChannelError(
+                    f"the channel to {node_id_short(self.peer_id)} broke: an earlier send "
+                    "was interrupted",
+                    reason="broken",
+                )
             if not self._session.established:
                 raise ChannelError(
                     f"the channel to {node_id_short(self.peer_id)} is closed", reason="closed"
                 )
+            # A send cancelled before it starts leaves the session as it was.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._session.send(bytes(data))
-            await self._transport.send_all(self._session.data_to_send())
+            await self._write(self._session.data_to_send())
         except BaseException as exc:
             _reraise(exc, "sending")
         finally:
             self._send_busy = False
+
+    async def _write(self, records: bytes) -> None:
+        """Write encrypted ``records`` whole, or mark the stream broken."""
+        try:
+            await self._transport.send_all(records)
+        except BaseException:
+            self._send_broken = True
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._transport.wait_send_all_might_not_block()
@@ -213,18 +238,20 @@ class SecureStream(trio.abc.Stream):
             elif isinstance(event, Closed):
                 if not event.clean:
                     raise ChannelError(
-                        f"the connection to {node_id_short(self.peer_id)} ended without a close",
+                        f"the connection to {node_id_short(self.peer_id)} ended without a "
+                        "close (the peer stopped, or dropped the link in the middle of a send)",
                         reason="closed",
                     )
                 self._eof = True
 
     async def aclose(self) -> None:
-        """Send a clean close if the session is still open, then close the connection."""
+        """Send a clean close if the session is still open and no send was interrupted,
+        then close the connection."""
         try:
-            if self._session.established:
+            if self._session.established and not self._send_broken and not self._send_busy:
                 self._session.close()
-                with trio.move_on_after(1):
-                    await self._transport.send_all(self._session.data_to_send())
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self._write(self._session.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer is gone already; closing is all that is left
         finally:

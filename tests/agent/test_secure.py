@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -17,9 +18,17 @@ def mesh_copy(mesh: Mesh) -> Mesh:
 
 
 async def connect(
-    a: Identity, b: Identity, mesh_a: Mesh, mesh_b: Mesh
+    a: Identity,
+    b: Identity,
+    mesh_a: Mesh,
+    mesh_b: Mesh,
+    *,
+    wrap_a: Callable[[trio.abc.Stream], trio.abc.Stream] = lambda stream: stream,
 ) -> tuple[SecureStream | BaseException, SecureStream | BaseException]:
+    """Handshake a (the initiator) with b over memory streams, a's end wrapped in
+    ``wrap_a``."""
     left, right = trio.testing.memory_stream_pair()
+    left = wrap_a(left)
     results: dict[str, SecureStream | BaseException] = {}
 
     async def side(name: str, stream: trio.abc.Stream, me: Identity, mesh: Mesh) -> None:
@@ -229,3 +238,76 @@ async def test_a_membership_update_ends_exactly_the_links_it_no_longer_admits(ed
     expected = {"rotate": {"alice", "carol"}, "allowlist-on": {"alice"}, "allowlist-off": set()}
     assert dropped == expected[edit]
     links.close()
+
+
+class StuckSend(trio.abc.Stream):
+    """Carries everything until ``stuck``; then every send writes all but its last byte
+    and blocks, as a socket does when its send buffer fills."""
+
+    def __init__(self) -> None:
+        self._inner: trio.abc.Stream | None = None
+        self.stuck = False
+
+    def around(self, inner: trio.abc.Stream) -> StuckSend:
+        self._inner = inner
+        return self
+
+    @property
+    def inner(self) -> trio.abc.Stream:
+        assert self._inner is not None
+        return self._inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.stuck:
+            await self.inner.send_all(data)
+            return
+        await self.inner.send_all(data[:-1])
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_send_cancelled_midway_breaks_the_stream_and_the_peer_sees_a_hang_up() -> None:
+    # Issue 17, item 11: a link ended while it sent (a duplicate closed at start-up) went
+    # on to send its CLOSE record after the half-sent one, and the peer logged "message
+    # failed authentication", which reads as an attack.
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    transport = StuckSend()
+    a, b = await connect(alice, bob, mesh, mesh_copy(mesh), wrap_a=transport.around)
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    transport.stuck = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, b"x" * 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()  # the link ends while the record is half on the wire
+    transport.stuck = False  # the send buffer drains: the record stays cut all the same
+    with pytest.raises(ChannelError) as sending:
+        await a.send_all(b"more")
+    assert sending.value.reason == "broken"
+    await a.aclose()
+    with pytest.raises(ChannelError) as receiving:
+        await b.receive_some()
+    assert receiving.value.reason == "closed"
+    assert "ended without a close" in str(receiving.value)
+
+
+async def test_a_send_cancelled_before_it_starts_leaves_the_stream_whole() -> None:
+    alice, bob, mesh = Identity.generate(), Identity.generate(), new_mesh("lab")
+    a, b = await connect(alice, bob, mesh, mesh_copy(mesh))
+    assert isinstance(a, SecureStream)
+    assert isinstance(b, SecureStream)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await a.send_all(b"never sent")
+    await a.send_all(b"sent")
+    assert await b.receive_some() == b"sent"
+    await a.aclose()
+    assert await b.receive_some() == b""  # a clean close
