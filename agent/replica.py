@@ -33,10 +33,17 @@ from typing import TypeVar
 import msgpack
 import trio
 
-from agent.errors import ConfigError, ReplicaClosedError, StorageError
+from agent.errors import ReplicaClosedError, StorageError
 from agent.identity import Identity, create_identity, load_identity
 from agent.observe import DEFAULT_OBSERVER_CAPACITY, Observer, ObserverHub
-from agent.paths import DB_FILE, KEY_FILE, lock_data_dir
+from agent.paths import (
+    DB_FILE,
+    KEY_FILE,
+    check_data_dir,
+    lock_data_dir,
+    make_data_dir,
+    private_database,
+)
 from agent.store import Applied, Durability, Job, LocalWrite, Outcome, Store
 from protocol.codec import decode_change, decode_document
 from protocol.errors import RemoteProtocolError, ValidationError
@@ -529,14 +536,16 @@ async def open_replica(
     def open_files(stack: contextlib.ExitStack) -> Replica:
         path = Path(data_dir).expanduser()
         if create:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        elif not path.is_dir():
-            raise ConfigError(
-                f"no data directory at {path}: run `blazemesh init --data-dir {path}`"
-            )
+            make_data_dir(path)
+        else:
+            check_data_dir(path)
         stack.enter_context(lock_data_dir(path, wait_s=lock_wait_s))
         has_key = (path / KEY_FILE).exists()
         identity = create_identity(path) if create and not has_key else load_identity(path)
+        try:
+            private_database(path / DB_FILE)
+        except OSError as exc:
+            raise StorageError(f"cannot open {path / DB_FILE}: {exc.strerror}") from None
         store = Store(
             path / DB_FILE,
             node_id=identity.node_id,

@@ -289,7 +289,7 @@ async def test_cancelling_a_watch_ends_it_with_a_final_reply(agent: Agent) -> No
 
 
 async def test_the_socket_is_private_and_removed_at_shutdown(data_dir: Path) -> None:
-    await trio.Path(data_dir).mkdir(parents=True)
+    await trio.Path(data_dir).mkdir(parents=True, mode=0o700)
     await trio.Path(data_dir / CONTROL_SOCKET).write_text("left by an agent that died")
     async with running_agent(data_dir) as agent:
         mode = agent.socket.stat().st_mode
