@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -63,6 +64,7 @@ from protocol.model import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
@@ -315,12 +317,24 @@ class Replica:
 
     async def _checkpoint(self) -> None:
         try:
-            await self._off_loop(self._store.checkpoint)
+            copied = await self._try_checkpoint()
         finally:
             self._checkpointing = False
-        if self._threads:  # without threads no write ran beside it: it copied them all
+        # Without threads no write ran beside it: it copied them all. After a failure the
+        # next checkpoint that falls due tries again.
+        if copied and self._threads:
             self._checkpoint_due = True
             self._work.set()
+
+    async def _try_checkpoint(self, *, truncate: bool = False) -> bool:
+        """Checkpoint the WAL and say whether it worked. A failure (a full disk) is
+        logged, not raised: the WAL keeps every change until a checkpoint succeeds."""
+        try:
+            await self._off_loop(functools.partial(self._store.checkpoint, truncate=truncate))
+        except StorageError as exc:
+            log.warning("%s; the WAL keeps every change until a checkpoint succeeds", exc)
+            return False
+        return True
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -339,7 +353,7 @@ class Replica:
             if self._checkpoint_due:
                 self._committing = True  # writes queue until the second pass is done
                 self._checkpoint_due = False
-                await self._off_loop(self._store.checkpoint)
+                await self._try_checkpoint()
             if not self._queue:
                 self._committing = False
                 self._work = trio.Event()
@@ -580,9 +594,7 @@ async def open_replica(
         if body_error is not None:
             raise body_error
         with trio.CancelScope(shield=True):
-            await _off_loop(
-                functools.partial(replica.store.checkpoint, truncate=True), threads=threads
-            )
+            await replica._try_checkpoint(truncate=True)
 
 
 async def _off_loop(fn: Callable[[], T], *, threads: bool) -> T:
