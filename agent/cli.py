@@ -22,7 +22,7 @@ import trio
 from agent import cli_agent, cli_mesh, jsonio
 from agent.client import AgentClient, Session, open_session
 from agent.errors import AgentError, ConfigError
-from agent.paths import DB_FILE, default_data_dir
+from agent.paths import DB_FILE, check_data_dir, default_data_dir
 from agent.store import Durability, LogReader
 from protocol.codec import decode_change
 from protocol.codec.control import change_event
@@ -282,7 +282,7 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
     request: dict[str, Value] = {"collection": collection, "since": since, "follow": follow}
     client = await AgentClient.connect(data_dir, client="blazemesh-cli")
     if client is None and follow:
-        return await _follow_log(data_dir / DB_FILE, collection, since)
+        return await _follow_log(data_dir, collection, since)
     async with contextlib.AsyncExitStack() as stack:
         session: Session
         if client is None:
@@ -295,9 +295,10 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
     return 0
 
 
-async def _follow_log(path: Path, collection: str | None, since: int | None) -> int:
+async def _follow_log(data_dir: Path, collection: str | None, since: int | None) -> int:
     """Without an agent: print log entries as they commit, by whichever process writes."""
-    reader = await trio.to_thread.run_sync(LogReader, path)
+    check_data_dir(data_dir)
+    reader = await trio.to_thread.run_sync(LogReader, data_dir / DB_FILE)
     try:
         lsn = reader.last_lsn() if since is None else since
         reader.changed()

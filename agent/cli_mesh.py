@@ -12,7 +12,7 @@ from agent.client import AgentClient
 from agent.errors import ConfigError
 from agent.identity import Identity, create_identity, load_identity
 from agent.mesh import MESH_FILE, Mesh, decode_invite, load_mesh, new_mesh, save_mesh
-from agent.paths import KEY_FILE
+from agent.paths import KEY_FILE, make_data_dir
 from protocol.errors import LocalProtocolError
 from protocol.ids import node_id_short, node_id_text, parse_node_id
 
@@ -63,7 +63,7 @@ def register(
 
 
 def _identity(data_dir: Path) -> Identity:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_data_dir(data_dir)
     if (data_dir / KEY_FILE).exists():
         return load_identity(data_dir)
     return create_identity(data_dir)

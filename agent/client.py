@@ -124,7 +124,10 @@ class AgentClient:
                     return reply
                 data = await self._stream.receive_some(RECEIVE_BYTES)
                 if not data:
-                    raise AgentError("the agent closed the connection (did it stop?)")
+                    raise AgentError(
+                        "the agent closed the connection: it stopped, or it closed this "
+                        "idle connection to serve other clients"
+                    )
                 self._decoder.feed(data)
         except trio.BrokenResourceError as exc:
             raise AgentError(f"lost the connection to the agent: {exc}") from None

@@ -6,15 +6,23 @@ the user who runs the agent can reach it. Frames and the request/reply rules are
 control socket", is the reference. A client must say ``hello`` first. Requests on one
 connection run concurrently (up to `MAX_REQUESTS_PER_CONNECTION`) and their replies may
 come in any order; a client that sends a malformed frame gets one ``malformed`` error
-and is disconnected. Nothing a client sends can stop the agent.
+and is disconnected. Nothing a client sends can stop the agent: whatever ends a session
+(the client hangs up, in any of its tasks, or a bug) ends that session alone.
+
+At most `MAX_CLIENTS` sessions run at once. A new client beyond that displaces the one
+idle longest (no request running), so idle connections never keep the CLI out; if every
+session has a request running, the new client is told ``busy``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -37,11 +45,22 @@ from protocol.model import Value
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 64  # connections served at once; more wait to be accepted
+MAX_CLIENTS = 64  # sessions served at once; a new client displaces the longest-idle one
+# New clients told "busy" at once, when every session has a request running: each waits
+# at most HELLO_TIMEOUT_S for its hello; past this many the accept loop waits for them.
+MAX_REFUSING = 8
 MAX_REQUESTS_PER_CONNECTION = 32  # requests running per connection; the reader waits beyond
 HELLO_TIMEOUT_S = 10.0  # a client that says nothing is closed after this long
+# Accepting fails while the process is out of file descriptors or memory (EMFILE,
+# ENFILE, ENOBUFS, ENOMEM): the agent waits this long and tries again, rather than stop.
+ACCEPT_RETRY_S = 0.1
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, including the final NUL
 RECEIVE_BYTES = 1 << 16
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _ClientGoneError(Exception):
+    """Raised inside a session when its client's connection broke: it ends that session."""
 
 
 async def serve(
@@ -50,15 +69,22 @@ async def serve(
     """Serve ``ops`` on the control socket at ``path`` until cancelled; remove it on the
     way out."""
     sock = await _bind(path)
-    clients = trio.Semaphore(MAX_CLIENTS)
+    clients = _Clients()
+    refusing = trio.Semaphore(MAX_REFUSING)
     try:
         async with trio.SocketListener(sock) as listener, trio.open_nursery() as nursery:
             log.info("control socket at %s", path)
             task_status.started()
             while True:
-                await clients.acquire()
-                stream = await listener.accept()
-                nursery.start_soon(_client, stream, ops, clients)
+                connection = _Connection(await _accept(listener), ops)
+                done: Callable[[], None]
+                if clients.admit(connection):
+                    done = functools.partial(clients.leave, connection)
+                else:
+                    connection.refuse()
+                    await refusing.acquire()
+                    done = refusing.release
+                nursery.start_soon(_client, connection, done)
     finally:
         with trio.CancelScope(shield=True):
             await trio.Path(path).unlink(missing_ok=True)
@@ -84,14 +110,57 @@ async def _bind(path: Path) -> trio.socket.SocketType:
     return sock
 
 
-async def _client(stream: trio.SocketStream, ops: Operations, slot: trio.Semaphore) -> None:
+async def _accept(listener: trio.SocketListener) -> trio.SocketStream:
+    """The next client; a shortage of descriptors or memory is waited out, not fatal."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            log.warning(
+                "control socket: cannot accept a client (%s); trying again in %.1f s",
+                exc.strerror,
+                ACCEPT_RETRY_S,
+            )
+            await trio.sleep(ACCEPT_RETRY_S)
+
+
+async def _client(connection: _Connection, done: Callable[[], None]) -> None:
+    """Run one client's session; whatever ends it, ends only it."""
     try:
-        async with stream:
-            await _Connection(stream, ops).run()
-    except trio.BrokenResourceError:
-        log.debug("a control client went away mid-reply")
+        await connection.run()
+    except* _ClientGoneError:
+        log.debug("a control client went away before its session ended")
+    except* Exception as group:  # a bug must not cost the other clients their agent
+        log.error("a control client's session failed", exc_info=group)
     finally:
-        slot.release()
+        done()
+
+
+class _Clients:
+    """The sessions being served; when all `MAX_CLIENTS` are taken, a new client takes
+    the place of the one that has been idle longest (no request running: a `watch` that
+    runs is not idle)."""
+
+    def __init__(self) -> None:
+        self._live: set[_Connection] = set()
+
+    def admit(self, connection: _Connection) -> bool:
+        """Count ``connection`` in, making room if need be; False if every session is busy."""
+        if len(self._live) >= MAX_CLIENTS:
+            idle = [c for c in self._live if c.idle]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.last_active)
+            log.debug("%d control clients: closing the one idle longest", MAX_CLIENTS)
+            oldest.close()
+            self._live.discard(oldest)
+        self._live.add(connection)
+        return True
+
+    def leave(self, connection: _Connection) -> None:
+        self._live.discard(connection)
 
 
 class _Connection:
@@ -101,8 +170,29 @@ class _Connection:
         self._send_lock = trio.Lock()
         self._slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
         self._streams: dict[int, trio.CancelScope] = {}
+        self._scope = trio.CancelScope()
+        self._refused = False
+        self._running = 0  # requests started and not yet answered, streams included
+        self.last_active = trio.current_time()  # of the last frame received or reply sent
+
+    @property
+    def idle(self) -> bool:
+        return not self._running
+
+    def close(self) -> None:
+        """End this session: whatever it runs is cancelled and the connection closed."""
+        self._scope.cancel()
+
+    def refuse(self) -> None:
+        """Answer this client's hello with ``busy``, then close."""
+        self._refused = True
 
     async def run(self) -> None:
+        with self._scope:
+            async with self._stream:
+                await self._serve()
+
+    async def _serve(self) -> None:
         decoder = RequestDecoder()
         async with trio.open_nursery() as nursery:
             try:
@@ -112,7 +202,7 @@ class _Connection:
                     return
                 for request in decoder:  # frames that came along with the hello
                     await self._start(nursery, request)
-                while data := await self._stream.receive_some(RECEIVE_BYTES):
+                while data := await self._receive():
                     decoder.feed(data)
                     for request in decoder:
                         await self._start(nursery, request)
@@ -130,26 +220,24 @@ class _Connection:
         while True:
             for request in decoder:
                 return request
-            data = await self._stream.receive_some(RECEIVE_BYTES)
+            data = await self._receive()
             if not data:
                 return None
             decoder.feed(data)
 
+    async def _receive(self) -> bytes:
+        try:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+        except trio.BrokenResourceError as exc:
+            raise _ClientGoneError(str(exc)) from exc
+        self.last_active = trio.current_time()
+        return bytes(data)
+
     async def _hello(self, request: Request) -> bool:
-        if request.op != "hello":
-            await self._send(
-                Failure(id=request.id, code="hello-required", message="say hello first")
-            )
-            return False
-        version = request.args.get("version")
-        if version != CONTROL_VERSION:
-            await self._send(
-                Failure(
-                    id=request.id,
-                    code="version",
-                    message=f"this agent speaks control version {CONTROL_VERSION}, not {version!r}",
-                )
-            )
+        refusal = self._refusal(request)
+        if refusal is not None:
+            code, message = refusal
+            await self._send(Failure(id=request.id, code=code, message=message))
             return False
         replica = self._ops.replica
         value: Value = {
@@ -161,11 +249,37 @@ class _Connection:
         await self._send(Result(id=request.id, value=value))
         return True
 
+    def _refusal(self, first: Request) -> tuple[str, str] | None:
+        """Why a client whose first request is ``first`` is not served: (code, message)."""
+        if self._refused:
+            log.info(
+                "all %d control clients have a request running: telling a new one to retry",
+                MAX_CLIENTS,
+            )
+            return "busy", f"the agent is busy serving {MAX_CLIENTS} clients: try again later"
+        if first.op != "hello":
+            return "hello-required", "say hello first"
+        version = first.args.get("version")
+        if version != CONTROL_VERSION:
+            return (
+                "version",
+                f"this agent speaks control version {CONTROL_VERSION}, not {version!r}",
+            )
+        return None
+
     async def _start(self, nursery: trio.Nursery, request: Request) -> None:
         await self._slots.acquire()
+        self._running += 1
         nursery.start_soon(self._handle, request)
 
     async def _handle(self, request: Request) -> None:
+        try:
+            await self._send(await self._reply(request))
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    async def _reply(self, request: Request) -> Reply:
         try:
             if request.op == "cancel":
                 target = arg(request.args, "id", int)
@@ -177,11 +291,11 @@ class _Connection:
                 reply = await self._run_stream(request)
             else:
                 reply = Result(id=request.id, value=await self._ops.call(request.op, request.args))
+        except _ClientGoneError:
+            raise  # a stream's client went away: that ends the session, not just the request
         except Exception as exc:  # every failure of one request is that request's reply
             reply = _failure(request, exc)
-        finally:
-            self._slots.release()
-        await self._send(reply)
+        return reply
 
     async def _run_stream(self, request: Request) -> Reply:
         if request.id in self._streams:
@@ -203,7 +317,11 @@ class _Connection:
         except ValueError as exc:  # a result larger than a frame
             data = encode_frame(Failure(id=reply.id, code="too-large", message=str(exc)))
         async with self._send_lock:
-            await self._stream.send_all(data)
+            try:
+                await self._stream.send_all(data)
+            except trio.BrokenResourceError as exc:
+                raise _ClientGoneError(str(exc)) from exc
+        self.last_active = trio.current_time()
 
 
 def _failure(request: Request, exc: Exception) -> Failure:

@@ -16,7 +16,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from agent.errors import ConfigError
-from agent.paths import KEY_FILE
+from agent.paths import KEY_FILE, check_data_dir
 from protocol.ids import node_id_from_public_key, node_id_short, node_id_text
 from protocol.noise import KeyPair
 from protocol.session import static_keypair
@@ -62,7 +62,9 @@ class Identity:
 
 
 def create_identity(data_dir: Path) -> Identity:
-    """Generate a key pair and write it to ``data_dir`` (mode 0600); refuse to overwrite."""
+    """Generate a key pair and write it to ``data_dir`` (mode 0600); refuse to overwrite,
+    or to write into a data directory that others can read (`check_data_dir`)."""
+    check_data_dir(data_dir)
     identity = Identity.generate()
     path = data_dir / KEY_FILE
     try:
@@ -82,7 +84,9 @@ def identity_file_text(seed: bytes) -> str:
 
 
 def load_identity(data_dir: Path) -> Identity:
-    """Read the key pair of ``data_dir``, refusing a key file that others can read."""
+    """Read the key pair of ``data_dir``, refusing a key file or a data directory that
+    others can read."""
+    check_data_dir(data_dir)
     path = data_dir / KEY_FILE
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
+from agent.paths import check_data_dir
 from protocol.errors import LocalProtocolError
 from protocol.ids import NODE_ID_BYTES, node_id_text, parse_node_id
 
@@ -161,6 +162,7 @@ def save_mesh(data_dir: Path, mesh: Mesh) -> None:
     path = data_dir / MESH_FILE
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a temporary file left by a crash keeps the mode it was made with
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
@@ -170,7 +172,9 @@ def save_mesh(data_dir: Path, mesh: Mesh) -> None:
 
 
 def load_mesh(data_dir: Path) -> Mesh:
-    """Read the membership file; refuse one that others can read or that is malformed."""
+    """Read the membership file; refuse one that others can read or that is malformed,
+    or a data directory that others can read."""
+    check_data_dir(data_dir)
     path = data_dir / MESH_FILE
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -1,23 +1,36 @@
-"""Where a node keeps its files, and the lock that gives one process the data directory."""
+"""Where a node keeps its files, who may read them, and the lock that gives one process
+the data directory.
+
+The data directory holds the node key, the mesh secret and every record: it is private
+to its owner (mode 0700, and every file in it 0600). A directory that group or others
+can read or enter is refused, as PostgreSQL refuses its own (docs/operations.md, "The
+data directory").
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.errors import DataDirLockedError
+from agent.errors import ConfigError, DataDirLockedError
+
+log = logging.getLogger(__name__)
 
 KEY_FILE = "node.key"
 DB_FILE = "replica.db"
+DB_SIDE_FILES = ("-wal", "-shm")  # SQLite's WAL and shared-memory index, beside DB_FILE
 LOCK_FILE = "lock"
 CONTROL_SOCKET = "agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
 LOCK_RETRY_S = 0.05  # how often a waiting opener tries the lock again
+OTHERS_ACCESS = 0o077  # the permission bits of group and others: none may be set
 
 
 def default_data_dir() -> Path:
@@ -32,6 +45,52 @@ def default_data_dir() -> Path:
         return Path(base) / "blazemesh"
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "blazemesh"
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` (mode 0700) and its parents if missing, then `check_data_dir`."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    check_data_dir(data_dir)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Raise `ConfigError` if ``data_dir`` is not a directory, or if group or others may
+    read, write or enter it."""
+    try:
+        info = data_dir.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise ConfigError(f"cannot use the data directory {data_dir}: {exc.strerror}") from None
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(
+            f"no data directory at {data_dir}: run `blazemesh init --data-dir {data_dir}`"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & OTHERS_ACCESS:
+        raise ConfigError(
+            f"{data_dir} is open to other users (mode {mode:04o}) and holds the node key, "
+            f"the mesh secret and every record: run `chmod 700 {data_dir}`"
+        )
+
+
+def private_database(path: Path) -> None:
+    """Make sure the database at ``path``, and its WAL files, are readable by their owner
+    alone: create it empty with mode 0600 if it is missing (SQLite gives the WAL files
+    the database's mode), and make 0600 any that an older version left open, saying so.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in [path, *(path.with_name(path.name + side) for side in DB_SIDE_FILES)]:
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & OTHERS_ACCESS:
+            file.chmod(0o600)
+            log.warning("%s was open to other users (mode %04o): made it 0600", file, mode)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from typing import TypeVar
 import msgpack
 import trio
 
-from agent.errors import ClockAheadError, ConfigError, ReplicaClosedError, StorageError
+from agent.errors import ClockAheadError, ReplicaClosedError, StorageError
 from agent.identity import Identity, create_identity, load_identity
 from agent.observe import (
     DEFAULT_OBSERVER_BYTES,
@@ -41,7 +42,14 @@ from agent.observe import (
     Observer,
     ObserverHub,
 )
-from agent.paths import DB_FILE, KEY_FILE, lock_data_dir
+from agent.paths import (
+    DB_FILE,
+    KEY_FILE,
+    check_data_dir,
+    lock_data_dir,
+    make_data_dir,
+    private_database,
+)
 from agent.store import (
     LOG_PAGE_BYTES,
     Applied,
@@ -69,6 +77,7 @@ from protocol.model import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
@@ -323,12 +332,24 @@ class Replica:
 
     async def _checkpoint(self) -> None:
         try:
-            await self._off_loop(self._store.checkpoint)
+            copied = await self._try_checkpoint()
         finally:
             self._checkpointing = False
-        if self._threads:  # without threads no write ran beside it: it copied them all
+        # Without threads no write ran beside it: it copied them all. After a failure the
+        # next checkpoint that falls due tries again.
+        if copied and self._threads:
             self._checkpoint_due = True
             self._work.set()
+
+    async def _try_checkpoint(self, *, truncate: bool = False) -> bool:
+        """Checkpoint the WAL and say whether it worked. A failure (a full disk) is
+        logged, not raised: the WAL keeps every change until a checkpoint succeeds."""
+        try:
+            await self._off_loop(functools.partial(self._store.checkpoint, truncate=truncate))
+        except StorageError as exc:
+            log.warning("%s; the WAL keeps every change until a checkpoint succeeds", exc)
+            return False
+        return True
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -347,7 +368,7 @@ class Replica:
             if self._checkpoint_due:
                 self._committing = True  # writes queue until the second pass is done
                 self._checkpoint_due = False
-                await self._off_loop(self._store.checkpoint)
+                await self._try_checkpoint()
             if not self._queue:
                 self._committing = False
                 self._work = trio.Event()
@@ -604,14 +625,16 @@ async def open_replica(
     def open_files(stack: contextlib.ExitStack) -> Replica:
         path = Path(data_dir).expanduser()
         if create:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        elif not path.is_dir():
-            raise ConfigError(
-                f"no data directory at {path}: run `blazemesh init --data-dir {path}`"
-            )
+            make_data_dir(path)
+        else:
+            check_data_dir(path)
         stack.enter_context(lock_data_dir(path, wait_s=lock_wait_s))
         has_key = (path / KEY_FILE).exists()
         identity = create_identity(path) if create and not has_key else load_identity(path)
+        try:
+            private_database(path / DB_FILE)
+        except OSError as exc:
+            raise StorageError(f"cannot open {path / DB_FILE}: {exc.strerror}") from None
         store = Store(
             path / DB_FILE,
             node_id=identity.node_id,
@@ -646,9 +669,7 @@ async def open_replica(
         if body_error is not None:
             raise body_error
         with trio.CancelScope(shield=True):
-            await _off_loop(
-                functools.partial(replica.store.checkpoint, truncate=True), threads=threads
-            )
+            await replica._try_checkpoint(truncate=True)
 
 
 async def _off_loop(fn: Callable[[], T], *, threads: bool) -> T:

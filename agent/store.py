@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from protocol.errors import OwnOriginError, ProtocolError, ValidationError
 from protocol.hlc import COUNTER_BITS, HybridClock
 from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Put, Value
 from protocol.vv import VersionVector
+
+log = logging.getLogger(__name__)
 
 
 class Durability(enum.Enum):
@@ -199,16 +202,30 @@ class Store:
         self.clock = HybridClock(last=clock, max_skew_ms=max_skew_ms)
 
     def close(self) -> None:
-        """Save a snapshot if the log has grown past the last one, and close."""
+        """Save a snapshot if the log has grown past the last one, and close. Never
+        raises for SQLite: a snapshot that cannot be written (a full disk) is logged."""
         try:
             if self._last_lsn > self._snapshot_lsn:
                 with self._transaction():
                     self._save_snapshot(self.vv)
-        except sqlite3.Error:
-            pass  # the snapshot is an optimisation: the log replays on the next open
+        except sqlite3.Error as exc:
+            # The snapshot is an optimisation: the log replays on the next open.
+            log.warning(
+                "could not save a snapshot in %s (%s): the next open replays the log instead",
+                self.path,
+                exc,
+            )
         finally:
             self._reader.close()
             self._writer.close()
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """Raise SQLite's errors in the block as `StorageError`, saying what failed."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not {doing} {self.path}: {exc}") from exc
 
     # -- writing ------------------------------------------------------------------------
 
@@ -456,23 +473,28 @@ class Store:
         return self._writer
 
     def checkpoint(self, *, truncate: bool = False) -> None:
-        """Copy the WAL back into the database file; call it off the trio thread."""
+        """Copy the WAL back into the database file; call it off the trio thread.
+
+        Raises `StorageError` if it cannot (a full disk): the WAL then keeps every
+        change, and reads and writes go on as before.
+        """
         mode = "TRUNCATE" if truncate else "PASSIVE"
-        db = sqlite3.connect(self.path, isolation_level=None)
-        try:
+        with (
+            self._failing("checkpoint"),
+            contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as db,
+        ):
             db.execute(f"PRAGMA wal_checkpoint({mode})")
-        finally:
-            db.close()
 
     # -- reading ------------------------------------------------------------------------
 
     def get(self, collection: str, key: str) -> dict[str, Value] | None:
         """The committed document of a record, or None if it is absent or deleted."""
-        row = first_row(
-            self._reader,
-            "SELECT doc FROM records WHERE collection = ? AND key = ?",
-            (collection, key),
-        )
+        with self._failing("read"):
+            row = first_row(
+                self._reader,
+                "SELECT doc FROM records WHERE collection = ? AND key = ?",
+                (collection, key),
+            )
         if row is None or row[0] is None:
             return None
         return decode_document(row[0])
@@ -482,25 +504,24 @@ class Store:
         """A cursor over ``(key, doc)`` of visible records from ``start`` on, in key order.
 
         The cursor reads one snapshot from its own connection, so a caller may page
-        through it across trio checkpoints and still never see half a change.
+        through it across trio checkpoints and still never see half a change. SQLite's
+        errors while the block runs, the caller's fetches included, are `StorageError`.
         """
-        db = self._connect()
-        try:
+        with self._failing("read"), contextlib.closing(self._connect()) as db:
             op = ">=" if inclusive else ">"
             yield db.execute(
                 f"SELECT key, doc FROM records WHERE collection = ? AND key {op} ? "
                 "AND doc IS NOT NULL ORDER BY key",
                 (collection, start),
             )
-        finally:
-            db.close()
 
     def log_since(
         self, lsn: int, limit: int, max_bytes: int = LOG_PAGE_BYTES
     ) -> list[tuple[int, bytes]]:
         """Up to ``limit`` log entries ``(lsn, encoded change)`` after ``lsn``, in order,
         of at most ``max_bytes`` encoded (or the first entry alone, if it is larger)."""
-        return _log_since(self._reader, lsn, limit, max_bytes)
+        with self._failing("read"):
+            return _log_since(self._reader, lsn, limit, max_bytes)
 
     def changes_in(
         self, origin: bytes, first: int, last: int, max_bytes: int = LOG_PAGE_BYTES
@@ -508,28 +529,32 @@ class Store:
         """``(seq, encoded change)`` of ``origin`` with seqs in ``first..last`` that the
         log holds, in order, of at most ``max_bytes`` encoded (or the first alone, if it
         is larger): read on from the last seq for more."""
-        cursor = self._reader.execute(
-            "SELECT seq, change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-            (origin, first, last),
-        )
-        return _page(cursor, max_bytes)
+        with self._failing("read"):
+            cursor = self._reader.execute(
+                "SELECT seq, change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (origin, first, last),
+            )
+            return _page(cursor, max_bytes)
 
     def digest(self) -> str:
         """BLAKE2b over every visible record in (collection, key) order, as hex."""
         h = hashlib.blake2b(digest_size=16)
-        rows = self._reader.execute(
-            "SELECT collection, key, doc FROM records WHERE doc IS NOT NULL "
-            "ORDER BY collection, key"
-        )
-        for collection, key, doc in rows:
-            h.update(msgpack.packb((collection, key, doc)))
+        with self._failing("read"):
+            rows = self._reader.execute(
+                "SELECT collection, key, doc FROM records WHERE doc IS NOT NULL "
+                "ORDER BY collection, key"
+            )
+            for collection, key, doc in rows:
+                h.update(msgpack.packb((collection, key, doc)))
         return h.hexdigest()
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per collection: (visible records, deleted records still held as tombstones)."""
-        rows = self._reader.execute(
-            "SELECT collection, count(doc), count(*) - count(doc) FROM records GROUP BY collection"
-        ).fetchall()
+        with self._failing("read"):
+            rows = self._reader.execute(
+                "SELECT collection, count(doc), count(*) - count(doc) FROM records "
+                "GROUP BY collection"
+            ).fetchall()
         return {c: (live, dead) for c, live, dead in rows}
 
     @property

@@ -115,6 +115,34 @@ def test_exposed_key_is_a_clear_error(capsys: pytest.CaptureFixture[str], home: 
     assert "chmod 600" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["init"], ["info"], ["get", "c", "k"], ["watch"], ["watch", "--no-follow"], ["invite"]],
+    ids=" ".join,
+)
+def test_a_data_dir_others_can_read_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], home: Path, argv: list[str]
+) -> None:
+    run(capsys, "init", "--mesh", "lab")
+    home.chmod(0o755)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"blazemesh: error: {home} is open to other users (mode 0755) and holds the node key, "
+        f"the mesh secret and every record: run `chmod 700 {home}`"
+    ]
+
+
+def test_a_data_dir_that_cannot_be_made_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "file").touch()
+    code, _, err = run(capsys, "init", "--data-dir", str(tmp_path / "file" / "node"))
+    assert code == 1
+    assert err.startswith("blazemesh: error: cannot create the data directory")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_info_and_watch(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     run(capsys, "init")
     run(capsys, "put", "a", "1", "x=1")

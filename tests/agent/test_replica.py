@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from agent.errors import DataDirLockedError, ReplicaClosedError
+from agent.errors import DataDirLockedError, ReplicaClosedError, StorageError
 from agent.paths import DB_FILE
 from agent.replica import Replica, open_replica
 from agent.store import Applied, Durability
@@ -408,26 +409,38 @@ async def test_checkpoint_every_commits_must_be_positive(tmp_path: Path) -> None
             pass
 
 
+def before_each_checkpoint(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch, hook: Callable[[int], None]
+) -> None:
+    """Call ``hook(n)`` before the store's n-th checkpoint pass (from 1): it may block it,
+    or raise in its place."""
+    real = replica.store.checkpoint
+    passes = 0
+
+    def checkpoint(*, truncate: bool = False) -> None:
+        nonlocal passes
+        passes += 1
+        hook(passes)
+        real(truncate=truncate)
+
+    monkeypatch.setattr(replica.store, "checkpoint", checkpoint)
+
+
 async def test_writes_wait_for_the_second_pass_of_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A checkpoint that only ever races writes never copies the last frames, and the WAL
     # is then never started over: it grows without bound. The first pass runs beside
     # the writes; the second, which copies the rest, holds them.
-    passes = 0
     second_started, release = threading.Event(), threading.Event()
     async with open_replica(tmp_path, create=True, checkpoint_every_commits=2) as replica:
-        real = replica.store.checkpoint
 
-        def counted_checkpoint(*, truncate: bool = False) -> None:
-            nonlocal passes
-            passes += 1
-            if passes == 2:
+        def hold_the_second(n: int) -> None:
+            if n == 2:
                 second_started.set()
                 release.wait(timeout=30)
-            real(truncate=truncate)
 
-        monkeypatch.setattr(replica.store, "checkpoint", counted_checkpoint)
+        before_each_checkpoint(replica, monkeypatch, hold_the_second)
         await replica.put("c", "a", {"n": 1})
         await replica.put("c", "b", {"n": 2})  # the second commit: a checkpoint starts
         assert await trio.to_thread.run_sync(second_started.wait, 10.0)
@@ -444,3 +457,48 @@ async def test_writes_wait_for_the_second_pass_of_a_checkpoint(
             release.set()
         assert waited  # the write waited for the second pass
         assert await replica.get("c", "c") == {"n": 3}
+
+
+FULL = StorageError("could not checkpoint replica.db: database or disk is full")
+
+
+async def test_a_checkpoint_that_fails_is_logged_and_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_replica(
+        tmp_path, create=True, threads=False, checkpoint_every_commits=1
+    ) as replica:
+        passes = []
+
+        def full_at_first(n: int) -> None:
+            passes.append(n)
+            if n <= 2:
+                raise FULL
+
+        before_each_checkpoint(replica, monkeypatch, full_at_first)
+        for i in range(4):
+            await replica.put("c", f"k{i}", {"i": i})
+            await trio.testing.wait_all_tasks_blocked()  # its checkpoint has run
+        assert passes == [1, 2, 3, 4]
+        assert [await replica.get("c", f"k{i}") for i in range(4)] == [{"i": i} for i in range(4)]
+    assert caplog.text.count("database or disk is full; the WAL keeps every change") == 2
+
+
+async def test_a_second_checkpoint_pass_that_fails_is_logged_and_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed = threading.Event()
+    async with open_replica(tmp_path, create=True, checkpoint_every_commits=2) as replica:
+
+        def second_pass_full(n: int) -> None:
+            if n == 2:
+                failed.set()
+                raise FULL
+
+        before_each_checkpoint(replica, monkeypatch, second_pass_full)
+        await replica.put("c", "a", {"n": 1})
+        await replica.put("c", "b", {"n": 2})  # the second commit: a checkpoint starts
+        assert await trio.to_thread.run_sync(failed.wait, 10.0)
+        await replica.put("c", "c", {"n": 3})  # committed after the failed pass
+        assert await replica.get("c", "c") == {"n": 3}
+        assert "database or disk is full; the WAL keeps every change" in caplog.text

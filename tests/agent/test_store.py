@@ -152,3 +152,51 @@ async def test_a_snapshot_restores_gaps_as_runs(tmp_path: Path, written_by: str)
         db.close()
     async with open_replica(tmp_path) as replica:
         assert replica.store.vv == vv
+
+
+def corrupt_table(path: Path, table: str) -> None:
+    """Overwrite the first page of ``table`` with garbage, as a failing disk might."""
+    db = sqlite3.connect(path)
+    try:
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+    finally:
+        db.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xee" * page_size)
+
+
+async def test_a_failing_read_is_a_storage_error_not_a_raw_sqlite_one(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True) as replica:
+        await replica.put("c", "k", {"a": 1})
+    corrupt_table(tmp_path / DB_FILE, "records")
+    async with open_replica(tmp_path) as replica:
+        malformed = f"could not read {tmp_path / DB_FILE}: database disk image is malformed"
+        with pytest.raises(StorageError, match=malformed):
+            await replica.get("c", "k")
+        with pytest.raises(StorageError, match=malformed):
+            await replica.query("c")
+        with pytest.raises(StorageError, match=malformed):
+            replica.digest()
+        with pytest.raises(StorageError, match=malformed):
+            replica.info()
+        assert [lsn for lsn, _ in replica.changes_since(0)] == [1]  # the log still reads
+
+
+async def test_a_snapshot_that_cannot_be_saved_at_close_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_replica(tmp_path, create=True) as replica:
+        await replica.put("c", "k", {"a": 1})
+
+        def full(*args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(replica.store, "_save_snapshot", full)
+    assert "could not save a snapshot" in caplog.text
+    assert "the next open replays the log" in caplog.text
+    async with open_replica(tmp_path) as replica:
+        assert await replica.get("c", "k") == {"a": 1}

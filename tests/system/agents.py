@@ -111,17 +111,23 @@ def follow(command: list[str], timeout_s: float, done: Callable[[str], bool]) ->
 
 
 def wait_for_line(
-    log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 30
+    log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 30, count: int = 1
 ) -> None:
-    """Follow ``log`` until a line holds ``text``; fail if the process exits first."""
+    """Follow ``log`` until ``count`` lines hold ``text``; fail if the process exits first."""
+    seen = 0
 
     def found(line: str) -> bool:
+        nonlocal seen
         if process.poll() is not None:
             raise AssertionError(f"the agent exited ({process.poll()}):\n{log.read_text()}")
-        return text in line
+        seen += text in line
+        return seen >= count
 
     if not follow(["tail", "-n", "+1", "-F", str(log)], timeout_s, found):
-        raise AssertionError(f"{text!r} not in {log} after {timeout_s} s:\n{log.read_text()}")
+        raise AssertionError(
+            f"{seen} of {count} lines with {text!r} in {log} after {timeout_s} s:\n"
+            + log.read_text()
+        )
 
 
 @contextmanager

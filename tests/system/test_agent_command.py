@@ -50,6 +50,11 @@ def test_no_mesh(tmp_path: Path) -> None:
     assert refused(result, "belongs to no mesh")
 
 
+def test_data_directory_open_to_others(node: Path) -> None:
+    node.chmod(0o755)
+    assert refused(blazemesh("agent", "--data-dir", str(node)), f"run `chmod 700 {node}`")
+
+
 def test_port_in_use(node: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.71", 0))

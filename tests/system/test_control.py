@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
+import socket
 import stat
 import struct
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import trio.testing
 from agent import api, control
 from agent.cli import main
 from agent.client import AgentCallError, AgentClient, open_session
+from agent.errors import AgentError
 from agent.mesh import new_mesh, save_mesh
 from agent.network import MemoryNetwork
 from agent.node import Node
@@ -286,7 +289,7 @@ async def test_cancelling_a_watch_ends_it_with_a_final_reply(agent: Agent) -> No
 
 
 async def test_the_socket_is_private_and_removed_at_shutdown(data_dir: Path) -> None:
-    await trio.Path(data_dir).mkdir(parents=True)
+    await trio.Path(data_dir).mkdir(parents=True, mode=0o700)
     await trio.Path(data_dir / CONTROL_SOCKET).write_text("left by an agent that died")
     async with running_agent(data_dir) as agent:
         mode = agent.socket.stat().st_mode
@@ -405,3 +408,135 @@ async def test_topology_commands(agent: Agent, capsys: pytest.CaptureFixture[str
     )
     setting = await agent.node.replica.get("_mesh", "topology")
     assert setting == {"mode": "star", "max_links": None, "hub": agent.node.identity.text}
+
+
+# -- clients that hang up, and clients that hold a slot and do nothing -----------------
+
+
+@contextlib.contextmanager
+def logged(text: str) -> Iterator[trio.Event]:
+    """An event set once a log record of `agent.control` holds ``text``: what the test
+    waits on to know the agent has dealt with a client (records come from the trio
+    thread, so the handler may set a trio event)."""
+    seen = trio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                seen.set()
+
+    logger = logging.getLogger(control.__name__)
+    handler = Watch(logging.DEBUG)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def hang_up_after(path: Path, *frames: Request) -> None:
+    """Connect, send ``frames`` and close, all without yielding to the loop: the agent
+    reads the requests only once the client has gone, so every reply finds it gone."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(os.fspath(path))
+        s.sendall(b"".join(encode_frame(f) for f in frames))
+
+
+BIG: dict[str, Value] = {f"f{i}": b"\0" * (900 << 10) for i in range(3)}  # beyond any buffer
+HELLO = Request(id=0, op="hello", args={"version": CONTROL_VERSION})
+
+
+async def still_serving(agent: Agent) -> None:
+    async with client(agent) as c:
+        assert (await c.call("info", {}))["agent"] is True
+
+
+async def test_a_client_that_says_hello_and_leaves_costs_only_itself(agent: Agent) -> None:
+    for _ in range(5):
+        with logged("went away") as gone:
+            hang_up_after(agent.socket, HELLO)
+            with trio.fail_after(10):
+                await gone.wait()
+        await still_serving(agent)
+
+
+async def test_a_client_that_leaves_before_a_large_reply_costs_only_itself(agent: Agent) -> None:
+    await agent.node.replica.put("c", "big", BIG)
+    get = Request(id=1, op="get", args={"collection": "c", "key": "big"})
+    for _ in range(5):
+        with logged("went away") as gone:
+            async with raw(agent) as r:
+                await r.hello()
+                await r.send(get)
+                await r.stream.receive_some(1)  # the reply has begun: more than fits in buffers
+            with trio.fail_after(10):
+                await gone.wait()
+        await still_serving(agent)
+
+
+async def test_a_client_that_leaves_a_watch_costs_only_itself(agent: Agent) -> None:
+    await agent.node.replica.put("c", "big", BIG)
+    for _ in range(5):
+        with logged("went away") as gone:
+            async with raw(agent) as r:
+                await r.hello()
+                await r.send(Request(id=1, op="watch", args={"since": 0}))
+                await r.stream.receive_some(1)  # the first event has begun
+            with trio.fail_after(10):
+                await gone.wait()
+        await still_serving(agent)
+
+
+async def test_idle_clients_make_room_for_a_new_one(agent: Agent) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        idle = []
+        for i in range(control.MAX_CLIENTS + 8):
+            r = await stack.enter_async_context(raw(agent))
+            if i < control.MAX_CLIENTS:
+                await r.hello()  # a session: no hello timeout will close it
+            idle.append(r)
+        with trio.fail_after(5):  # it must not wait for some client to leave
+            await still_serving(agent)
+        # The longest idle were closed to make room, and told nothing: they just see EOF.
+        assert await idle[0].reply() is None
+
+
+async def test_a_new_client_is_told_when_every_session_is_busy(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "MAX_CLIENTS", 3)
+    async with contextlib.AsyncExitStack() as stack:
+        await agent.node.replica.put("c", "k", {})
+        watchers = []
+        for _ in range(3):
+            r = await stack.enter_async_context(raw(agent))
+            await r.hello()
+            await r.send(Request(id=1, op="watch", args={"since": 0}))  # runs until cancelled
+            assert isinstance(await r.reply(), Event)  # it runs
+            watchers.append(r)
+        with trio.fail_after(5), pytest.raises(AgentCallError, match="busy") as refused:
+            await still_serving(agent)
+        assert refused.value.code == "busy"
+        await watchers[0].send(Request(id=2, op="cancel", args={"id": 1}))
+        assert {await watchers[0].reply(), await watchers[0].reply()} == {
+            Result(id=1, value="cancelled"),
+            Result(id=2, value=True),
+        }
+        await still_serving(agent)  # in place of the watcher that now idles
+
+
+async def test_a_bug_in_one_session_costs_only_that_session(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unencodable(self: api.Operations, args: object) -> object:
+        return {"a set", "msgpack cannot write"}
+
+    monkeypatch.setattr(api.Operations, "peers", unencodable)
+    async with running_agent(data_dir) as agent, client(agent) as c:
+        with pytest.raises(AgentError, match="closed the connection"):
+            await c.call("peers", {})
+        await still_serving(agent)
+    assert "a control client's session failed" in caplog.text
