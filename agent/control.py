@@ -17,7 +17,6 @@ session has a request running, the new client is told ``busy``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import trio
 
-from agent.api import NoAgentError, Operations, RequestError, arg
+from agent.api import Operations, RequestError, arg
 from agent.errors import AgentError, ConfigError
+from agent.network import Acceptor
 from protocol.codec.control import (
     CONTROL_VERSION,
     Event,
@@ -51,12 +51,11 @@ MAX_CLIENTS = 64  # sessions served at once; a new client displaces the longest-
 MAX_REFUSING = 8
 MAX_REQUESTS_PER_CONNECTION = 32  # requests running per connection; the reader waits beyond
 HELLO_TIMEOUT_S = 10.0  # a client that says nothing is closed after this long
-# Accepting fails while the process is out of file descriptors or memory (EMFILE,
-# ENFILE, ENOBUFS, ENOMEM): the agent waits this long and tries again, rather than stop.
-ACCEPT_RETRY_S = 0.1
+# A reply the client takes none of for this long ends its session: it reads nothing (a
+# `watch` reader stalled this long, a client gone quiet) and would hold it for good.
+SEND_TIMEOUT_S = 30.0
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, including the final NUL
 RECEIVE_BYTES = 1 << 16
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _ClientGoneError(Exception):
@@ -75,8 +74,9 @@ async def serve(
         async with trio.SocketListener(sock) as listener, trio.open_nursery() as nursery:
             log.info("control socket at %s", path)
             task_status.started()
+            acceptor = Acceptor(listener, "control socket")
             while True:
-                connection = _Connection(await _accept(listener), ops)
+                connection = _Connection(await acceptor.accept(), ops)
                 done: Callable[[], None]
                 if clients.admit(connection):
                     done = functools.partial(clients.leave, connection)
@@ -108,22 +108,6 @@ async def _bind(path: Path) -> trio.socket.SocketType:
         sock.close()
         raise ConfigError(f"cannot create the control socket {path}: {exc.strerror}") from None
     return sock
-
-
-async def _accept(listener: trio.SocketListener) -> trio.SocketStream:
-    """The next client; a shortage of descriptors or memory is waited out, not fatal."""
-    while True:
-        try:
-            return await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _RESOURCE_ERRNOS:
-                raise
-            log.warning(
-                "control socket: cannot accept a client (%s); trying again in %.1f s",
-                exc.strerror,
-                ACCEPT_RETRY_S,
-            )
-            await trio.sleep(ACCEPT_RETRY_S)
 
 
 async def _client(connection: _Connection, done: Callable[[], None]) -> None:
@@ -172,6 +156,7 @@ class _Connection:
         self._streams: dict[int, trio.CancelScope] = {}
         self._scope = trio.CancelScope()
         self._refused = False
+        self._cut = False  # a reply was cut short: nothing more may follow it (see `_send`)
         self._running = 0  # requests started and not yet answered, streams included
         self.last_active = trio.current_time()  # of the last frame received or reply sent
 
@@ -317,20 +302,31 @@ class _Connection:
         except ValueError as exc:  # a result larger than a frame
             data = encode_frame(Failure(id=reply.id, code="too-large", message=str(exc)))
         async with self._send_lock:
+            if self._cut:
+                raise _ClientGoneError("a reply to this client was cut short")
             try:
-                await self._stream.send_all(data)
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    await self._stream.send_all(data)
             except trio.BrokenResourceError as exc:
                 raise _ClientGoneError(str(exc)) from exc
+            except trio.TooSlowError:
+                self._cut = True
+                log.info("control client read nothing for %.0f s: closing it", SEND_TIMEOUT_S)
+                raise _ClientGoneError("the client reads nothing") from None
+            except BaseException:
+                # Cancelled (a `cancel` of its stream, say) with part of the frame sent:
+                # another frame after it would garble the client's framing.
+                self._cut = True
+                raise
         self.last_active = trio.current_time()
 
 
 def _failure(request: Request, exc: Exception) -> Failure:
-    code = "failed"
-    if isinstance(exc, RequestError | NoAgentError):
+    if isinstance(exc, AgentError):
         code = exc.code
     elif isinstance(exc, LocalProtocolError | RemoteProtocolError):
         code = "invalid"
-    elif not isinstance(exc, AgentError):
+    else:
         log.error("control request %r failed", request.op, exc_info=exc)
         return Failure(id=request.id, code="internal", message=f"internal error: {exc!r}")
     return Failure(id=request.id, code=code, message=str(exc))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,17 @@ def advertised(bound: list[Address], interfaces: list[str]) -> tuple[Address, ..
 async def run_agent(
     config: AgentConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run until cancelled or signalled; raise `ConfigError` for a bad configuration."""
+    """Run until cancelled or signalled; raise `ConfigError` for a bad configuration.
+
+    SIGINT and SIGTERM are taken from the start: one that comes while the agent starts
+    stops it cleanly as soon as it is up, instead of killing it half way."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        await _run_agent(config, signals, task_status)
+
+
+async def _run_agent(
+    config: AgentConfig, signals: AsyncIterator[int], task_status: trio.TaskStatus[Node]
+) -> None:
     data_dir = config.data_dir
     if not data_dir.is_dir():
         raise ConfigError(
@@ -142,10 +153,9 @@ async def run_agent(
                 for peer in config.peers:
                     log.info("static peer %s", format_address(peer))
                 task_status.started(node)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("received %s: shutting down", signal.Signals(signum).name)
-                        break
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    break
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             error = None if started else _startup_error(group, config.listen)

@@ -2,7 +2,10 @@
 
 
 class AgentError(Exception):
-    """Base class of every exception the agent package raises on purpose."""
+    """Base class of every exception the agent package raises on purpose; ``code`` is
+    what the control socket's error reply calls it (docs/api.md)."""
+
+    code = "failed"
 
 
 class ConfigError(AgentError):

@@ -82,33 +82,50 @@ class TcpNetwork:
         return await trio.open_tcp_stream(host, port)
 
 
+class Acceptor:
+    """Accepts from ``listener``, waiting out a shortage of files or buffers (retrying
+    every `ACCEPT_RETRY_S`, with one warning per episode) instead of failing: a process
+    out of descriptors recovers as soon as a connection closes. ``what`` names the
+    listener in the log."""
+
+    def __init__(self, listener: trio.SocketListener, what: str) -> None:
+        self._listener = listener
+        self._what = what
+        self._starved = False
+
+    async def accept(self) -> trio.SocketStream:
+        while True:
+            try:
+                stream = await self._listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
+                    raise
+                if not self._starved:
+                    log.warning(
+                        "%s: cannot accept connections: %s; retrying every %.1f s",
+                        self._what,
+                        exc.strerror,
+                        ACCEPT_RETRY_S,
+                    )
+                    self._starved = True
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
+            if self._starved:
+                log.info("%s: accepting connections again", self._what)
+                self._starved = False
+            return stream
+
+
 async def accept_forever(
     listener: trio.SocketListener, handler: Handler, nursery: trio.Nursery
 ) -> None:
     """Accept connections on ``listener`` and start ``handler`` for each in ``nursery``,
     until cancelled. Nothing one connection does stops it: a connection reset before it
-    is accepted is dropped, and while the process is out of files (or the host out of
-    buffers) it retries every `ACCEPT_RETRY_S`, with one warning for the episode."""
-    starved = False
+    is accepted is dropped, and a shortage of files or buffers is waited out (`Acceptor`)."""
+    acceptor = Acceptor(listener, "peers")
     async with listener:
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
-                    raise
-                if not starved:
-                    log.warning(
-                        "cannot accept connections: %s; retrying every %.1f s",
-                        exc.strerror,
-                        ACCEPT_RETRY_S,
-                    )
-                    starved = True
-                await trio.sleep(ACCEPT_RETRY_S)
-                continue
-            if starved:
-                log.info("accepting connections again")
-                starved = False
+            stream = await acceptor.accept()
             try:
                 remote = stream.socket.getpeername()
             except OSError as exc:

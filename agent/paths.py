@@ -102,7 +102,11 @@ def lock_data_dir(data_dir: Path, *, wait_s: float = 0.0) -> Iterator[None]:
     The lock file records the holder's pid so that the error can name it. The kernel
     drops the lock when the process dies, however it dies.
     """
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the lock file {path}: {exc.strerror}") from None
     try:
         deadline = time.monotonic() + wait_s
         while not _try_lock(fd):

@@ -238,12 +238,13 @@ class Store:
         raised. Call `finish` with the outcomes once the batch has returned.
         ``with_updates=False`` leaves `Applied.updates` empty, for when nobody observes.
         """
-        next_seq, taken = self._next_seq, self._taken
+        before = self._next_seq, self._taken, self._last_lsn, self._snapshot_lsn
         try:
             with self._transaction():
                 outcomes = self._write_batch(jobs, with_updates)
         except sqlite3.Error as exc:
-            self._next_seq, self._taken = next_seq, taken
+            # Rolled back: the seqs, log positions and snapshot it took were never written.
+            self._next_seq, self._taken, self._last_lsn, self._snapshot_lsn = before
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
         self.commits += 1
         return outcomes

@@ -94,8 +94,8 @@ async def test_running_out_of_files_pauses_accepting_and_warns_once(
     assert when - start == pytest.approx(3 * ACCEPT_RETRY_S)
     messages = [record.getMessage() for record in caplog.records]
     assert messages == [
-        "cannot accept connections: Too many open files; retrying every 0.1 s",
-        "accepting connections again",
+        "peers: cannot accept connections: Too many open files; retrying every 0.1 s",
+        "peers: accepting connections again",
     ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.identity import create_identity, load_identity
 from agent.mesh import MESH_FILE, load_mesh, new_mesh, save_mesh
-from agent.paths import DB_FILE, KEY_FILE, LOCK_FILE
+from agent.paths import DB_FILE, KEY_FILE, LOCK_FILE, lock_data_dir
 from agent.replica import open_replica
 
 
@@ -98,3 +98,14 @@ def test_the_mesh_file_is_private_whatever_a_crash_left_behind(tmp_path: Path) -
     save_mesh(tmp_path, new_mesh("lab"))
     assert mode(tmp_path / MESH_FILE) == 0o600
     assert load_mesh(tmp_path).name == "lab"
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / LOCK_FILE).mkdir()  # a read-only disk or a mistake: not a file we can open
+    with (
+        pytest.raises(ConfigError, match=r"cannot open the lock file .*lock: Is a directory"),
+        lock_data_dir(data_dir),
+    ):
+        pass

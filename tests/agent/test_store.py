@@ -200,3 +200,37 @@ async def test_a_snapshot_that_cannot_be_saved_at_close_is_logged(
     assert "the next open replays the log" in caplog.text
     async with open_replica(tmp_path) as replica:
         assert await replica.get("c", "k") == {"a": 1}
+
+
+class FailingCommit:
+    """A write transaction whose COMMIT fails, as on a full disk (the WAL cannot grow)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_write_that_fails_takes_no_seq_and_no_log_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write whose commit fails is rolled back: the next write takes the seq and the log
+    position the failed one would have (the position used to jump, and a snapshot saved
+    at close could record it)."""
+    async with open_replica(tmp_path, create=True) as replica:
+        first = await replica.put("c", "k", {"a": 1})
+        store = replica.store
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "_transaction", lambda: FailingCommit(store._writer))
+            with pytest.raises(StorageError, match="full"):
+                await replica.put("c", "lost", {"v": 1})
+        second = await replica.put("c", "k2", {"a": 2})
+        assert second.seq == first.seq + 1
+        assert replica.info().last_lsn == 2
+        assert [lsn for lsn, _ in replica.changes_since(0)] == [1, 2]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.agents import Agent, wait_for_line
+
 pytestmark = pytest.mark.system
 
 
@@ -75,3 +77,17 @@ def test_bad_addresses(node: Path, option: str, value: str, why: str) -> None:
 def test_a_discovery_bound_below_one_is_refused(node: Path) -> None:
     result = blazemesh("agent", "--data-dir", str(node), "--max-peers", "0")
     assert refused(result, "--max-peers must be at least 1, got 0")
+
+
+def test_sigterm_while_the_agent_starts_stops_it_cleanly(node: Path) -> None:
+    """A supervisor may stop an agent the moment it starts: the signal must stop it
+    cleanly (status 0, database closed), not kill it half way because the handler was
+    not installed yet."""
+    agent = Agent(node, ["--listen", "127.0.0.72:0", "--discovery", "none"])
+    with agent.log.open("ab") as log:
+        agent.process = subprocess.Popen(
+            [BLAZEMESH, "agent", "--data-dir", str(node), *agent.args], stdout=log, stderr=log
+        )
+    wait_for_line(agent.log, "in mesh", agent.process)  # its first line: still starting
+    assert agent.stop() == 0
+    assert "stopped; links closed, database closed" in agent.log.read_text()

@@ -540,3 +540,43 @@ async def test_a_bug_in_one_session_costs_only_that_session(
             await c.call("peers", {})
         await still_serving(agent)
     assert "a control client's session failed" in caplog.text
+
+
+async def test_a_client_that_reads_nothing_loses_its_session(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that asks and never reads would hold its session (and, 64 of them, every
+    session) for good: a reply it takes none of for `SEND_TIMEOUT_S` ends it."""
+    monkeypatch.setattr(control, "SEND_TIMEOUT_S", 0.5)
+    await agent.node.replica.put("c", "big", BIG)
+    get = Request(id=1, op="get", args={"collection": "c", "key": "big"})
+    with logged("read nothing") as dropped:
+        async with raw(agent) as r:
+            await r.hello()
+            await r.send(get)  # 2.7 MB: more than the socket buffers hold
+            with trio.fail_after(10):
+                await dropped.wait()
+    await still_serving(agent)
+
+
+async def test_a_stream_cancelled_in_the_middle_of_a_frame_never_garbles_the_next(
+    agent: Agent,
+) -> None:
+    """Cancelling a `watch` while one of its events is half sent: the agent may not send
+    the final reply after half a frame (the client could not find where frames begin);
+    it ends the session instead. Whatever the client reads is whole frames."""
+    for i in range(3):
+        await agent.node.replica.put("c", f"big{i}", BIG)
+    for _ in range(5):
+        async with raw(agent) as r:
+            await r.hello()
+            await r.send(Request(id=1, op="watch", args={"since": 0}))
+            # An event has begun, more than the buffers hold: the agent is in its send.
+            r.decoder.feed(await r.stream.receive_some(1))
+            await r.send(Request(id=2, op="cancel", args={"id": 1}))
+            frames = []
+            with trio.fail_after(10):
+                while (frame := await r.reply()) is not None:  # a garbled frame raises
+                    frames.append(frame)
+            assert all(f.id in (1, 2) for f in frames)
+        await still_serving(agent)

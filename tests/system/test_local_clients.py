@@ -103,7 +103,7 @@ def test_running_out_of_file_descriptors_holds_new_clients_back(agent: Agent) ->
     try:
         with connect(agent) as s:
             s.sendall(HELLO)  # waits in the listen backlog: accept fails with EMFILE
-            wait_for_lines(agent, "cannot accept a client", 1)
+            wait_for_lines(agent, "control socket: cannot accept connections", 1)
             resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
             s.settimeout(30)
             assert s.recv(1 << 16)  # accepted at last, and answered
