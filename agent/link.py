@@ -23,7 +23,7 @@ import trio
 from agent.errors import StorageError
 from agent.network import Address, format_address
 from agent.replica import Replica, duration_text
-from agent.store import Outcome, change_objects, held_bytes
+from agent.store import Outcome
 from protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from protocol.ids import node_id_short
 from protocol.model import Change
@@ -46,11 +46,6 @@ INCOMING_HELD_BYTES = 64 << 20  # decoded changes received and not yet applied, 
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
 PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
-
-
-def _held(incoming: Incoming) -> int:
-    """What the decoded changes of ``incoming`` hold in memory, about (`held_bytes`)."""
-    return held_bytes(incoming.size, sum(change_objects(c) for c in incoming.changes))
 
 
 class LinkEnded(Exception):
@@ -177,7 +172,7 @@ class Link:
                 elif isinstance(event, PeerRefused):
                     self._peer_refused(event)
                 else:
-                    self._incoming_held += _held(event)
+                    self._incoming_held += event.held_bytes
                     self._incoming_send.send_nowait(event)
             self.wake()
             # Small ops decode to many times their bytes on the wire (a change of 65,535
@@ -227,14 +222,14 @@ class Link:
 
     def _with_queued(self, first: Incoming) -> tuple[int, list[Change], int]:
         """``first`` and the batches queued behind it: the last batch number, the changes,
-        and what they hold (`_held`).
+        and what they hold.
 
         Batches that queued while the previous ones committed share one transaction and
         one ACK, so a receiver that falls behind catches up in bigger commits instead of
         paying a commit and an ACK per batch. At most one group commit's worth, so that
         ACKs keep flowing and the sender's window keeps moving.
         """
-        last, changes, held = first.batch, list(first.changes), _held(first)
+        last, changes, held = first.batch, list(first.changes), first.held_bytes
         ops = sum(len(change.ops) for change in changes)
         while ops < self._replica.max_batch_ops:
             try:
@@ -243,7 +238,7 @@ class Link:
                 break
             last = batch.batch
             changes += batch.changes
-            held += _held(batch)
+            held += batch.held_bytes
             ops += sum(len(change.ops) for change in batch.changes)
         return last, changes, held
 

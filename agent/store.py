@@ -17,6 +17,7 @@ cover; opening replays the log after that position. The log itself is the truth.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import logging
@@ -43,7 +44,15 @@ from protocol.codec import (
 from protocol.crdt import RecordKey, RecordState, apply_change
 from protocol.errors import OwnOriginError, ProtocolError, ValidationError
 from protocol.hlc import COUNTER_BITS, HybridClock
-from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Op, Put, Value
+from protocol.model import (
+    MAX_CHANGE_BYTES,
+    MAX_SEQ,
+    Change,
+    Op,
+    Value,
+    change_objects,
+    held_bytes,
+)
 from protocol.vv import VersionVector
 
 log = logging.getLogger(__name__)
@@ -94,27 +103,9 @@ Outcome = Applied | ProtocolError | None  # None: a remote change already held
 
 SNAPSHOT_EVERY_CHANGES = 4_096  # bounds the log tail replayed when the store opens
 LOAD_CHUNK_KEYS = 250  # records fetched per SELECT when a batch touches many
-# What Python holds per decoded object beyond the object's encoded bytes, about (tracemalloc:
-# 110-330 bytes per op or field, 1.1 KiB for a one-op change): a change of 65,535 small
-# ops is 0.8 MiB encoded but 22 MB decoded, so a bound in bytes counts its objects too.
-OBJECT_BYTES = 160
-CHANGE_OBJECTS = 4  # a change's own: itself, its origin, its tuple of ops, its stamp
 # Encoded changes read from the log at a time by a reader that follows it (a watch, a
 # catch-up): a page holds this much, or one change if that is larger.
 LOG_PAGE_BYTES = 1 << 20
-
-
-def held_bytes(encoded_bytes: int, objects: int) -> int:
-    """The memory a decoded value of ``encoded_bytes`` made of ``objects`` objects holds,
-    about. Values nested in lists and maps count by their bytes alone: for many small
-    ones Python holds more (8-9x for lists of numbers or short strings)."""
-    return encoded_bytes + OBJECT_BYTES * objects
-
-
-def change_objects(change: Change) -> int:
-    """The objects of ``change`` that `held_bytes` counts: its own, its ops, their fields."""
-    fields = sum(len(op.fields) for op in change.ops if isinstance(op, Put))
-    return CHANGE_OBJECTS + len(change.ops) + fields
 
 
 class Store:
@@ -275,7 +266,6 @@ class Store:
         )
         dirty: set[RecordKey] = set()
         log_rows = []
-        done = []  # (job index, lsn, change, its held bytes, its updates)
         lsn = self._last_lsn
         for i, change, blob in admitted:
             touched = apply_change(change, states)
@@ -290,17 +280,21 @@ class Store:
             lsn += 1
             last_stamp = change.hlc + len(change.ops) - 1
             log_rows.append((lsn, change.origin, change.seq, last_stamp, blob))
-            done.append((i, lsn, change, held_bytes(len(blob), change_objects(change)), updates))
-        doc_bytes = self._save_states(states, dirty)
-        for i, lsn, change, size, updates in done:
             outcomes[i] = Applied(
                 lsn=lsn,
                 change=change,
                 updates=updates,
-                change_bytes=size,
-                # A record that several changes of the batch touched counts as it ended.
-                updates_bytes=sum(doc_bytes.get((u.collection, u.key), 0) for u in updates),
+                change_bytes=held_bytes(len(blob), change_objects(change)),
+                updates_bytes=0,  # known once every change of the batch is applied (below)
             )
+        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
+        if with_updates:
+            # A record that several changes of the batch touched counts as it ended.
+            for i, *_ in admitted:
+                applied = outcomes[i]
+                assert isinstance(applied, Applied)
+                held = sum(doc_bytes[u.collection, u.key] for u in applied.updates if u.document)
+                outcomes[i] = dataclasses.replace(applied, updates_bytes=held)
         self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", log_rows)
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
@@ -353,9 +347,10 @@ class Store:
         self._taken = taken
 
     def _save_states(
-        self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey]
+        self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey], *, sizes: bool
     ) -> dict[RecordKey, int]:
-        """Write the records of ``keys``; return the held bytes of each document left."""
+        """Write the records of ``keys``; with ``sizes``, return the held bytes of each
+        document left (else nothing)."""
         rows = []
         doc_bytes: dict[RecordKey, int] = {}
         for c, k in keys:
@@ -364,7 +359,8 @@ class Store:
             doc = None
             if document is not None:
                 doc = encode_document(document)
-                doc_bytes[c, k] = held_bytes(len(doc), 1 + len(document))
+                if sizes:
+                    doc_bytes[c, k] = held_bytes(len(doc), 1 + len(document))
             rows.append((c, k, doc, encode_meta(state)))
         self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
         return doc_bytes
@@ -415,7 +411,7 @@ class Store:
                     change = decode_change(blob)
                     if any((op.collection, op.key) in keys for op in change.ops):
                         apply_change(change, states)
-                self._save_states(states, keys)
+                self._save_states(states, keys, sizes=False)
                 clock, self.clock = self.clock, clock
                 self._save_snapshot(self.vv)  # with the new clock
         except (sqlite3.Error, ProtocolError) as exc:

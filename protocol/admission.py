@@ -36,13 +36,15 @@ class Admission:
     join two: the count never falls short)."""
 
     __slots__ = (
-        "_batch",
         "_max_origins",
         "_max_runs",
         "_max_total_runs",
         "_new_origins",
         "_new_runs",
         "_node_id",
+        "_open_first",
+        "_open_last",
+        "_taken",
         "_vv",
     )
 
@@ -60,14 +62,30 @@ class Admission:
         self._max_runs = max_runs
         self._max_total_runs = max_total_runs
         self._max_origins = max_origins
-        self._batch = VersionVector()  # the dots admitted so far
+        # The dots taken so far: per origin the run being extended (its first and last
+        # seq: ints, which the collector does not track), the rest in `_taken`. A
+        # catch-up brings an origin's changes in order, each extending the open run.
+        self._open_first: dict[bytes, int] = {}
+        self._open_last: dict[bytes, int] = {}
+        self._taken = VersionVector()
         self._new_runs: dict[bytes, int] = {}
         self._new_origins: set[bytes] = set()
 
     def admit(self, change: Change) -> None:
         """Count ``change`` (not held) as taken, or raise the `ChangeRefusedError` that
         says why it is not."""
-        origin, seq, vv = change.origin, change.seq, self._vv
+        origin, seq = change.origin, change.seq
+        last = self._open_last.get(origin)
+        if last is not None:
+            if seq == last + 1:
+                self._open_last[origin] = seq  # next to one taken: no new gap
+                return
+            self._taken.add_range(origin, self._open_first[origin], last)
+        self._check(origin, seq)
+        self._open_first[origin] = self._open_last[origin] = seq
+
+    def _check(self, origin: bytes, seq: int) -> None:
+        vv = self._vv
         if origin == self._node_id:
             raise OwnOriginError(
                 f"change {seq} under this node's own id is not one it holds: forged by a "
@@ -92,13 +110,12 @@ class Admission:
                     "origins, past the limit; it is taken once earlier gaps close"
                 )
             self._new_runs[origin] = new + 1
-        self._batch.add(origin, seq)
 
     def _opens_run(self, origin: bytes, seq: int) -> bool:
-        """Whether ``seq`` (held by neither) touches nothing ``vv`` or the batch holds."""
-        vv, batch = self._vv, self._batch
+        """Whether ``seq`` (held by neither) touches nothing ``vv`` holds or was taken."""
+        taken = self._taken
         return (
-            vv.opens_run(origin, seq)
-            and (origin, seq - 1) not in batch
-            and (origin, seq + 1) not in batch
+            (origin, seq - 1) not in taken
+            and (origin, seq + 1) not in taken
+            and self._vv.opens_run(origin, seq)
         )

@@ -74,7 +74,7 @@ from protocol.codec.messages import (
     Summary,
 )
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.model import Change, Value
+from protocol.model import Change, Value, held_bytes
 from protocol.ring import WHOLE_RING, Arc, covers, place
 from protocol.vv import SeqRange, VersionVector, missing
 
@@ -132,7 +132,7 @@ class Incoming:
 
     batch: int
     changes: Sequence[Change]
-    size: int  # the message's bytes on the link
+    held_bytes: int  # what ``changes`` hold in memory, about (`protocol.model.held_bytes`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -400,7 +400,8 @@ class SyncLink:
         _check_bounded(self._peer_has, "the changes the peer sent")
         self.changes_received += len(message.changes)
         self._last_changes = self._now
-        return Incoming(batch=message.batch, changes=message.changes, size=size)
+        held = held_bytes(size, self._decoder.last_objects)
+        return Incoming(batch=message.batch, changes=message.changes, held_bytes=held)
 
     def _ack(self, batch: int) -> None:
         if not self._peer_acked <= batch < self._next_batch:
@@ -565,17 +566,28 @@ class SyncLink:
             return
         if not self._unacked:
             self._waiting_since = self._now
-        peer_has = self._peer_has
         for message, data in messages:
             self._out.append(data)
             dots = [(c.origin, c.seq) for c in message.changes]
-            for origin, seq in dots:
-                peer_has.add(origin, seq)
+            self._sent(dots)
             self._unacked.append(_Batch(batch=message.batch, size=len(data), dots=dots))
             self._in_flight += len(data)
             self._small_unacked += len(dots) < self._config.batch_changes
             self._next_batch = message.batch + 1
             self.changes_sent += len(dots)
+
+    def _sent(self, dots: list[tuple[bytes, int]]) -> None:
+        """Count ``dots`` as the peer's, a run of consecutive seqs at a time (a plan's
+        changes come in runs)."""
+        peer_has = self._peer_has
+        i = 0
+        while i < len(dots):
+            origin, first = dots[i]
+            j = i + 1
+            while j < len(dots) and dots[j] == (origin, first + j - i):
+                j += 1
+            peer_has.add_range(origin, first, first + j - i - 1)
+            i = j
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""

@@ -27,6 +27,7 @@ from protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
 from protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
 from protocol.ids import NODE_ID_BYTES
 from protocol.model import (
+    CHANGE_OBJECTS,
     INT_MAX,
     INT_MIN,
     MAX_CHANGE_BYTES,
@@ -114,9 +115,10 @@ class ChangeDecoder:
     a link that shares one drops (docs/protocol.md, section 6).
     """
 
-    __slots__ = ("_last", "_name_set", "_names", "_origins")
+    __slots__ = ("_last", "_name_set", "_names", "_origins", "objects")
 
     def __init__(self) -> None:
+        self.objects = 0  # what the changes decoded so far are made of (`change_objects`)
         self._names: list[tuple[str, int]] = []  # (name, UTF-8 bytes): limits differ by kind
         self._name_set: set[str] = set()
         self._origins: list[bytes] = []
@@ -138,6 +140,7 @@ class ChangeDecoder:
             raise InvalidRemoteDataError(f"HLC stamp {hlc} out of range for {n_ops} ops")
         ops: list[Op] = []
         names = self._names
+        objects = CHANGE_OBJECTS + n_ops
         for i in range(4, len(item), 3):
             # A reference into the table takes the fast path; anything else, and every
             # error, goes through `_name`'s full checks.
@@ -157,7 +160,9 @@ class ChangeDecoder:
                 ops.append(Delete(collection=collection, key=key))
             else:
                 fields = self._fields(raw_fields, collection, key)
+                objects += len(fields)
                 ops.append(Put(collection=collection, key=key, fields=fields))
+        self.objects += objects
         return Change(origin=origin, seq=seq, hlc=hlc, ops=tuple(ops))
 
     def _head(self, origin_slot: object, seq: object, ms: object) -> tuple[bytes, int, int]:

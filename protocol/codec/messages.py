@@ -245,6 +245,7 @@ class MessageDecoder:
         self._position = 0
         self._fed = 0  # bytes fed so far (`_position`: bytes decoded so far)
         self.last_size = 0  # bytes of the message `__next__` returned last
+        self.last_objects = 0  # ... and, for CHANGES, what its changes are made of
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
@@ -287,8 +288,10 @@ class MessageDecoder:
                 raise InvalidRemoteDataError(
                     f"{len(item[2])} changes in one message; the limit is {MAX_BATCH_CHANGES}"
                 )
-            decode = self._changes.change
-            return Changes(batch=_batch(item[1]), changes=[decode(c) for c in item[2]])
+            decode, before = self._changes.change, self._changes.objects
+            changes = [decode(c) for c in item[2]]
+            self.last_objects = self._changes.objects - before
+            return Changes(batch=_batch(item[1]), changes=changes)
         if kind == Kind.ACK and n == 2:
             return Ack(batch=_batch(item[1]))
         if kind == Kind.PING and n == 2 and type(item[1]) is int:

@@ -10,11 +10,11 @@ import trio.testing
 
 from agent import link as link_module
 from agent.link import Link
-from agent.store import Outcome, change_objects, held_bytes
+from agent.store import Outcome
 from protocol.codec import PROTOCOL_VERSION
 from protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
 from protocol.hlc import pack
-from protocol.model import Change, Put
+from protocol.model import Change, Put, change_objects, held_bytes
 from protocol.sync import SyncLink
 from protocol.vv import VersionVector
 

@@ -19,9 +19,9 @@ from agent.network import MemoryNetwork
 from agent.node import Node, NodeConfig
 from agent.observe import Overflow
 from agent.replica import Replica, open_replica
-from agent.store import Applied, held_bytes
+from agent.store import Applied
 from protocol.codec import encode_change
-from protocol.model import Change, Put
+from protocol.model import Change, Put, held_bytes
 
 KIB = 1 << 10
 MIB = 1 << 20

@@ -27,10 +27,11 @@ from protocol.codec.messages import (
     Summary,
 )
 from protocol.errors import DecodeError, InvalidRemoteDataError
+from protocol.model import Change, change_objects
 from protocol.ring import RING_PLACES
 from protocol.vv import VersionVector
 
-from .strategies import node_ids
+from .strategies import changes, node_ids
 
 
 def decode_one(data: bytes) -> object:
@@ -221,3 +222,16 @@ def test_hostile_refused_messages_are_refused(body: list[object]) -> None:
 def test_clocks_are_required_and_checked(message: list[object]) -> None:
     with pytest.raises(DecodeError):
         decode_one(msgpack.packb(message))
+
+
+@given(st.lists(changes(), min_size=1, max_size=8))
+def test_a_decoded_change_message_counts_what_its_changes_are_made_of(
+    batch: list[Change],
+) -> None:
+    """The receiver bounds what changes waiting to be applied hold without walking them
+    again: the decoder counts their objects as `change_objects` would."""
+    ((_, data),) = MessageEncoder().encode_changes(1, batch)
+    decoder = MessageDecoder()
+    decoder.feed(data)
+    (message,) = list(decoder)
+    assert decoder.last_objects == sum(change_objects(c) for c in message.changes)  # type: ignore[attr-defined]
