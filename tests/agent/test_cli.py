@@ -184,6 +184,7 @@ def test_a_replica_whose_clock_ran_ahead_refuses_writes_until_repaired(
     code, out, _ = run(capsys, "repair-clock")
     assert code == 0
     assert out.startswith("re-stamped 1 changes made while the clock ran ahead")
+    assert run(capsys, "repair-clock")[1].startswith("nothing to re-stamp")
     assert run(capsys, "put", "c", "k", "v=2")[0] == 0
     code, out, _ = run(capsys, "get", "c", "k")
     assert json.loads(out) == {"v": 2}
