@@ -263,7 +263,7 @@ def cmd_repair_clock(args: argparse.Namespace) -> int:
     async def body(session: Session) -> int:
         result = await session.call("clock.repair", {})
         if not result["restamped"]:
-            print("nothing to re-stamp: no change of this node is stamped ahead of this clock")
+            print("nothing to re-stamp: no change of this node is stamped ahead of this device's clock")
             return 0
         stamp = datetime.datetime.fromtimestamp(
             millis(result["clock"]) / 1000, datetime.UTC
