@@ -1,6 +1,6 @@
 """Discovery and failover on this machine (issue 5's figures).
 
-Real ``blazemesh agent`` processes (`agent.localmesh`) on their own loopback addresses,
+Real ``blazemesh agent`` processes (`agent.cli.launcher`) on their own loopback addresses,
 mDNS pinned to each, Noise, durable writes.
 
 - first sync by mDNS alone: two agents start at once, knowing nothing of each other; A
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import trio
 
-from agent.localmesh import LocalAgent, local_mesh
 from benchmarks.common import Figure
+from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
 
 SUITE = "lan"
 RUNS = 5

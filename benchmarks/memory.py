@@ -1,6 +1,6 @@
 """Memory of real agents under large changes (issue 17, item 7).
 
-Two ``blazemesh agent`` processes (`agent.localmesh`) on loopback addresses, B linked to A
+Two ``blazemesh agent`` processes (`agent.cli.launcher`) on loopback addresses, B linked to A
 by a static ``--peer``, no mDNS. A takes 300 puts of 1 MiB through its control socket;
 once B holds them all, the resident set size of each process (``VmRSS`` in
 ``/proc/PID/status``) is read, and again after the agents idle a few seconds. Baseline,
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import trio
 
-from agent.localmesh import LocalAgent, local_mesh
 from benchmarks.common import Figure
 from benchmarks.lan import seen
+from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
 
 SUITE = "memory"
 PUTS = 300

@@ -15,13 +15,13 @@ from pathlib import Path
 import msgpack
 import trio
 
-from agent.paths import DB_FILE
-from agent.replica import Replica, open_replica
-from agent.store import Durability
 from benchmarks.common import Figure, rate
-from protocol.codec import decode_batch, decode_change, encode_batch, encode_change
-from protocol.hlc import pack
-from protocol.model import Change, Put, Value
+from blazemesh.agent.storage.paths import DB_FILE
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.storage.store import Durability
+from blazemesh.protocol.codec import decode_batch, decode_change, encode_batch, encode_change
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put, Value
 
 SUITE = "replica"
 SINGLE_PUTS = {Durability.NORMAL: 4_000, Durability.FULL: 600}

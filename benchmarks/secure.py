@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 import trio
 import trio.testing
 
-from agent.identity import Identity
-from agent.mesh import Mesh, new_mesh
-from agent.secure import handshake
 from benchmarks.common import Figure, rate
-from protocol.noise import KeyPair, NoiseHandshake
-from protocol.session import NOISE_PROTOCOL, PROLOGUE, SecureSession
+from blazemesh.agent.links.secure import handshake
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh, new_mesh
+from blazemesh.protocol.noise import KeyPair, NoiseHandshake
+from blazemesh.protocol.session import NOISE_PROTOCOL, PROLOGUE, SecureSession
 
 SUITE = "secure"
 HANDSHAKES = 300

@@ -33,10 +33,10 @@ import trio
 from trio.testing import MockClock
 
 from benchmarks.common import Figure
-from simulations.epidemic import Rule
-from simulations.epidemic import simulate as simulate_epidemic
-from simulations.harness import memory_dir, simulate
-from simulations.scenario import Scenario
+from blazemesh.simulations.epidemic import Rule
+from blazemesh.simulations.epidemic import simulate as simulate_epidemic
+from blazemesh.simulations.harness import memory_dir, simulate
+from blazemesh.simulations.scenario import Scenario
 
 SUITE = "sim"
 NODES = 1_000

@@ -42,10 +42,10 @@ from typing import Any
 
 import trio
 
-from agent.identity import create_identity
-from agent.mesh import new_mesh, save_mesh
-from agent.store import Durability
 from benchmarks.common import Figure, rate
+from blazemesh.agent.storage.store import Durability
+from blazemesh.agent.trust.identity import create_identity
+from blazemesh.agent.trust.membership import new_mesh, save_mesh
 
 SUITE = "sync"
 HOST_A, HOST_B = "127.0.0.2", "127.0.0.3"

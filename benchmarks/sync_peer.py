@@ -23,12 +23,12 @@ from typing import Any
 
 import trio
 
-from agent.mesh import load_mesh
-from agent.network import Address, Handler, TcpNetwork
-from agent.node import Node, NodeConfig
-from agent.observe import Overflow
-from agent.replica import Replica, open_replica
 from benchmarks.replica import key, typical_fields
+from blazemesh.agent.links.network import Address, Handler, TcpNetwork
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.observe import Overflow
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.trust.membership import load_mesh
 
 COLLECTION = "bugs"
 COMMAND_TIMEOUT_S = 300.0  # no command of the benchmark takes this long on a sane machine

@@ -18,10 +18,10 @@ and a clock may have caught up.
 
 from __future__ import annotations
 
-from protocol.codec.messages import MAX_VV_ORIGINS, MAX_VV_RUNS, MAX_VV_TOTAL_RUNS
-from protocol.errors import GapLimitError, OriginLimitError, OwnOriginError
-from protocol.model import Change
-from protocol.vv import VersionVector
+from blazemesh.protocol.codec.messages import MAX_VV_ORIGINS, MAX_VV_RUNS, MAX_VV_TOTAL_RUNS
+from blazemesh.protocol.errors import GapLimitError, OriginLimitError, OwnOriginError
+from blazemesh.protocol.model import Change
+from blazemesh.protocol.vv import VersionVector
 
 MAX_RUNS_HELD = MAX_VV_RUNS // 4  # gaps per origin: honest arrivals out of order leave a few
 MAX_TOTAL_RUNS_HELD = MAX_VV_TOTAL_RUNS // 4  # gaps over all origins

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.model import Change, Delete, Fields, Value
+from blazemesh.protocol.model import Change, Delete, Fields, Value
 
 Stamp = tuple[int, bytes]  # (hlc, origin): unique per op, see protocol.model
 NO_STAMP: Stamp = (0, b"")  # below every real stamp (real HLC stamps are >= 1)

@@ -24,9 +24,9 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from protocol.errors import InvalidRemoteDataError, LocalProtocolError
-from protocol.ids import node_id_short, node_id_text, parse_node_id
-from protocol.noise import PSK_BYTES
+from blazemesh.protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
+from blazemesh.protocol.noise import PSK_BYTES
 
 SERVICE_TYPE = "_blazemesh._tcp.local."  # RFC 6763 §7: _service._proto.domain.
 INSTANCE_PREFIX = "blazemesh-"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.errors import ClockSkewError, LocalProtocolError
+from blazemesh.protocol.errors import ClockSkewError, LocalProtocolError
 
 COUNTER_BITS = 16
 # The field is 48 bits wide, but stamps stay below 2**63 so that they fit SQLite's and

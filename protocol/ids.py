@@ -13,7 +13,7 @@ import base64
 import functools
 import hashlib
 
-from protocol.errors import LocalProtocolError
+from blazemesh.protocol.errors import LocalProtocolError
 
 NODE_ID_BYTES = 16
 PUBLIC_KEY_BYTES = 32

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from protocol.errors import ValidationError
-from protocol.hlc import MAX_STAMP
-from protocol.ids import NODE_ID_BYTES
+from blazemesh.protocol.errors import ValidationError
+from blazemesh.protocol.hlc import MAX_STAMP
+from blazemesh.protocol.ids import NODE_ID_BYTES
 
 Value: TypeAlias = bool | int | float | str | bytes | list["Value"] | dict[str, "Value"] | None
 Fields: TypeAlias = Mapping[str, Value]

@@ -42,7 +42,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 
 MAX_MESSAGE_BYTES = 65535  # Noise §3: every Noise message, handshake or transport, on the wire
 TAG_BYTES = 16  # Noise §12.3: the Poly1305 tag that ChaChaPoly appends to each ciphertext

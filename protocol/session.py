@@ -45,15 +45,15 @@ from nacl.bindings import (
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import VerifyKey
 
-from protocol.codec import (
+from blazemesh.protocol.codec import (
     PROTOCOL_VERSION,
     IdentityPayload,
     decode_identity,
     encode_identity,
 )
-from protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
-from protocol.ids import node_id_from_public_key, node_id_short
-from protocol.noise import (
+from blazemesh.protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.ids import node_id_from_public_key, node_id_short
+from blazemesh.protocol.noise import (
     MAX_MESSAGE_BYTES,
     MAX_PLAINTEXT_BYTES,
     DecryptError,

@@ -54,8 +54,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from protocol.codec import PROTOCOL_VERSION
-from protocol.codec.messages import (
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.codec.messages import (
     MAX_MESSAGE_BYTES,
     MAX_REFUSED_RANGES,
     MAX_VV_ORIGINS,
@@ -73,10 +73,10 @@ from protocol.codec.messages import (
     Refused,
     Summary,
 )
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.model import Change, Value, held_bytes
-from protocol.ring import WHOLE_RING, Arc, covers, place
-from protocol.vv import SeqRange, VersionVector, missing
+from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.model import Change, Value, held_bytes
+from blazemesh.protocol.ring import WHOLE_RING, Arc, covers, place
+from blazemesh.protocol.vv import SeqRange, VersionVector, missing
 
 Range = tuple[bytes, SeqRange]
 ACK_EVERY_BATCHES = 2  # CHANGES messages applied before an ACK goes at once (as TCP acks

@@ -28,11 +28,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from protocol.errors import InvalidRemoteDataError, LocalProtocolError
-from protocol.ids import node_id_text, parse_node_id
-from protocol.model import Value
-from protocol.ring import ring_order
-from protocol.sync import preferred_initiator
+from blazemesh.protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from blazemesh.protocol.ids import node_id_text, parse_node_id
+from blazemesh.protocol.model import Value
+from blazemesh.protocol.ring import ring_order
+from blazemesh.protocol.sync import preferred_initiator
 
 MODES = ("mesh", "star")
 SETTINGS_COLLECTION, TOPOLOGY_KEY = "_mesh", "topology"  # the mesh-wide setting's record

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 
-from protocol.errors import LocalProtocolError
+from blazemesh.protocol.errors import LocalProtocolError
 
 Dot = tuple[bytes, int]
 SeqRange = tuple[int, int]  # inclusive: (first, last)

@@ -14,20 +14,20 @@ from pathlib import Path
 import trio
 from trio.testing import MockClock
 
-from agent.errors import ConfigError
-from simulations.epidemic import MODELS, Rule, summarize
-from simulations.epidemic import simulate as simulate_epidemic
-from simulations.harness import simulate
-from simulations.plots import write_plots
-from simulations.report import Report
-from simulations.scenario import BUILTIN, Fault, Scenario, load
+from blazemesh.agent.errors import ConfigError
+from blazemesh.simulations.epidemic import MODELS, Rule, summarize
+from blazemesh.simulations.epidemic import simulate as simulate_epidemic
+from blazemesh.simulations.harness import simulate
+from blazemesh.simulations.plots import write_plots
+from blazemesh.simulations.report import Report
+from blazemesh.simulations.scenario import BUILTIN, Fault, Scenario, load
 
 CHECKS_FAILED = 3  # the exit status of a run whose checks failed (1: a bad scenario)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``sim`` and its commands to the ``blazemesh`` parser."""
-    p = sub.add_parser("sim", help="simulate a mesh in virtual time; reference epidemic models")
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, help: str) -> None:
+    """Add ``sim`` and its commands to the ``blazemesh`` parser (`blazemesh.cli`)."""
+    p = sub.add_parser("sim", help=help)
     commands = p.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
     r = commands.add_parser(
         "run",

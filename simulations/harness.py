@@ -30,20 +30,20 @@ from pathlib import Path
 
 import trio
 
-from agent.discovery import MemoryDiscovery
-from agent.identity import identity_file_text
-from agent.mesh import Mesh
-from agent.node import Node, NodeConfig
-from agent.paths import KEY_FILE
-from agent.peering import Peering
-from agent.replica import Replica, open_replica
-from agent.store import Applied
-from protocol.ids import node_id_short
-from protocol.sync import SyncConfig
-from protocol.topology import TopologyConfig
-from simulations.network import SimNetwork
-from simulations.report import Report, Write, build_report, check
-from simulations.scenario import Fault, Scenario
+from blazemesh.agent.discovery.adverts import MemoryDiscovery
+from blazemesh.agent.discovery.peering import Peering
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.paths import KEY_FILE
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.storage.store import Applied
+from blazemesh.agent.trust.identity import identity_file_text
+from blazemesh.agent.trust.membership import Mesh
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.protocol.sync import SyncConfig
+from blazemesh.protocol.topology import TopologyConfig
+from blazemesh.simulations.network import SimNetwork
+from blazemesh.simulations.report import Report, Write, build_report, check
+from blazemesh.simulations.scenario import Fault, Scenario
 
 PORT = 7420
 COLLECTION = "sim"

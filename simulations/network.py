@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
-from agent.network import Address, format_address
+from blazemesh.agent.links.network import Address, format_address
 
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 MAX_RETRANSMISSIONS = 8  # a chunk lost this often in a row is delivered anyway

@@ -14,15 +14,15 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from protocol.ids import node_id_short
-from simulations.epidemic import Rule, summarize
-from simulations.epidemic import simulate as simulate_epidemic
-from simulations.scenario import Scenario
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.simulations.epidemic import Rule, summarize
+from blazemesh.simulations.epidemic import simulate as simulate_epidemic
+from blazemesh.simulations.scenario import Scenario
 
 if TYPE_CHECKING:
-    from agent.replica import Replica
-    from simulations.harness import SimNode, Trace, Tracker
-    from simulations.network import SimNetwork
+    from blazemesh.agent.storage.replica import Replica
+    from blazemesh.simulations.harness import SimNode, Trace, Tracker
+    from blazemesh.simulations.network import SimNetwork
 
 CURVE_POINTS = 200  # the convergence curve is thinned to about this many points
 REFERENCE_RUNS = 10  # runs of each reference model, on as many sites as live nodes

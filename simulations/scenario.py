@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from simulations.network import LinkProfile
+from blazemesh.simulations.network import LinkProfile
 
 ACTIONS = {
     "partition": "split the nodes into `groups` (lists of node numbers); connections across break",

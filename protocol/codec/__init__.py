@@ -11,8 +11,8 @@ Everything decoded from a peer is bounded and checked: malformed input raises
 `InvalidRemoteDataError`, and nothing else escapes.
 """
 
-from protocol.codec.bounds import unpack
-from protocol.codec.changes import (
+from blazemesh.protocol.codec.bounds import unpack
+from blazemesh.protocol.codec.changes import (
     MAX_BATCH_BYTES,
     MAX_TABLE_NAMES,
     MAX_TABLE_ORIGINS,
@@ -23,13 +23,13 @@ from protocol.codec.changes import (
     encode_batch,
     encode_change,
 )
-from protocol.codec.identity import (
+from blazemesh.protocol.codec.identity import (
     PROTOCOL_VERSION,
     IdentityPayload,
     decode_identity,
     encode_identity,
 )
-from protocol.codec.storage import (
+from blazemesh.protocol.codec.storage import (
     CODEC_VERSION,
     decode_document,
     decode_meta,

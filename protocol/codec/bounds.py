@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgpack
 
-from protocol.errors import DecodeError
-from protocol.model import MAX_VALUE_BYTES
+from blazemesh.protocol.errors import DecodeError
+from blazemesh.protocol.model import MAX_VALUE_BYTES
 
 MAX_CONTAINER_ITEMS = 1 << 20  # no legitimate array or map of ours is longer
 UNPACK_LIMITS = {

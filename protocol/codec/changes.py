@@ -22,11 +22,11 @@ from collections.abc import Iterable
 
 import msgpack
 
-from protocol.codec.bounds import unpack
-from protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
-from protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
-from protocol.ids import NODE_ID_BYTES
-from protocol.model import (
+from blazemesh.protocol.codec.bounds import unpack
+from blazemesh.protocol.errors import DecodeError, InvalidRemoteDataError, ValidationError
+from blazemesh.protocol.hlc import COUNTER_BITS, MAX_MS, MAX_STAMP
+from blazemesh.protocol.ids import NODE_ID_BYTES
+from blazemesh.protocol.model import (
     CHANGE_OBJECTS,
     INT_MAX,
     INT_MIN,

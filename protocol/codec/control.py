@@ -26,10 +26,10 @@ from typing import TypeAlias
 
 import msgpack
 
-from protocol.codec.bounds import unpack
-from protocol.errors import DecodeError
-from protocol.ids import node_id_text
-from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Op, Put, Value
+from blazemesh.protocol.codec.bounds import unpack
+from blazemesh.protocol.errors import DecodeError
+from blazemesh.protocol.ids import node_id_text
+from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Op, Put, Value
 
 CONTROL_VERSION = 1
 # One request may carry a whole change (a `commit` of many ops), plus room for framing.

@@ -19,14 +19,14 @@ from typing import assert_never
 
 import msgpack
 
-from protocol.codec.bounds import UNPACK_ERRORS, UNPACK_LIMITS, refuse_ext
-from protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
-from protocol.errors import DecodeError, InvalidRemoteDataError
-from protocol.hlc import MAX_MS
-from protocol.ids import NODE_ID_BYTES
-from protocol.model import MAX_SEQ, Change, Value
-from protocol.ring import RING_PLACES, Arc
-from protocol.vv import VersionVector
+from blazemesh.protocol.codec.bounds import UNPACK_ERRORS, UNPACK_LIMITS, refuse_ext
+from blazemesh.protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
+from blazemesh.protocol.errors import DecodeError, InvalidRemoteDataError
+from blazemesh.protocol.hlc import MAX_MS
+from blazemesh.protocol.ids import NODE_ID_BYTES
+from blazemesh.protocol.model import MAX_SEQ, Change, Value
+from blazemesh.protocol.ring import RING_PLACES, Arc
+from blazemesh.protocol.vv import VersionVector
 
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES  # the largest message a node will buffer
 MAX_BATCH_CHANGES = 4_096  # changes in one CHANGES message

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgpack
 
-from protocol.crdt import RecordState, Stamp
-from protocol.model import Value
+from blazemesh.protocol.crdt import RecordState, Stamp
+from blazemesh.protocol.model import Value
 
 CODEC_VERSION = 1  # the storage encodings' version, kept in the store's metadata
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import trio
 
-from agent.discovery import MemoryDiscovery
-from agent.mesh import new_mesh
-from agent.network import MemoryNetwork, Network
-from agent.node import Node, NodeConfig
-from agent.peering import Peering
-from agent.replica import Replica, open_replica
-from protocol.sync import SyncConfig
-from protocol.topology import TopologyConfig
-from simulations.network import SimNetwork
+from blazemesh.agent.discovery.adverts import MemoryDiscovery
+from blazemesh.agent.discovery.peering import Peering
+from blazemesh.agent.links.network import MemoryNetwork, Network
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.trust.membership import new_mesh
+from blazemesh.protocol.sync import SyncConfig
+from blazemesh.protocol.topology import TopologyConfig
+from blazemesh.simulations.network import SimNetwork
 
 # Batches small enough to commit on the trio thread: under the autojump clock, a commit in
 # a worker thread would let virtual time run on while it works.

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.replica import Replica, open_replica
+from blazemesh.agent.storage.replica import Replica, open_replica
 
 
 @pytest.fixture

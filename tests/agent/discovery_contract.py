@@ -19,9 +19,9 @@ from functools import partial
 
 import trio
 
-from agent.discovery import Advert, Discovery, Event, PeerGone, PeerSeen
-from protocol.codec import PROTOCOL_VERSION
-from protocol.discovery import mesh_tag
+from blazemesh.agent.discovery.adverts import Advert, Discovery, Event, PeerGone, PeerSeen
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.discovery import mesh_tag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.cli import main
-from agent.paths import KEY_FILE
-from agent.replica import open_replica, wall_clock_ms
+from blazemesh.agent.cli.main import main
+from blazemesh.agent.storage.paths import KEY_FILE
+from blazemesh.agent.storage.replica import open_replica, wall_clock_ms
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.mesh import CODE_PREFIX, load_mesh
+from blazemesh.agent.trust.membership import CODE_PREFIX, load_mesh
 from tests.agent.test_cli import run
 
 

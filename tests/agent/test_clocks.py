@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from agent.errors import ClockAheadError
-from agent.replica import open_replica
+from blazemesh.agent.errors import ClockAheadError
+from blazemesh.agent.storage.replica import open_replica
 from tests.agent.cluster import cluster
 
 DAY_MS = 86_400_000

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from zeroconf import InterfaceChoice
 
-from agent.discovery import (
+from blazemesh.agent.discovery.adverts import (
     DEFAULT_MAX_PEERS,
     Advert,
     Event,
@@ -21,8 +21,8 @@ from agent.discovery import (
     ZeroconfDiscovery,
     _Tracker,
 )
-from protocol.discovery import mesh_tag
-from protocol.errors import LocalProtocolError
+from blazemesh.protocol.discovery import mesh_tag
+from blazemesh.protocol.errors import LocalProtocolError
 from tests.agent.discovery_contract import CONTRACT, Harness
 
 
@@ -92,7 +92,7 @@ async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> No
 async def test_a_tracker_at_its_bound_ignores_new_adverts_and_warns_once_per_episode(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.discovery")
+    caplog.set_level(logging.INFO, logger="blazemesh.agent.discovery.adverts")
     tracker = _Tracker(b"\0" * 16, max_peers=3)
     send, receive = trio.open_memory_channel[Event](100)
 

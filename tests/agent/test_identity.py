@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.identity import Identity, create_identity, load_identity
-from agent.paths import KEY_FILE, default_data_dir
-from protocol.ids import node_id_from_public_key
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import KEY_FILE, default_data_dir
+from blazemesh.agent.trust.identity import Identity, create_identity, load_identity
+from blazemesh.protocol.ids import node_id_from_public_key
 
 
 def test_identity_is_created_private_and_reloads(tmp_path: Path) -> None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.limits import MAX_HANDSHAKE_SLOTS, OTHER_FILES, HandshakeSlots, connection_limits
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.links.limits import (
+    MAX_HANDSHAKE_SLOTS,
+    OTHER_FILES,
+    HandshakeSlots,
+    connection_limits,
+)
 
 
 @pytest.mark.parametrize("files", [256, 1_024, 4_096, 20_000, 1_048_576])

@@ -8,15 +8,15 @@ import pytest
 import trio
 import trio.testing
 
-from agent import link as link_module
-from agent.link import Link
-from agent.store import Outcome
-from protocol.codec import PROTOCOL_VERSION
-from protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
-from protocol.hlc import pack
-from protocol.model import Change, Put, change_objects, held_bytes
-from protocol.sync import SyncLink
-from protocol.vv import VersionVector
+from blazemesh.agent.links import link as link_module
+from blazemesh.agent.links.link import Link
+from blazemesh.agent.storage.store import Outcome
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put, change_objects, held_bytes
+from blazemesh.protocol.sync import SyncLink
+from blazemesh.protocol.vv import VersionVector
 
 A, B = b"a" * 16, b"b" * 16
 

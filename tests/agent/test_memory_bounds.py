@@ -12,16 +12,16 @@ import pytest
 import trio
 import trio.testing
 
-from agent import api
-from agent.api import Operations
-from agent.mesh import new_mesh
-from agent.network import MemoryNetwork
-from agent.node import Node, NodeConfig
-from agent.observe import Overflow
-from agent.replica import Replica, open_replica
-from agent.store import Applied
-from protocol.codec import encode_change
-from protocol.model import Change, Put, held_bytes
+from blazemesh.agent.api import operations as api
+from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.links.network import MemoryNetwork
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.observe import Overflow
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.storage.store import Applied
+from blazemesh.agent.trust.membership import new_mesh
+from blazemesh.protocol.codec import encode_change
+from blazemesh.protocol.model import Change, Put, held_bytes
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -166,7 +166,7 @@ async def test_a_change_larger_than_an_observer_s_bytes_still_reaches_a_reader_t
 
 
 def test_capacity_bytes_must_be_positive() -> None:
-    from agent.observe import ObserverHub
+    from blazemesh.agent.storage.observe import ObserverHub
 
     with pytest.raises(ValueError, match="capacity_bytes"):
         ObserverHub(0).add(collection=None, capacity=1, capacity_bytes=0)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import ConfigError
-from agent.mesh import (
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.trust.membership import (
     CODE_PREFIX,
     MESH_FILE,
     Invite,

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.network import ACCEPT_RETRY_S, Address, accept_forever
+from blazemesh.agent.links.network import ACCEPT_RETRY_S, Address, accept_forever
 
 
 class Socket:

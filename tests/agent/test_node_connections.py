@@ -15,11 +15,11 @@ import pytest
 import trio
 import trio.testing
 
-from agent.mesh import Mesh, new_mesh
-from agent.network import MemoryNetwork, format_address
-from agent.node import Node, NodeConfig
-from agent.replica import open_replica
-from agent.secure import HANDSHAKE_TIMEOUT_S
+from blazemesh.agent.links.network import MemoryNetwork, format_address
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.links.secure import HANDSHAKE_TIMEOUT_S
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.trust.membership import Mesh, new_mesh
 from tests.agent.cluster import Cluster, address, cluster
 
 TARGET = address(1)

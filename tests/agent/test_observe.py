@@ -4,11 +4,11 @@ import pytest
 import trio
 import trio.testing
 
-from agent.observe import Overflow
-from agent.replica import Replica
-from agent.store import Applied
-from protocol.hlc import pack
-from protocol.model import Change, Put
+from blazemesh.agent.storage.observe import Overflow
+from blazemesh.agent.storage.replica import Replica
+from blazemesh.agent.storage.store import Applied
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put
 
 
 async def test_observer_sees_committed_changes_in_order(replica: Replica) -> None:
@@ -86,7 +86,7 @@ async def test_closing_the_observer_ends_iteration(replica: Replica) -> None:
 
 
 def test_capacity_must_be_positive() -> None:
-    from agent.observe import ObserverHub
+    from blazemesh.agent.storage.observe import ObserverHub
 
     with pytest.raises(ValueError, match="capacity"):
         ObserverHub(0).add(collection=None, capacity=0, capacity_bytes=1)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.identity import create_identity, load_identity
-from agent.mesh import MESH_FILE, load_mesh, new_mesh, save_mesh
-from agent.paths import DB_FILE, KEY_FILE, LOCK_FILE, lock_data_dir
-from agent.replica import open_replica
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import DB_FILE, KEY_FILE, LOCK_FILE, lock_data_dir
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.trust.identity import create_identity, load_identity
+from blazemesh.agent.trust.membership import MESH_FILE, load_mesh, new_mesh, save_mesh
 
 
 def mode(path: Path) -> int:

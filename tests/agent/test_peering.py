@@ -7,10 +7,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from agent.api import Operations
-from agent.discovery import MemoryDiscovery
-from agent.peering import DIAL_GRACE_S
-from protocol.topology import TopologyConfig
+from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.discovery.adverts import MemoryDiscovery
+from blazemesh.agent.discovery.peering import DIAL_GRACE_S
+from blazemesh.protocol.topology import TopologyConfig
 from tests.agent.cluster import cluster
 
 

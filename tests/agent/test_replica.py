@@ -8,13 +8,13 @@ import pytest
 import trio
 import trio.testing
 
-from agent.errors import DataDirLockedError, ReplicaClosedError, StorageError
-from agent.paths import DB_FILE
-from agent.replica import Replica, open_replica
-from agent.store import Applied, Durability
-from protocol.errors import ClockSkewError, OwnOriginError, ValidationError
-from protocol.hlc import pack
-from protocol.model import MAX_SEQ, MAX_VALUE_BYTES, Change, Delete, Put
+from blazemesh.agent.errors import DataDirLockedError, ReplicaClosedError, StorageError
+from blazemesh.agent.storage.paths import DB_FILE
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.storage.store import Applied, Durability
+from blazemesh.protocol.errors import ClockSkewError, OwnOriginError, ValidationError
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import MAX_SEQ, MAX_VALUE_BYTES, Change, Delete, Put
 
 OTHER = b"\x07" * 16
 

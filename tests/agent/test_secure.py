@@ -7,10 +7,16 @@ import pytest
 import trio
 import trio.testing
 
-from agent.identity import Identity
-from agent.mesh import Mesh, new_mesh
-from agent.secure import HANDSHAKE_TIMEOUT_S, ChannelError, LinkScopes, SecureStream, handshake
-from protocol.session import SecureSession
+from blazemesh.agent.links.secure import (
+    HANDSHAKE_TIMEOUT_S,
+    ChannelError,
+    LinkScopes,
+    SecureStream,
+    handshake,
+)
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh, new_mesh
+from blazemesh.protocol.session import SecureSession
 
 
 def mesh_copy(mesh: Mesh) -> Mesh:

@@ -6,13 +6,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.errors import StorageError
-from agent.paths import DB_FILE
-from agent.replica import open_replica
-from agent.schema import SCHEMA_VERSION
-from agent.store import SNAPSHOT_EVERY_CHANGES
-from protocol.hlc import pack
-from protocol.model import Change, Put
+from blazemesh.agent.errors import StorageError
+from blazemesh.agent.storage.paths import DB_FILE
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.storage.schema import SCHEMA_VERSION
+from blazemesh.agent.storage.store import SNAPSHOT_EVERY_CHANGES
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from agent.network import MemoryNetwork
-from agent.paths import DB_FILE
+from blazemesh.agent.links.network import MemoryNetwork
+from blazemesh.agent.storage.paths import DB_FILE
 from tests.agent.cluster import cluster
 from tests.agent.faults import Faults
 

@@ -9,11 +9,11 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.admission import MAX_RUNS_HELD
-from protocol.errors import GapLimitError
-from protocol.hlc import pack
-from protocol.model import Change, Put
-from protocol.sync import SyncConfig
+from blazemesh.protocol.admission import MAX_RUNS_HELD
+from blazemesh.protocol.errors import GapLimitError
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put
+from blazemesh.protocol.sync import SyncConfig
 from tests.agent.cluster import cluster
 
 
@@ -123,7 +123,7 @@ async def test_big_transactions_stream_without_the_link_dropping(
     """Each plan names up to 32 changes of about 20 KB here, five times the window: the
     sender must take what its window holds, or its peer drops the link for ignoring flow
     control (seen with 1,000-op transactions at the default window)."""
-    caplog.set_level(logging.INFO, logger="agent.node")
+    caplog.set_level(logging.INFO, logger="blazemesh.agent.links.node")
     sync = SyncConfig(batch_changes=32, window_bytes=64 << 10, receive_limit_bytes=128 << 10)
     async with cluster(tmp_path, 2, [(1, 0)], sync=sync) as c:
         a = c.replicas[0]

@@ -21,10 +21,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from agent.mesh import Mesh, new_mesh
-from agent.network import Address, Handler, MemoryNetwork
-from agent.node import Node, NodeConfig
-from agent.replica import Replica, open_replica
+from blazemesh.agent.links.network import Address, Handler, MemoryNetwork
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.trust.membership import Mesh, new_mesh
 from tests.agent.cluster import TEST_SYNC
 
 T = TypeVar("T")

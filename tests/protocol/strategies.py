@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 
 from hypothesis import strategies as st
 
-from protocol.crdt import RecordKey, RecordState, Stamp
-from protocol.hlc import MAX_STAMP
-from protocol.model import (
+from blazemesh.protocol.crdt import RecordKey, RecordState, Stamp
+from blazemesh.protocol.hlc import MAX_STAMP
+from blazemesh.protocol.model import (
     INT_MAX,
     INT_MIN,
     MAX_SEQ,

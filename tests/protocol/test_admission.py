@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.admission import MAX_RUNS_HELD, Admission
-from protocol.codec.messages import MAX_VV_RUNS, MessageDecoder, MessageEncoder, Summary
-from protocol.errors import GapLimitError, OriginLimitError, OwnOriginError
-from protocol.hlc import pack
-from protocol.model import MAX_SEQ, Change, Put
-from protocol.vv import VersionVector
+from blazemesh.protocol.admission import MAX_RUNS_HELD, Admission
+from blazemesh.protocol.codec.messages import MAX_VV_RUNS, MessageDecoder, MessageEncoder, Summary
+from blazemesh.protocol.errors import GapLimitError, OriginLimitError, OwnOriginError
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import MAX_SEQ, Change, Put
+from blazemesh.protocol.vv import VersionVector
 
 ME, PEER = b"\x01" * 16, b"\x02" * 16
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import codec
-from protocol.codec import (
+from blazemesh.protocol import codec
+from blazemesh.protocol.codec import (
     ChangeDecoder,
     ChangeEncoder,
     decode_batch,
@@ -20,10 +20,10 @@ from protocol.codec import (
     encode_document,
     encode_meta,
 )
-from protocol.crdt import RecordKey, RecordState, apply_change
-from protocol.errors import DecodeError
-from protocol.hlc import MAX_STAMP, pack
-from protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put, validate_change
+from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
+from blazemesh.protocol.errors import DecodeError
+from blazemesh.protocol.hlc import MAX_STAMP, pack
+from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put, validate_change
 
 from .strategies import (
     canon_change,

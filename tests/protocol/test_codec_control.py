@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec.control import (
+from blazemesh.protocol.codec.control import (
     MAX_CONTROL_FRAME_BYTES,
     Event,
     Failure,
@@ -24,9 +24,9 @@ from protocol.codec.control import (
     op_map,
     parse_op,
 )
-from protocol.errors import DecodeError, RemoteProtocolError
-from protocol.ids import node_id_text
-from protocol.model import Change, Delete, Put
+from blazemesh.protocol.errors import DecodeError, RemoteProtocolError
+from blazemesh.protocol.ids import node_id_text
+from blazemesh.protocol.model import Change, Delete, Put
 
 from .strategies import changes
 

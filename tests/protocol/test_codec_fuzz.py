@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import (
+from blazemesh.protocol.codec import (
     MAX_BATCH_BYTES,
     ChangeDecoder,
     ChangeEncoder,
@@ -20,10 +20,10 @@ from protocol.codec import (
     encode_batch,
     encode_change,
 )
-from protocol.codec.bounds import MAX_CONTAINER_ITEMS
-from protocol.errors import DecodeError, InvalidRemoteDataError, RemoteProtocolError
-from protocol.hlc import MAX_MS
-from protocol.model import (
+from blazemesh.protocol.codec.bounds import MAX_CONTAINER_ITEMS
+from blazemesh.protocol.errors import DecodeError, InvalidRemoteDataError, RemoteProtocolError
+from blazemesh.protocol.hlc import MAX_MS
+from blazemesh.protocol.model import (
     MAX_FIELDS_PER_PUT,
     MAX_KEY_BYTES,
     MAX_OPS_PER_CHANGE,

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.crdt import NO_STAMP, RecordKey, RecordState, Stamp, apply_change
-from protocol.model import Change, Delete, Fields, Op, Put, Value
-from protocol.vv import VersionVector
+from blazemesh.protocol.crdt import NO_STAMP, RecordKey, RecordState, Stamp, apply_change
+from blazemesh.protocol.model import Change, Delete, Fields, Op, Put, Value
+from blazemesh.protocol.vv import VersionVector
 
 from .strategies import (
     CRDT_ORIGINS,

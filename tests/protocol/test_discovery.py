@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.discovery import (
+from blazemesh.protocol.discovery import (
     MAX_ADVERT_ADDRESSES,
     MAX_TXT_VALUE_BYTES,
     MESH_TAG_CHARS,
@@ -20,7 +20,7 @@ from protocol.discovery import (
     parse_endpoints,
     parse_txt,
 )
-from protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from blazemesh.protocol.errors import InvalidRemoteDataError, LocalProtocolError
 
 secrets = st.binary(min_size=32, max_size=32)
 infos = st.builds(

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ClockSkewError, LocalProtocolError, RemoteProtocolError
-from protocol.hlc import (
+from blazemesh.protocol.errors import ClockSkewError, LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.hlc import (
     COUNTER_BITS,
     DEFAULT_MAX_SKEW_MS,
     MAX_MS,

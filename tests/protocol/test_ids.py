@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import LocalProtocolError
-from protocol.ids import (
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.ids import (
     NODE_ID_BYTES,
     NODE_ID_TEXT_CHARS,
     node_id_from_public_key,

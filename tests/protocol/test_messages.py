@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.codec.messages import (
+from blazemesh.protocol.codec.messages import (
     MAX_ARCS,
     MAX_REFUSED_RANGES,
     MAX_VV_ORIGINS,
@@ -26,10 +26,10 @@ from protocol.codec.messages import (
     Refused,
     Summary,
 )
-from protocol.errors import DecodeError, InvalidRemoteDataError
-from protocol.model import Change, change_objects
-from protocol.ring import RING_PLACES
-from protocol.vv import VersionVector
+from blazemesh.protocol.errors import DecodeError, InvalidRemoteDataError
+from blazemesh.protocol.model import Change, change_objects
+from blazemesh.protocol.ring import RING_PLACES
+from blazemesh.protocol.vv import VersionVector
 
 from .strategies import changes, node_ids
 

@@ -6,9 +6,9 @@ import re
 import pytest
 from hypothesis import given, settings
 
-from protocol.errors import LocalProtocolError, ValidationError
-from protocol.hlc import MAX_STAMP
-from protocol.model import (
+from blazemesh.protocol.errors import LocalProtocolError, ValidationError
+from blazemesh.protocol.hlc import MAX_STAMP
+from blazemesh.protocol.model import (
     INT_MAX,
     INT_MIN,
     MAX_COLLECTION_BYTES,

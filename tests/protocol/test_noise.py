@@ -13,8 +13,8 @@ import pytest
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
 
-from protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
-from protocol.noise import (
+from blazemesh.protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.noise import (
     MAX_MESSAGE_BYTES,
     MAX_NONCE,
     MAX_PLAINTEXT_BYTES,
@@ -474,7 +474,7 @@ FORBIDDEN_MODULES = ("trio", "socket", "sqlite3", "zeroconf", "threading", "time
 IMPORT_PROBE = """
 import json, sys
 before = set(sys.modules)
-import protocol.noise
+import blazemesh.protocol.noise
 print(json.dumps({"before": sorted(before), "after": sorted(sys.modules)}))
 """
 
@@ -485,7 +485,7 @@ def test_importing_noise_loads_no_io_clock_or_threads() -> None:
     )
     loaded = json.loads(result.stdout)
     new = set(loaded["after"]) - set(loaded["before"])
-    assert "protocol.noise" in new
+    assert "blazemesh.protocol.noise" in new
     assert "nacl.bindings" in new  # the probe sees real imports
     # CPython may import "time" itself while starting up; what matters is that importing
     # protocol.noise adds none of these.

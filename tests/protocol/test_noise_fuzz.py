@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import HandshakeError
-from protocol.noise import DecryptError, KeyPair, NoiseHandshake
+from blazemesh.protocol.errors import HandshakeError
+from blazemesh.protocol.noise import DecryptError, KeyPair, NoiseHandshake
 
 NAME = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"
 PSK = bytes(range(32))

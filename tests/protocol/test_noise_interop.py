@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
-from protocol.noise import (
+from blazemesh.protocol.noise import (
     MAX_MESSAGE_BYTES,
     MAX_PLAINTEXT_BYTES,
     TAG_BYTES,

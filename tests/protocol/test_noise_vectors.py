@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from protocol.noise import KeyPair, NoiseHandshake, NoiseTransport, ProtocolName, is_supported
+from blazemesh.protocol.noise import (
+    KeyPair,
+    NoiseHandshake,
+    NoiseTransport,
+    ProtocolName,
+    is_supported,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VECTORS_PATH = Path(

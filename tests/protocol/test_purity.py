@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TypedDict
 
-import protocol
+from blazemesh import protocol
 
 FORBIDDEN = (
     "trio",
@@ -43,7 +43,7 @@ real_import = builtins.__import__
 
 def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
     importer = (globals or {}).get("__name__", "")
-    if importer == "protocol" or importer.startswith("protocol."):
+    if importer == "blazemesh.protocol" or importer.startswith("blazemesh.protocol."):
         if level:
             package = globals.get("__package__") or importer
             base = package.rsplit(".", level - 1)[0] if level > 1 else package
@@ -52,8 +52,8 @@ def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
     return real_import(name, globals, locals, fromlist, level)
 
 builtins.__import__ = recording_import
-import protocol
-modules = [m.name for m in pkgutil.walk_packages(protocol.__path__, "protocol.")]
+from blazemesh import protocol
+modules = [m.name for m in pkgutil.walk_packages(protocol.__path__, "blazemesh.protocol.")]
 for name in modules:
     importlib.import_module(name)
 builtins.__import__ = real_import
@@ -88,11 +88,11 @@ def top(name: str) -> str:
 def test_importing_protocol_loads_no_io_clock_or_threads() -> None:
     loaded = probe()
     # Every module of the package was imported, noise.py too if it exists by now.
-    expected = {m.name for m in pkgutil.walk_packages(protocol.__path__, "protocol.")}
+    expected = {m.name for m in pkgutil.walk_packages(protocol.__path__, "blazemesh.protocol.")}
     assert set(loaded["modules"]) == expected
-    assert {"protocol.codec", "protocol.crdt", "protocol.hlc", "protocol.vv"} <= expected
+    assert {f"blazemesh.protocol.{m}" for m in ("codec", "crdt", "hlc", "vv")} <= expected
     new = set(loaded["after"]) - set(loaded["baseline"])
-    assert "protocol.codec" in new
+    assert "blazemesh.protocol.codec" in new
     for name in FORBIDDEN:
         if name not in loaded["baseline"]:
             assert name not in loaded["after"], f"importing protocol loaded {name}"
@@ -104,7 +104,7 @@ def test_no_protocol_module_imports_a_forbidden_module() -> None:
     direct = probe()["direct"]
     assert direct, "the import recorder saw nothing: the probe is broken"
     seen = {(importer, name) for importer, name, _ in direct}
-    assert ("protocol.codec.bounds", "msgpack") in seen  # the recorder does see real imports
+    assert ("blazemesh.protocol.codec.bounds", "msgpack") in seen  # it sees real imports
     offenders = [
         (importer, name, fromlist)
         for importer, name, fromlist in direct

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.ring import RING_PLACES, WHOLE_RING, covers, feed_arcs, place, ring_order
-from protocol.topology import MeshPlan
+from blazemesh.protocol.ring import RING_PLACES, WHOLE_RING, covers, feed_arcs, place, ring_order
+from blazemesh.protocol.topology import MeshPlan
 
 ids = st.binary(min_size=16, max_size=16)
 

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
-from protocol.ids import node_id_from_public_key
-from protocol.noise import DecryptError
-from protocol.session import (
+from blazemesh.protocol.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.ids import node_id_from_public_key
+from blazemesh.protocol.noise import DecryptError
+from blazemesh.protocol.session import (
     MAX_RECORD_DATA,
     Closed,
     Data,

@@ -6,18 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec.messages import (
+from blazemesh.protocol.codec.messages import (
     MAX_VV_TOTAL_RUNS,
     MessageDecoder,
     MessageEncoder,
     Ping,
     Summary,
 )
-from protocol.errors import LocalProtocolError
-from protocol.hlc import pack
-from protocol.model import Change, Put
-from protocol.ring import WHOLE_RING, place
-from protocol.sync import (
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.hlc import pack
+from blazemesh.protocol.model import Change, Put
+from blazemesh.protocol.ring import WHOLE_RING, place
+from blazemesh.protocol.sync import (
     Incoming,
     LinkDown,
     PeerHello,
@@ -28,7 +28,7 @@ from protocol.sync import (
     SyncLink,
     preferred_initiator,
 )
-from protocol.vv import VersionVector
+from blazemesh.protocol.vv import VersionVector
 
 
 class FakeNode:

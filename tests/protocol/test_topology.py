@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import LocalProtocolError
-from protocol.ring import ring_order
-from protocol.topology import TopologyConfig, mesh_dials, star_dials, star_hub
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.ring import ring_order
+from blazemesh.protocol.topology import TopologyConfig, mesh_dials, star_dials, star_hub
 
 members = st.sets(st.binary(min_size=16, max_size=16), min_size=2, max_size=64)
 

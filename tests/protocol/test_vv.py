@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import LocalProtocolError
-from protocol.vv import VersionVector, missing
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.vv import VersionVector, missing
 
 O1, O2, O3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 ORIGINS = (O1, O2, O3)

@@ -9,8 +9,8 @@ import statistics
 
 import pytest
 
-from agent.cli import main
-from simulations.epidemic import (
+from blazemesh.cli import main
+from blazemesh.simulations.epidemic import (
     MODELS,
     Rule,
     push_anti_entropy_curve,

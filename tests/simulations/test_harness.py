@@ -15,15 +15,15 @@ import pytest
 import trio
 import trio.testing
 
-from agent import discovery
-from agent.cli import main
-from protocol import crdt
-from simulations.cli import write_outputs
-from simulations.harness import simulate
-from simulations.network import LinkProfile
-from simulations.plots import write_plots
-from simulations.report import Report
-from simulations.scenario import Fault, Scenario, from_mapping, load
+from blazemesh.agent.discovery import adverts as discovery
+from blazemesh.cli import main
+from blazemesh.protocol import crdt
+from blazemesh.simulations.cli import write_outputs
+from blazemesh.simulations.harness import simulate
+from blazemesh.simulations.network import LinkProfile
+from blazemesh.simulations.plots import write_plots
+from blazemesh.simulations.report import Report
+from blazemesh.simulations.scenario import Fault, Scenario, from_mapping, load
 
 LOSSY = LinkProfile(latency_s=0.02, jitter_s=0.01, loss=0.05)
 
@@ -89,7 +89,9 @@ async def test_a_mesh_larger_than_discovery_s_default_bound_plans_from_whole_vie
     monkeypatch.setattr(discovery, "DEFAULT_MAX_PEERS", 10)
     report = await simulate(Scenario(nodes=30, writes=30, max_links=3))
     assert_converged(report)
-    assert [r.getMessage() for r in caplog.records if r.name == "agent.discovery"] == []
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "blazemesh.agent.discovery.adverts"
+    ] == []
     assert len(report.links) <= 3 * 30  # each node dials at most 3, as its whole view says
 
 
@@ -281,7 +283,7 @@ async def test_phases_are_named_as_they_end(autojump_clock: trio.testing.MockClo
 
 def test_a_run_replays_in_another_process_with_another_hash_seed() -> None:
     argv = ["sim", "run", "--nodes", "5", "--writes", "20", "--loss", "0.05", "--seed", "3"]
-    code = f"from agent.cli import main; main({[*argv, '--json']!r})"
+    code = f"from blazemesh.cli import main; main({[*argv, '--json']!r})"
     digests = set()
     for hash_seed in ("1", "2"):
         done = subprocess.run(

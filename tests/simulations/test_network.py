@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from simulations.network import LinkProfile, SimNetwork
+from blazemesh.simulations.network import LinkProfile, SimNetwork
 from tests.agent.cluster import cluster
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.paths import CONTROL_SOCKET
+from blazemesh.agent.storage.paths import CONTROL_SOCKET
 
 BLAZEMESH = str(Path(sys.executable).with_name("blazemesh"))  # the installed command
 STOP_TIMEOUT_S = 20

@@ -10,8 +10,8 @@ import sys
 
 import trio
 
-from agent.replica import open_replica
-from agent.store import Durability
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.storage.store import Durability
 
 MAX_WRITES = 100_000  # the parent kills us long before; this only bounds a runaway
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.identity import load_identity
+from blazemesh.agent.trust.identity import load_identity
 from tests.system.agents import (
     BLAZEMESH,
     STOP_TIMEOUT_S,

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.mesh import load_mesh
-from agent.network import Address, TcpNetwork
-from agent.node import Node
-from agent.replica import open_replica
+from blazemesh.agent.links.network import Address, TcpNetwork
+from blazemesh.agent.links.node import Node
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.trust.membership import load_mesh
 from tests.system.agents import BLAZEMESH, Agent, new_mesh, ok, running
 
 HOST = "127.0.0.1"

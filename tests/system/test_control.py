@@ -21,16 +21,17 @@ import pytest
 import trio
 import trio.testing
 
-from agent import api, control
-from agent.cli import main
-from agent.client import AgentCallError, AgentClient, open_session
-from agent.errors import AgentError
-from agent.mesh import new_mesh, save_mesh
-from agent.network import MemoryNetwork
-from agent.node import Node
-from agent.paths import CONTROL_SOCKET
-from agent.replica import open_replica
-from protocol.codec.control import (
+from blazemesh.agent.api import control
+from blazemesh.agent.api import operations as api
+from blazemesh.agent.api.client import AgentCallError, AgentClient, open_session
+from blazemesh.agent.cli.main import main
+from blazemesh.agent.errors import AgentError
+from blazemesh.agent.links.network import MemoryNetwork
+from blazemesh.agent.links.node import Node
+from blazemesh.agent.storage.paths import CONTROL_SOCKET
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.trust.membership import new_mesh, save_mesh
+from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
     MAX_CONTROL_FRAME_BYTES,
     Event,
@@ -41,8 +42,8 @@ from protocol.codec.control import (
     Result,
     encode_frame,
 )
-from protocol.ids import node_id_text
-from protocol.model import Value
+from blazemesh.protocol.ids import node_id_text
+from blazemesh.protocol.model import Value
 
 pytestmark = pytest.mark.system
 
@@ -415,7 +416,7 @@ async def test_topology_commands(agent: Agent, capsys: pytest.CaptureFixture[str
 
 @contextlib.contextmanager
 def logged(text: str) -> Iterator[trio.Event]:
-    """An event set once a log record of `agent.control` holds ``text``: what the test
+    """An event set once a log record of `agent.api.control` holds ``text``: what the test
     waits on to know the agent has dealt with a client (records come from the trio
     thread, so the handler may set a trio event)."""
     seen = trio.Event()

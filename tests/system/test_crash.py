@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.paths import DB_FILE
-from agent.replica import open_replica
+from blazemesh.agent.storage.paths import DB_FILE
+from blazemesh.agent.storage.replica import open_replica
 
 pytestmark = pytest.mark.system
 

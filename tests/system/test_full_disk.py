@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import trio
 
-from agent.client import AgentCallError, AgentClient
-from agent.errors import StorageError
-from agent.paths import DB_FILE
-from agent.replica import open_replica
+from blazemesh.agent.api.client import AgentCallError, AgentClient
+from blazemesh.agent.errors import StorageError
+from blazemesh.agent.storage.paths import DB_FILE
+from blazemesh.agent.storage.replica import open_replica
 from tests.system.agents import STOP_TIMEOUT_S, Agent, blazemesh, new_mesh
 
 pytestmark = pytest.mark.system
@@ -109,7 +109,7 @@ def test_an_agent_on_a_full_disk_stops_cleanly_on_sigterm(disk: Path, tmp_path: 
     data_dir = disk / "node"
     new_mesh([data_dir])
     agent = Agent(data_dir, ["--discovery", "none", "--listen", "127.0.0.82:0"])
-    agent.log = tmp_path / "agent.log"  # not on the full disk
+    agent.log = tmp_path / "blazemesh.agent.log"  # not on the full disk
     agent.start()
     try:
 

@@ -18,13 +18,13 @@ import msgpack
 import pytest
 import trio
 
-from agent.identity import Identity
-from agent.mesh import Mesh, new_mesh
-from agent.network import TcpNetwork
-from agent.node import Node, NodeConfig
-from agent.replica import Replica, open_replica
-from protocol.codec import PROTOCOL_VERSION
-from protocol.session import SecureSession
+from blazemesh.agent.links.network import TcpNetwork
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.replica import Replica, open_replica
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh, new_mesh
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.session import SecureSession
 
 pytestmark = pytest.mark.system
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.client import AgentClient
-from agent.control import MAX_CLIENTS
-from protocol.codec.control import CONTROL_VERSION, Request, encode_frame
+from blazemesh.agent.api.client import AgentClient
+from blazemesh.agent.api.control import MAX_CLIENTS
+from blazemesh.protocol.codec.control import CONTROL_VERSION, Request, encode_frame
 from tests.system.agents import Agent, blazemesh, new_mesh, running, wait_for_line
 
 pytestmark = pytest.mark.system

@@ -8,9 +8,9 @@ import os
 import pytest
 import trio
 
-from agent.identity import Identity
-from agent.mesh import Mesh, new_mesh
-from agent.secure import ChannelError, SecureStream, handshake
+from blazemesh.agent.links.secure import ChannelError, SecureStream, handshake
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh, new_mesh
 
 pytestmark = pytest.mark.system
 

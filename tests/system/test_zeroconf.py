@@ -21,7 +21,7 @@ from zeroconf._dns import DNSPointer
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
 
-from agent.discovery import (
+from blazemesh.agent.discovery.adverts import (
     SERVICE_TYPE,
     Advert,
     PeerSeen,
@@ -29,7 +29,7 @@ from agent.discovery import (
     _Browse,
     _BrowseHandler,
 )
-from protocol.discovery import AdvertInfo, encode_txt, mesh_tag
+from blazemesh.protocol.discovery import AdvertInfo, encode_txt, mesh_tag
 from tests.agent.discovery_contract import CONTRACT, Harness, Node
 
 pytestmark = pytest.mark.system
@@ -157,7 +157,7 @@ async def test_hostile_adverts_are_ignored_and_browsing_goes_on() -> None:
     )
     refusals = Refusals()
     refusals.events = {junk.name: trio.Event(), stray: trio.Event()}
-    logger = logging.getLogger("agent.discovery")
+    logger = logging.getLogger("blazemesh.agent.discovery.adverts")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(refusals)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
-from agent.errors import ConfigError
+from blazemesh.agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import trio
 
-from agent.client import AgentClient
-from agent.errors import ConfigError
-from agent.identity import create_identity
-from agent.mesh import new_mesh, save_mesh
-from agent.paths import CONTROL_SOCKET
+from blazemesh.agent.api.client import AgentClient
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import CONTROL_SOCKET
+from blazemesh.agent.trust.identity import create_identity
+from blazemesh.agent.trust.membership import new_mesh, save_mesh
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -140,7 +140,7 @@ def _blazemesh() -> list[str]:
     command = Path(sys.executable).with_name("blazemesh")
     if command.exists():
         return [str(command)]
-    return [sys.executable, "-c", "from agent.cli import main; main()"]
+    return [sys.executable, "-c", "from blazemesh.cli import main; main()"]
 
 
 def _free_port(host: str) -> int:

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import trio
 
-from agent.network import Address
-from protocol.codec import PROTOCOL_VERSION
-from protocol.discovery import (
+from blazemesh.agent.links.network import Address
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.discovery import (
     SERVICE_TYPE,
     AdvertInfo,
     encode_txt,
@@ -51,7 +51,7 @@ from protocol.discovery import (
     parse_endpoints,
     parse_txt,
 )
-from protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from blazemesh.protocol.errors import InvalidRemoteDataError, LocalProtocolError
 
 if TYPE_CHECKING:
     from zeroconf import ServiceBrowser, ServiceInfo, Zeroconf

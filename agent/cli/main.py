@@ -1,6 +1,6 @@
 """The ``blazemesh`` command line.
 
-Every command takes ``--data-dir`` (default: `agent.paths.default_data_dir`). A user
+Every command takes ``--data-dir`` (default: `agent.storage.paths.default_data_dir`). A user
 mistake prints one line on stderr and exits 1; a usage error exits 2 (argparse).
 """
 
@@ -19,25 +19,30 @@ from typing import Any, NoReturn
 
 import trio
 
-from agent import cli_agent, cli_mesh, jsonio
-from agent.client import AgentClient, Session, open_session
-from agent.errors import AgentError, ConfigError
-from agent.paths import DB_FILE, check_data_dir, default_data_dir
-from agent.store import Durability, LogReader
-from protocol.codec import decode_change
-from protocol.codec.control import change_event
-from protocol.errors import ProtocolError
-from protocol.hlc import millis
-from protocol.ids import node_id_short, parse_node_id
-from protocol.model import Value
-from simulations import cli as sim_cli
+from blazemesh import __version__
+from blazemesh.agent.api.client import AgentClient, Session, open_session
+from blazemesh.agent.cli import jsonio, membership, node
+from blazemesh.agent.errors import AgentError, ConfigError
+from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
+from blazemesh.agent.storage.store import Durability, LogReader
+from blazemesh.protocol.codec import decode_change
+from blazemesh.protocol.codec.control import change_event
+from blazemesh.protocol.errors import ProtocolError
+from blazemesh.protocol.hlc import millis
+from blazemesh.protocol.ids import node_id_short, parse_node_id
+from blazemesh.protocol.model import Value
 
 WATCH_POLL_S = 0.2  # without an agent, how often `watch` asks SQLite whether the log grew
 WATCH_PAGE = 500  # log entries printed per read
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    parser = build_parser()
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def main(argv: Sequence[str] | None = None, *, register_more: Register | None = None) -> NoReturn:
+    """Run the command ``argv``; ``register_more`` adds commands kept elsewhere
+    (`blazemesh.cli`: the simulator's)."""
+    parser = build_parser(register_more)
     args = parser.parse_args(argv)
     try:
         code = args.run(args)
@@ -59,10 +64,11 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(register_more: Register | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blazemesh", description="Peer-to-peer sync agent: a local replica that syncs."
     )
+    parser.add_argument("--version", action="version", version=f"blazemesh {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
@@ -79,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    cli_mesh.register(sub, common, _data_dir)
-    cli_agent.register(sub, common, writes, _data_dir)
-    sim_cli.register(sub)
+    membership.register(sub, common, _data_dir)
+    node.register(sub, common, writes, _data_dir)
+    if register_more is not None:
+        register_more(sub)
 
     p = sub.add_parser("put", parents=[common, writes], help="set fields on a record")
     p.add_argument("collection")
@@ -263,7 +270,7 @@ def cmd_repair_clock(args: argparse.Namespace) -> int:
     async def body(session: Session) -> int:
         result = await session.call("clock.repair", {})
         if not result["restamped"]:
-            print("nothing to re-stamp: no change of this node is stamped ahead of this device's clock")
+            print("nothing to re-stamp: no change of this node is stamped in the future")
             return 0
         stamp = datetime.datetime.fromtimestamp(
             millis(result["clock"]) / 1000, datetime.UTC

@@ -17,12 +17,12 @@ from typing import Any, Protocol
 
 import trio
 
-from agent.api import Operations
-from agent.errors import AgentError
-from agent.paths import CONTROL_SOCKET
-from agent.replica import open_replica
-from agent.store import Durability
-from protocol.codec.control import (
+from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.errors import AgentError
+from blazemesh.agent.storage.paths import CONTROL_SOCKET
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.storage.store import Durability
+from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
     Event,
     Failure,
@@ -31,8 +31,8 @@ from protocol.codec.control import (
     Result,
     encode_frame,
 )
-from protocol.errors import RemoteProtocolError
-from protocol.model import Value
+from blazemesh.protocol.errors import RemoteProtocolError
+from blazemesh.protocol.model import Value
 
 RECEIVE_BYTES = 1 << 16
 _NO_AGENT = (errno.ENOENT, errno.ECONNREFUSED)
@@ -47,7 +47,7 @@ class AgentCallError(AgentError):
 
 
 class Session(Protocol):
-    """What a command needs: calls and streams of the local API (`agent.api`).
+    """What a command needs: calls and streams of the local API (`agent.api.operations`).
 
     Results are msgpack values whose shape each operation documents, hence ``Any``.
     """

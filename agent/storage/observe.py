@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from agent.store import Applied
+from blazemesh.agent.storage.store import Applied
 
 DEFAULT_OBSERVER_CAPACITY = 1_024  # changes buffered per observer before it overflows
 DEFAULT_OBSERVER_BYTES = 16 << 20  # and their held bytes: 1,024 changes could be 4 GiB

@@ -1,6 +1,6 @@
 """``blazemesh demo``: a mesh of agents on this machine, finding each other and converging.
 
-Each agent is a real ``blazemesh agent`` process (`agent.localmesh`): its own loopback
+Each agent is a real ``blazemesh agent`` process (`agent.cli.launcher`): its own loopback
 address with mDNS pinned to it, a throwaway data directory. The demo talks to the agents
 through their control sockets: it waits for discovery to link them, writes on every
 node, follows every node's watch stream, and stops once every replica holds the same
@@ -14,8 +14,8 @@ from typing import Any
 
 import trio
 
-from agent.errors import ConfigError
-from agent.localmesh import LocalAgent, local_mesh
+from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
+from blazemesh.agent.errors import ConfigError
 
 FIRST_HOST = 20  # agents use 127.0.0.20, .21, ...: clear of the usual 127.0.0.1
 MAX_NODES = 200

@@ -1,7 +1,7 @@
 """The operations of the local API: what the control socket serves and the CLI calls.
 
 One table of operations serves both ways in: a running agent dispatches control-socket
-requests to it (`agent.control`), and the CLI calls it in-process when no agent runs, so
+requests to it (`agent.api.control`), and the CLI calls it in-process when no agent runs, so
 a command means the same thing either way. Arguments and results are plain msgpack
 values (docs/api.md, "The control socket", lists every operation); node ids travel as
 their base32 text.
@@ -15,23 +15,23 @@ from typing import TypeVar
 
 import trio
 
-from agent.errors import AgentError, ClockAheadError, ConfigError
-from agent.mesh import MESH_FILE, Mesh, load_mesh
-from agent.network import format_address
-from agent.node import Node
-from agent.observe import Overflow
-from agent.peering import Peering
-from agent.replica import Replica
-from protocol.codec.control import change_event, parse_op
-from protocol.errors import DecodeError, LocalProtocolError
-from protocol.ids import node_id_short, node_id_text, parse_node_id
-from protocol.model import Change, Put, Value
-from protocol.sync import Refusals
-from protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
+from blazemesh.agent.discovery.peering import Peering
+from blazemesh.agent.errors import AgentError, ClockAheadError, ConfigError
+from blazemesh.agent.links.network import format_address
+from blazemesh.agent.links.node import Node
+from blazemesh.agent.storage.observe import Overflow
+from blazemesh.agent.storage.replica import Replica
+from blazemesh.agent.trust.membership import MESH_FILE, Mesh, load_mesh
+from blazemesh.protocol.codec.control import change_event, parse_op
+from blazemesh.protocol.errors import DecodeError, LocalProtocolError
+from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
+from blazemesh.protocol.model import Change, Put, Value
+from blazemesh.protocol.sync import Refusals
+from blazemesh.protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
 WATCH_LOG_PAGE = 500  # log entries read at a time when a watch catches up (and at most
-# `agent.store.LOG_PAGE_BYTES` of them)
+# `agent.storage.store.LOG_PAGE_BYTES` of them)
 WATCH_BUFFER = 1_024  # changes a watch buffers before it falls back to reading the log,
 WATCH_BUFFER_BYTES = 4 << 20  # and their held bytes: reading the log loses nothing
 # A peer refuses this node's changes again after each SUMMARY (every 5 s) while the cause

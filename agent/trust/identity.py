@@ -15,11 +15,11 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from agent.errors import ConfigError
-from agent.paths import KEY_FILE, check_data_dir
-from protocol.ids import node_id_from_public_key, node_id_short, node_id_text
-from protocol.noise import KeyPair
-from protocol.session import static_keypair
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import KEY_FILE, check_data_dir
+from blazemesh.protocol.ids import node_id_from_public_key, node_id_short, node_id_text
+from blazemesh.protocol.noise import KeyPair
+from blazemesh.protocol.session import static_keypair
 
 _HEADER = "blazemesh-ed25519-seed-v1"
 

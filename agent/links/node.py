@@ -27,28 +27,28 @@ from dataclasses import dataclass, field
 
 import trio
 
-from agent.errors import ClockAheadError
-from agent.identity import Identity
-from agent.limits import MAX_HANDSHAKE_SLOTS, HandshakeSlots
-from agent.link import TICK_S, Link, LinkEnded
-from agent.mesh import Mesh
-from agent.network import Address, Network, format_address
-from agent.replica import Replica, duration_text
-from agent.secure import (
+from blazemesh.agent.errors import ClockAheadError
+from blazemesh.agent.links.limits import MAX_HANDSHAKE_SLOTS, HandshakeSlots
+from blazemesh.agent.links.link import TICK_S, Link, LinkEnded
+from blazemesh.agent.links.network import Address, Network, format_address
+from blazemesh.agent.links.secure import (
     HANDSHAKE_TIMEOUT_S,
     ChannelError,
     LinkScopes,
     SecureStream,
     handshake,
 )
-from agent.store import Applied, Outcome
-from protocol.codec import decode_change
-from protocol.errors import ProtocolError
-from protocol.hlc import PeersRefuse, refused_by_peers
-from protocol.ids import node_id_short
-from protocol.model import Change
-from protocol.ring import WHOLE_RING, feed_arcs
-from protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
+from blazemesh.agent.storage.replica import Replica, duration_text
+from blazemesh.agent.storage.store import Applied, Outcome
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh
+from blazemesh.protocol.codec import decode_change
+from blazemesh.protocol.errors import ProtocolError
+from blazemesh.protocol.hlc import PeersRefuse, refused_by_peers
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.protocol.model import Change
+from blazemesh.protocol.ring import WHOLE_RING, feed_arcs
+from blazemesh.protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class NodeConfig:
     backoff_max_s: float = 5.0
     stable_after_s: float = 10.0  # a link up this long resets its dialer's backoff
     # Accepted connections in their handshake at once; a new one beyond closes the oldest
-    # (`agent.limits.HandshakeSlots`). The agent derives this and `max_links` from its
-    # open-file limit (`agent.limits.connection_limits`).
+    # (`agent.links.limits.HandshakeSlots`). The agent derives this and `max_links` from its
+    # open-file limit (`agent.links.limits.connection_limits`).
     max_handshakes: int = MAX_HANDSHAKE_SLOTS
     max_links: int = 65_536  # links at once, either way; beyond, a new link is refused
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S  # counted from accept (or connect)

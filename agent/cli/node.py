@@ -10,19 +10,19 @@ from typing import Any
 
 import trio
 
-from agent import jsonio
-from agent.client import open_session
-from agent.daemon import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
-from agent.demo import Demo
-from agent.discovery import DEFAULT_MAX_PEERS, check_max_peers
-from agent.errors import ConfigError
-from agent.link import REFUSAL_TEXT
-from agent.network import Address, parse_address
-from agent.replica import duration_text
-from agent.store import Durability
-from protocol.errors import LocalProtocolError
-from protocol.ids import parse_node_id
-from protocol.topology import TopologyConfig
+from blazemesh.agent.api.client import open_session
+from blazemesh.agent.cli import jsonio
+from blazemesh.agent.cli.demo import Demo
+from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, check_max_peers
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.links.link import REFUSAL_TEXT
+from blazemesh.agent.links.network import Address, parse_address
+from blazemesh.agent.service import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
+from blazemesh.agent.storage.replica import duration_text
+from blazemesh.agent.storage.store import Durability
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.ids import parse_node_id
+from blazemesh.protocol.topology import TopologyConfig
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

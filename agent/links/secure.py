@@ -20,12 +20,12 @@ from typing import NoReturn
 
 import trio
 
-from agent.errors import AgentError
-from agent.identity import Identity
-from agent.mesh import Mesh
-from protocol.errors import RemoteProtocolError
-from protocol.ids import node_id_short
-from protocol.session import (
+from blazemesh.agent.errors import AgentError
+from blazemesh.agent.trust.identity import Identity
+from blazemesh.agent.trust.membership import Mesh
+from blazemesh.protocol.errors import RemoteProtocolError
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.protocol.session import (
     Closed,
     Data,
     Established,
@@ -52,7 +52,7 @@ class ChannelError(AgentError, trio.BrokenResourceError):
     secret or does not admit us); ``not-allowed`` (our allowlist refuses it); ``version``;
     ``protocol`` (malformed or forged traffic); ``closed`` (the peer went away); ``broken``
     (the connection failed, or an earlier send on it was interrupted); ``evicted`` (an
-    accepted connection gave its handshake slot to a newer one, `agent.limits`).
+    accepted connection gave its handshake slot to a newer one, `agent.links.limits`).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:

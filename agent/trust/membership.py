@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import ConfigError
-from agent.paths import check_data_dir
-from protocol.errors import LocalProtocolError
-from protocol.ids import NODE_ID_BYTES, node_id_text, parse_node_id
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import check_data_dir
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.ids import NODE_ID_BYTES, node_id_text, parse_node_id
 
 MESH_FILE = "mesh.json"
 SECRET_BYTES = 32

@@ -2,7 +2,7 @@
 
 The socket is ``DATA_DIR/agent.sock``, mode 0600 inside the 0700 data directory, so only
 the user who runs the agent can reach it. Frames and the request/reply rules are in
-`protocol.codec.control`; the operations are `agent.api.Operations`; docs/api.md, "The
+`protocol.codec.control`; the operations are `agent.api.operations.Operations`; docs/api.md, "The
 control socket", is the reference. A client must say ``hello`` first. Requests on one
 connection run concurrently (up to `MAX_REQUESTS_PER_CONNECTION`) and their replies may
 come in any order; a client that sends a malformed frame gets one ``malformed`` error
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import trio
 
-from agent.api import Operations, RequestError, arg
-from agent.errors import AgentError, ConfigError
-from agent.network import Acceptor
-from protocol.codec.control import (
+from blazemesh.agent.api.operations import Operations, RequestError, arg
+from blazemesh.agent.errors import AgentError, ConfigError
+from blazemesh.agent.links.network import Acceptor
+from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
     Event,
     Failure,
@@ -39,9 +39,9 @@ from protocol.codec.control import (
     Result,
     encode_frame,
 )
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.ids import node_id_text
-from protocol.model import Value
+from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.ids import node_id_text
+from blazemesh.protocol.model import Value
 
 log = logging.getLogger(__name__)
 

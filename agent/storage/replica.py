@@ -34,15 +34,14 @@ from typing import TypeVar
 import msgpack
 import trio
 
-from agent.errors import ClockAheadError, ReplicaClosedError, StorageError
-from agent.identity import Identity, create_identity, load_identity
-from agent.observe import (
+from blazemesh.agent.errors import ClockAheadError, ReplicaClosedError, StorageError
+from blazemesh.agent.storage.observe import (
     DEFAULT_OBSERVER_BYTES,
     DEFAULT_OBSERVER_CAPACITY,
     Observer,
     ObserverHub,
 )
-from agent.paths import (
+from blazemesh.agent.storage.paths import (
     DB_FILE,
     KEY_FILE,
     check_data_dir,
@@ -50,7 +49,7 @@ from agent.paths import (
     make_data_dir,
     private_database,
 )
-from agent.store import (
+from blazemesh.agent.storage.store import (
     LOG_PAGE_BYTES,
     Applied,
     Durability,
@@ -59,10 +58,11 @@ from agent.store import (
     Outcome,
     Store,
 )
-from protocol.codec import decode_change, decode_document
-from protocol.errors import RemoteProtocolError, ValidationError
-from protocol.hlc import DEFAULT_MAX_SKEW_MS
-from protocol.model import (
+from blazemesh.agent.trust.identity import Identity, create_identity, load_identity
+from blazemesh.protocol.codec import decode_change, decode_document
+from blazemesh.protocol.errors import RemoteProtocolError, ValidationError
+from blazemesh.protocol.hlc import DEFAULT_MAX_SKEW_MS
+from blazemesh.protocol.model import (
     MAX_COLLECTION_BYTES,
     MAX_KEY_BYTES,
     MAX_OPS_PER_CHANGE,
@@ -524,7 +524,7 @@ class Replica:
         """Observe committed changes (local and remote) from now on, while the block runs.
 
         The observer buffers at most ``capacity`` changes and ``capacity_bytes`` of them
-        (`agent.observe`); past either it overflows."""
+        (`agent.storage.observe`); past either it overflows."""
         self._check_open()
         observer = self._hub.add(
             collection=collection, capacity=capacity, capacity_bytes=capacity_bytes

@@ -7,8 +7,8 @@ import binascii
 import json
 from typing import Any
 
-from protocol.errors import ValidationError
-from protocol.model import Value
+from blazemesh.protocol.errors import ValidationError
+from blazemesh.protocol.model import Value
 
 
 def _default(obj: object) -> object:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from agent.errors import StorageError
+from blazemesh.agent.errors import StorageError
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -22,7 +22,7 @@ def _v1(db: sqlite3.Connection) -> None:
     )
     # Every change applied, in local arrival order (``lsn``), to serve peers and watchers.
     # ``last_stamp`` is the HLC stamp of its last op: replaying the log's tail on open
-    # restores the clock past everything seen (see `agent.store`, "Snapshots").
+    # restores the clock past everything seen (see `agent.storage.store`, "Snapshots").
     db.execute(
         "CREATE TABLE log (lsn INTEGER PRIMARY KEY, origin BLOB NOT NULL, "
         "seq INTEGER NOT NULL, last_stamp INTEGER NOT NULL, change BLOB NOT NULL)"

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import trio
 
-from agent.discovery import Advert, Discovery, Event, PeerGone, PeerSeen
-from agent.network import Address, format_address
-from agent.node import Node
-from agent.store import Applied
-from protocol.codec import PROTOCOL_VERSION
-from protocol.discovery import mesh_tag
-from protocol.errors import InvalidRemoteDataError
-from protocol.ids import node_id_short
-from protocol.topology import (
+from blazemesh.agent.discovery.adverts import Advert, Discovery, Event, PeerGone, PeerSeen
+from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.links.node import Node
+from blazemesh.agent.storage.store import Applied
+from blazemesh.protocol.codec import PROTOCOL_VERSION
+from blazemesh.protocol.discovery import mesh_tag
+from blazemesh.protocol.errors import InvalidRemoteDataError
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.protocol.topology import (
     SETTINGS_COLLECTION,
     TOPOLOGY_KEY,
     MeshPlan,

@@ -29,10 +29,10 @@ from typing import Any
 
 import msgpack
 
-from agent.errors import StorageError
-from agent.schema import migrate
-from protocol.admission import MAX_RUNS_HELD, Admission
-from protocol.codec import (
+from blazemesh.agent.errors import StorageError
+from blazemesh.agent.storage.schema import migrate
+from blazemesh.protocol.admission import MAX_RUNS_HELD, Admission
+from blazemesh.protocol.codec import (
     CODEC_VERSION,
     decode_change,
     decode_document,
@@ -41,10 +41,10 @@ from protocol.codec import (
     encode_document,
     encode_meta,
 )
-from protocol.crdt import RecordKey, RecordState, apply_change
-from protocol.errors import OwnOriginError, ProtocolError, ValidationError
-from protocol.hlc import COUNTER_BITS, HybridClock
-from protocol.model import (
+from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
+from blazemesh.protocol.errors import OwnOriginError, ProtocolError, ValidationError
+from blazemesh.protocol.hlc import COUNTER_BITS, HybridClock
+from blazemesh.protocol.model import (
     MAX_CHANGE_BYTES,
     MAX_SEQ,
     Change,
@@ -53,7 +53,7 @@ from protocol.model import (
     change_objects,
     held_bytes,
 )
-from protocol.vv import VersionVector
+from blazemesh.protocol.vv import VersionVector
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``blazemesh agent``: run a node on a data directory until SIGINT or SIGTERM.
 
 The agent owns the data directory: it opens the replica, listens for peers, dials the
-static ones, and serves the local control socket (`agent.control`) through which the other
+static ones, and serves the local control socket (`agent.api.control`) through which the other
 commands reach it. A bad configuration (no identity, no mesh, a port in use) stops it
 before anything starts, with one line saying what to do.
 """
@@ -18,20 +18,20 @@ from pathlib import Path
 import ifaddr
 import trio
 
-from agent import control
-from agent.api import Operations
-from agent.discovery import DEFAULT_MAX_PEERS, ZeroconfDiscovery
-from agent.errors import ConfigError
-from agent.identity import load_identity
-from agent.limits import connection_limits, raise_file_limit
-from agent.mesh import load_mesh
-from agent.network import Address, TcpNetwork, format_address
-from agent.node import Node, NodeConfig
-from agent.paths import CONTROL_SOCKET
-from agent.peering import Peering
-from agent.replica import open_replica
-from agent.store import Durability
-from protocol.topology import TopologyConfig
+from blazemesh.agent.api import control
+from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, ZeroconfDiscovery
+from blazemesh.agent.discovery.peering import Peering
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.links.limits import connection_limits, raise_file_limit
+from blazemesh.agent.links.network import Address, TcpNetwork, format_address
+from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.storage.paths import CONTROL_SOCKET
+from blazemesh.agent.storage.replica import open_replica
+from blazemesh.agent.storage.store import Durability
+from blazemesh.agent.trust.identity import load_identity
+from blazemesh.agent.trust.membership import load_mesh
+from blazemesh.protocol.topology import TopologyConfig
 
 log = logging.getLogger(__name__)
 

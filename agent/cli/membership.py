@@ -8,13 +8,20 @@ from pathlib import Path
 
 import trio
 
-from agent.client import AgentClient
-from agent.errors import ConfigError
-from agent.identity import Identity, create_identity, load_identity
-from agent.mesh import MESH_FILE, Mesh, decode_invite, load_mesh, new_mesh, save_mesh
-from agent.paths import KEY_FILE, make_data_dir
-from protocol.errors import LocalProtocolError
-from protocol.ids import node_id_short, node_id_text, parse_node_id
+from blazemesh.agent.api.client import AgentClient
+from blazemesh.agent.errors import ConfigError
+from blazemesh.agent.storage.paths import KEY_FILE, make_data_dir
+from blazemesh.agent.trust.identity import Identity, create_identity, load_identity
+from blazemesh.agent.trust.membership import (
+    MESH_FILE,
+    Mesh,
+    decode_invite,
+    load_mesh,
+    new_mesh,
+    save_mesh,
+)
+from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
 
 DataDir = Callable[[argparse.Namespace], Path]
 

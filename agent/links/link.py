@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
-from agent.errors import StorageError
-from agent.network import Address, format_address
-from agent.replica import Replica, duration_text
-from agent.store import Outcome
-from protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
-from protocol.ids import node_id_short
-from protocol.model import Change
-from protocol.sync import Incoming, LinkStatus, PeerHello, PeerRefused, Range, SyncLink
+from blazemesh.agent.errors import StorageError
+from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.storage.replica import Replica, duration_text
+from blazemesh.agent.storage.store import Outcome
+from blazemesh.protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
+from blazemesh.protocol.ids import node_id_short
+from blazemesh.protocol.model import Change
+from blazemesh.protocol.sync import Incoming, LinkStatus, PeerHello, PeerRefused, Range, SyncLink
 
 log = logging.getLogger(__name__)
 
