@@ -40,11 +40,11 @@ in a mesh each change arrives many times. So each side says which origins it wan
 pushed on the link ("eager"; the others are "lazy"): by arcs of the ring (ARCS, sent by
 `ask_for`: the origins whose places lie on them, `protocol.ring`), less the origins it
 pruned (PRUNE), plus those it grafted back (GRAFT); new arcs cancel earlier prunes and
-grafts. Which is the node's choice (it sees all its links; see agent.node): by the ring in
-a mesh, so that each origin has one tree before its first change, or by pruning the links
-that bring duplicates in any other graph, as in Plumtree (Leitao et al., "Epidemic
-Broadcast Trees", 2007). Either way this side grafts a lazy origin back by itself when
-the peer's SUMMARY shows it holds changes of it that this side still lacks
+grafts. Which is the node's choice, since it sees all its links (`protocol.forwarding`):
+by the ring in a mesh, so that each origin has one tree before its first change, or by
+pruning the links that bring duplicates in any other graph, as in Plumtree (Leitao et
+al., "Epidemic Broadcast Trees", 2007). Either way this side grafts a lazy origin back by
+itself when the peer's SUMMARY shows it holds changes of it that this side still lacks
 `graft_after_s` later: SUMMARY is the lazy path, in the role of Plumtree's IHAVE.
 """
 
@@ -697,7 +697,3 @@ def _check_bounded(vv: VersionVector, what: str) -> None:
 def _count(ranges: list[Range]) -> int:
     return sum(last - first + 1 for _, (first, last) in ranges)
 
-
-def preferred_initiator(a: bytes, b: bytes) -> bytes:
-    """When two nodes dial each other at once, the link the lower node id opened is kept."""
-    return min(a, b)

@@ -5,7 +5,7 @@ peers it has discovered or been configured with). Views agree once discovery set
 nodes agree on the graph without exchanging it (docs/design.md, "Topologies").
 
 Mesh, unbounded: every member links to every other; of two members, the one with the
-lower node id dials (`protocol.sync.preferred_initiator`), the other only accepts.
+lower node id dials (`protocol.forwarding.preferred_initiator`), the other only accepts.
 
 Mesh with at most ``max_links`` dialled links per node: members sit on a ring in the
 order of a hash of their ids (`protocol.ring`), and each dials its successor and then the
@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from blazemesh.protocol.errors import InvalidRemoteDataError, LocalProtocolError
+from blazemesh.protocol.forwarding import preferred_initiator
 from blazemesh.protocol.ids import node_id_text, parse_node_id
 from blazemesh.protocol.model import Value
 from blazemesh.protocol.ring import ring_order
-from blazemesh.protocol.sync import preferred_initiator
 
 MODES = ("mesh", "star")
 SETTINGS_COLLECTION, TOPOLOGY_KEY = "_mesh", "topology"  # the mesh-wide setting's record

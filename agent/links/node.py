@@ -6,9 +6,10 @@ forwards changes across hops and resumes after reconnects. Recently committed ch
 are kept in memory for the links to send; older ones are read back from the log.
 
 Two nodes that dial each other at once end up with two links. When the second link says
-hello, the node keeps one by a rule both sides evaluate the same way: of two links opened
-by the same side, the newer (the older is likely dead); otherwise the one opened by the
-node with the lower id (`protocol.sync.preferred_initiator`).
+hello, the node keeps one by a rule both sides evaluate the same way
+(`protocol.forwarding.keeps_newer_link`). Which link feeds the node each origin's changes
+is decided by `protocol.forwarding.Forwarding`: the node tells it what happens to its
+links and carries out the commands it returns on the links they name.
 
 Dialers retry with jittered exponential backoff ("full jitter": a uniform delay up to a
 bound that doubles from `backoff_min_s` to `backoff_max_s`, and resets once a link has
@@ -22,8 +23,9 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import trio
 
@@ -44,11 +46,19 @@ from blazemesh.agent.trust.identity import Identity
 from blazemesh.agent.trust.membership import Mesh
 from blazemesh.protocol.codec import decode_change
 from blazemesh.protocol.errors import ProtocolError
+from blazemesh.protocol.forwarding import (
+    Arrival,
+    AskFor,
+    Command,
+    Forwarding,
+    Graft,
+    Prune,
+    keeps_newer_link,
+)
 from blazemesh.protocol.hlc import PeersRefuse, refused_by_peers
 from blazemesh.protocol.ids import node_id_short
 from blazemesh.protocol.model import Change
-from blazemesh.protocol.ring import WHOLE_RING, feed_arcs
-from blazemesh.protocol.sync import LinkStatus, Range, SyncConfig, SyncLink, preferred_initiator
+from blazemesh.protocol.sync import LinkStatus, Range, SyncConfig, SyncLink
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +154,7 @@ class Node:
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
         self._running: dict[Link, None] = {}  # every link, open or not, in creation order
-        self._by_ring = False  # see `feed_by_ring`
-        self._feeder: dict[bytes, Link] = {}  # origin -> the link that feeds it (`_applied`)
-        self._early: dict[bytes, set[Link]] = {}  # origin -> links that brought duplicates
-        # of it before its feeder was known (`_applied`)
+        self._forwarding = Forwarding(self.identity.node_id)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
         self._cache: OrderedDict[tuple[bytes, int], tuple[Change, int]] = OrderedDict()
@@ -332,63 +339,39 @@ class Node:
         assert peer is not None
         existing = self._links.get(peer)
         if existing is not None:
-            if self._keep_new(existing, link):
-                existing.end("replaced by a newer link to the same peer")
-            else:
+            if not keeps_newer_link(
+                self.node_id,
+                peer,
+                older_dialled=existing.initiated,
+                newer_dialled=link.initiated,
+            ):
                 raise LinkEnded("a link to this peer already exists")
+            existing.end("replaced by a newer link to the same peer")
         self._links[peer] = link
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
-        if self._by_ring:
-            self._ask_by_ring()
-        else:
-            self._feed_directly(link)
+        self._carry_out(self._forwarding.link_up(peer))
 
     def feed_by_ring(self, on: bool) -> None:
-        """Take each origin's changes from the link nearest to it on the ring
-        (`protocol.ring`: one tree per origin from the start, in graphs that include the
-        ring, as the mesh topology's do), or else from the link that brought its first
-        change, pruning the links that bring duplicates (any graph). Peering says which."""
-        if on != self._by_ring:
-            self._by_ring = on
-            self._feeder.clear()
-            self._early.clear()
-            self._ask_by_ring()
+        """Take each origin's changes from the link nearest to it on the ring, or else
+        from the link that brought its first change, pruning the links that bring
+        duplicates (`protocol.forwarding`). Peering says which."""
+        self._carry_out(self._forwarding.feed_by_ring(on))
 
-    def _ask_by_ring(self) -> None:
-        """Ask every link for its share of the ring (all of it, when not feeding by ring)."""
-        arcs = feed_arcs(self.node_id, self._links) if self._by_ring else {}
-        for peer, link in self._links.items():
-            link.sync.ask_for(arcs.get(peer, WHOLE_RING))
+    def _carry_out(self, commands: Iterable[Command]) -> None:
+        """Carry out the forwarding tree's commands on the links they name, in order."""
+        for command in commands:
+            link = self._links[command.peer]
+            match command:
+                case AskFor():
+                    link.sync.ask_for(command.arcs)
+                case Prune():
+                    link.sync.prune(command.origins)
+                case Graft():
+                    link.sync.graft(command.origins)
+                case _:
+                    assert_never(command)
             link.wake()
-
-    def _feed_directly(self, link: Link) -> None:
-        """A link to an origin itself is the shortest way to that origin's changes, so it
-        feeds this node that origin from now on (see `_applied`), and every other link
-        is asked at once not to push it; in a full mesh no change then arrives twice,
-        not even an origin's first. A new link is likewise asked not to push the origins
-        that links of their own feed."""
-        peer = link.peer_id
-        assert peer is not None
-        self._feeder[peer] = link
-        direct = []
-        for other in self._links.values():
-            if other is not link:
-                other.sync.prune([peer])
-                other.wake()
-                if self._feeder.get(other.peer_id or b"") is other:
-                    direct.append(other.peer_id or b"")
-        link.sync.prune(direct)
-
-    def _keep_new(self, old: Link, new: Link) -> bool:
-        def opener(link: Link) -> bytes:
-            assert link.peer_id is not None
-            return self.node_id if link.initiated else link.peer_id
-
-        if opener(old) == opener(new):
-            return True
-        assert new.peer_id is not None
-        return opener(new) == preferred_initiator(self.node_id, new.peer_id)
 
     def _forget(self, link: Link, reason: str) -> None:
         level = logging.WARNING if link.misbehaved else logging.INFO
@@ -398,10 +381,7 @@ class Node:
             return
         del self._links[peer]
         self._gone(peer).set()
-        if self._by_ring:
-            self._ask_by_ring()
-        else:
-            self._regraft(link)
+        self._carry_out(self._forwarding.link_down(peer))
         log.log(level, "link to %s down: %s", link.name, reason)
 
     def _gone(self, peer: bytes) -> trio.Event:
@@ -417,57 +397,16 @@ class Node:
                 link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
-        """Prune, on ``link``, the origins of the changes it sent that this node already
-        held, unless it is the link that feeds this node that origin.
-
-        An origin's feeder is the link that brought its first new change (first since the
-        previous feeder went), and stays so while it lasts. A node got that change before
-        any node it feeds, so feeders never form a cycle: following them from any node
-        leads to the origin, and every origin's changes reach every node along that
-        tree. A change that a pruned link had in flight does not make it a feeder.
-
-        Links report in the order they finish, not in the order they committed: a
-        duplicate can be reported before the first copy's link reports. Such a link
-        waits in `_early` until the origin's feeder is known, and is pruned then.
-        (Feeding by the ring needs none of this.)
-        """
-        if self._by_ring:
-            return
-        feeder = self._feeder
-        redundant = set()
-        for change, outcome in zip(changes, outcomes, strict=True):
-            origin = change.origin
-            if outcome is None:
-                fed_by = feeder.get(origin)
-                if fed_by is None:
-                    self._early.setdefault(origin, set()).add(link)
-                elif fed_by is not link:
-                    redundant.add(origin)
-            elif (
-                origin not in feeder
-                and link.sync.pushed_here(origin)
-                and not isinstance(outcome, ProtocolError)
-            ):
-                feeder[origin] = link
-                for early in self._early.pop(origin, ()):
-                    if early is not link:
-                        early.sync.prune([origin])
-                        early.wake()
-        if redundant:
-            link.sync.prune(redundant)
-
-    def _regraft(self, lost: Link) -> None:
-        """The origins ``lost`` fed: every other link pushes them again until the new
-        duplicates prune them back to one feeder."""
-        origins = {origin for origin, link in self._feeder.items() if link is lost}
-        for origin in origins:
-            del self._feeder[origin]
-        for early in self._early.values():
-            early.discard(lost)
-        if origins:
-            for link in self._links.values():
-                link.sync.graft(origins)
-                link.wake()
+        """Tell the forwarding tree what became of the changes ``link`` brought."""
+        peer = link.peer_id
+        if peer is None or self._links.get(peer) is not link:
+            return  # a link being replaced: the one that replaced it speaks for the peer
+        sync = link.sync
+        arrivals = (
+            (change.origin, _arrival(sync, change.origin, outcome))
+            for change, outcome in zip(changes, outcomes, strict=True)
+        )
+        self._carry_out(self._forwarding.applied(peer, arrivals))
 
     def _cache_changes(self, applied: list[Applied]) -> None:
         """Keep the newest changes, within `NodeConfig.cache_changes` and `cache_bytes`."""
@@ -568,3 +507,12 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {node_id_short(self.node_id)} with {len(self._links)} links>"
+
+
+def _arrival(sync: SyncLink, origin: bytes, outcome: Outcome) -> Arrival:
+    """What a remote change's outcome in the store means to the forwarding tree."""
+    if outcome is None:
+        return Arrival.DUPLICATE
+    if isinstance(outcome, ProtocolError):
+        return Arrival.REFUSED
+    return Arrival.NEW_EAGER if sync.pushed_here(origin) else Arrival.NEW_LAZY

@@ -9,12 +9,13 @@ import pytest
 import trio
 import trio.testing
 
+from blazemesh.agent.links.network import MemoryNetwork
 from blazemesh.protocol.admission import MAX_RUNS_HELD
 from blazemesh.protocol.errors import GapLimitError
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put
 from blazemesh.protocol.sync import SyncConfig
-from tests.agent.cluster import cluster
+from tests.agent.cluster import address, cluster
 
 
 async def test_two_nodes_sync_both_ways_and_stay_in_sync(
@@ -115,6 +116,72 @@ async def test_static_peers_prune_duplicate_pushes(
         await trio.testing.wait_all_tasks_blocked()
         assert [replica.duplicate_changes for replica in c.replicas] == before
         assert all(replica.received_changes >= 60 for replica in c.replicas)
+
+
+SLOW_SEND_S = 0.05  # what a send costs on a slow link: a long path
+
+
+class SlowSends(trio.abc.Stream):
+    """A stream each of whose sends first waits `SLOW_SEND_S` (virtual)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self._inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(SLOW_SEND_S)
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_link_that_replaced_a_feeder_regrafts_its_origins_when_it_goes(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Static links, so feeding by pruning. Node x takes d's changes from b (d-b-x) and
+    prunes them on e, whose link to x is slow. A second link between x and b replaces the
+    first (docs/protocol.md 8.2 rule 9); when that one goes, x must graft d back on e at
+    once. (It took a SUMMARY and a graft, seconds: the feeder was the replaced link.)"""
+    connections = 0
+
+    def slow_fourth(stream: trio.abc.Stream) -> trio.abc.Stream:
+        nonlocal connections
+        connections += 1
+        return SlowSends(stream) if connections in (7, 8) else stream  # both its ends
+
+    d, b, c, e, x = range(5)
+    network = MemoryNetwork(wrap=slow_fourth)
+    async with cluster(tmp_path, 5, [], network=network, secure=False) as cl:
+        nodes = cl.nodes
+
+        async def link(i: int, j: int) -> trio.CancelScope:
+            scope = nodes[i].dial(address(j))
+            await trio.sleep(1)  # virtual: a handshake, over the slow link too
+            assert nodes[j].linked(nodes[i].node_id)
+            return scope
+
+        for i, j in ((d, b), (d, c), (c, e), (e, x)):  # the fourth connection is slow
+            await link(i, j)
+        low, high = sorted((b, x), key=lambda i: nodes[i].node_id)
+        first = await link(high, low)
+        await cl.replicas[d].put("c", "first", {})
+        await trio.sleep(1)  # virtual: every copy lands, e's at x too
+        assert cl.replicas[x].duplicate_changes == 1  # so x pruned d on e
+        second = await link(low, high)
+        dialled = [p.initiated for p in nodes[low].peers() if p.node_id == nodes[high].node_id]
+        assert dialled == [True]  # the second link replaced the first
+        first.cancel()  # its dialler would link again once the second link goes
+        second.cancel()
+        await trio.sleep(0.1)  # virtual
+        assert not nodes[x].linked(nodes[b].node_id)
+        await cl.replicas[d].put("c", "after", {})
+        await cl.until_converged(timeout_s=0.5)  # well within a SUMMARY period
 
 
 async def test_big_transactions_stream_without_the_link_dropping(

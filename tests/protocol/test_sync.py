@@ -26,7 +26,6 @@ from blazemesh.protocol.sync import (
     SyncConfig,
     SyncError,
     SyncLink,
-    preferred_initiator,
 )
 from blazemesh.protocol.vv import VersionVector
 
@@ -461,11 +460,6 @@ def test_batches_out_of_order_are_refused() -> None:
     lb.receive_data(skipping_one, 0.0)
     with pytest.raises(SyncError, match="batch 2 arrived after 0"):
         lb.next_event()
-
-
-def test_preferred_initiator_is_symmetric() -> None:
-    x, y = b"\x01" * 16, b"\x02" * 16
-    assert preferred_initiator(x, y) == preferred_initiator(y, x) == x
 
 
 @settings(max_examples=60, deadline=None)
