@@ -20,7 +20,9 @@ Star: the members started with ``--hub-eligible`` link to each other; every othe
 uses while that one is alive, else the lowest eligible id that has not failed. A spoke
 never switches to a hub that returns, so the star does not flap; and since the eligible
 members are linked to each other, spokes that chose different hubs (one joined while
-another hub was down) still reach each other in at most three hops.
+another hub was down) still reach each other in at most three hops. When no member is
+eligible and no hub is configured, the member with the lowest id acts as the only
+eligible one, so that the star still forms (`star_plan`).
 """
 
 from __future__ import annotations
@@ -169,3 +171,47 @@ def star_dials(
     if eligible:
         return {m for m, ok in members.items() if ok and preferred_initiator(me, m) == me}
     return set() if hub is None or hub == me else {hub}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StarPlan:
+    """The star's links at one node."""
+
+    hub: bytes | None  # the hub this node uses (itself, if it acts as one); None: none yet
+    links: frozenset[bytes]  # the members it is linked to, whichever end dials
+    dials: frozenset[bytes]  # ... and those of them it dials
+
+
+def star_plan(
+    me: bytes,
+    members: Mapping[bytes, bool],
+    *,
+    eligible: bool,
+    current: bytes | None = None,
+    failed: Iterable[bytes] = (),
+    configured: bytes | None = None,
+    settled: bool = True,
+) -> StarPlan:
+    """The star at ``me`` among ``members`` (node id -> hub-eligible; ``me`` is not among
+    them, and ``eligible`` says whether it is), with `star_hub`'s ``current``, ``failed``
+    and ``configured``.
+
+    When neither ``me`` nor any member is eligible and no hub is configured, the lowest
+    id among them and ``me`` acts as the only eligible one: the fallback election, which
+    every node evaluates alike. It waits until ``settled`` (discovery has run long enough
+    for eligible members to have been seen); until then ``me`` links to no one and keeps
+    ``current``.
+    """
+    if configured is None and not eligible and not any(members.values()):
+        if not settled:
+            return StarPlan(hub=current, links=frozenset(), dials=frozenset())
+        lowest = min([*members, me])
+        members = {peer: peer == lowest for peer in members}
+        eligible = lowest == me
+    if eligible:
+        links = frozenset(peer for peer, ok in members.items() if ok)
+        dials = frozenset(star_dials(me, members, eligible=True, hub=me))
+        return StarPlan(hub=me, links=links, dials=dials)
+    hub = star_hub(members, current=current, failed=failed, configured=configured)
+    links = frozenset() if hub is None or hub not in members else frozenset({hub})
+    return StarPlan(hub=hub, links=links, dials=links)

@@ -33,8 +33,7 @@ from blazemesh.protocol.topology import (
     TOPOLOGY_KEY,
     MeshPlan,
     TopologyConfig,
-    star_dials,
-    star_hub,
+    star_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -233,29 +232,22 @@ class Peering:
         return links, {peer for peer in links if plan.dials(peer)}
 
     def _star(self, members: dict[bytes, Sighting]) -> tuple[set[bytes], set[bytes]]:
-        """The star's links at this node, and those it dials (see `protocol.topology`)."""
+        """The star's links at this node, and those it dials (`protocol.topology.star_plan`)."""
         me = self.node.node_id
-        eligible = {peer: s.seen.hub_eligible for peer, s in members.items()}
-        i_am_eligible = self.hub_eligible
-        if self.topology.hub is None and not i_am_eligible and not any(eligible.values()):
-            if trio.current_time() - self._started < DIAL_GRACE_S:
-                return set(), set()  # the eligible nodes may not have been discovered yet
-            # Nobody may be the hub: the lowest id is, so that the star still forms.
-            lowest = min([*members, me])
-            eligible = {peer: peer == lowest for peer in members}
-            i_am_eligible = lowest == me
-        if i_am_eligible:
-            self.hub = me
-            links = {peer for peer, ok in eligible.items() if ok}
-            return links, star_dials(me, eligible, eligible=True, hub=me)
-        hub = star_hub(
-            eligible, current=self.hub, failed=self._failed(members), configured=self.topology.hub
+        plan = star_plan(
+            me,
+            {peer: s.seen.hub_eligible for peer, s in members.items()},
+            eligible=self.hub_eligible,
+            current=self.hub,
+            failed=self._failed(members),
+            configured=self.topology.hub,
+            # the eligible nodes may not have been discovered before
+            settled=trio.current_time() - self._started >= DIAL_GRACE_S,
         )
-        if hub != self.hub and hub is not None:
-            log.info("star: %s is this node's hub", node_id_short(hub))
-        self.hub = hub
-        links = set() if hub is None or hub not in members else {hub}
-        return links, links
+        if plan.hub is not None and plan.hub not in (self.hub, me):
+            log.info("star: %s is this node's hub", node_id_short(plan.hub))
+        self.hub = plan.hub
+        return set(plan.links), set(plan.dials)
 
     def _failed(self, members: dict[bytes, Sighting]) -> set[bytes]:
         """Members this node dials, is not linked to, and whose last attempt failed."""

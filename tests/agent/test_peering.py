@@ -91,6 +91,23 @@ async def test_a_star_links_spokes_to_a_hub_and_survives_losing_it(
             assert [p.node_id for p in node.peers()] == [c.nodes[1 - dead].node_id]
 
 
+async def test_a_star_with_no_eligible_member_elects_the_lowest_id_once_discovery_settles(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    star = TopologyConfig(mode="star")
+    async with cluster(tmp_path, 3, [], discovery=MemoryDiscovery(), topology=star) as c:
+        await trio.sleep(DIAL_GRACE_S / 2)  # virtual
+        assert all(node.peers() == [] for node in c.nodes)  # eligible nodes may yet appear
+        for i, replica in enumerate(c.replicas):
+            await replica.put("c", f"k{i}", {"i": i})
+        await c.until_converged(timeout_s=DIAL_GRACE_S * 2)
+        hub = min(node.node_id for node in c.nodes)
+        assert {p.hub for p in c.peerings} == {hub}
+        for node in c.nodes:
+            expected = [] if node.node_id == hub else [hub]
+            assert [p.node_id for p in node.peers() if p.initiated] == expected
+
+
 async def test_switching_the_whole_mesh_to_a_star_at_run_time_loses_nothing(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

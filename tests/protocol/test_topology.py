@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from blazemesh.protocol.errors import LocalProtocolError
 from blazemesh.protocol.ring import ring_order
-from blazemesh.protocol.topology import TopologyConfig, mesh_dials, star_dials, star_hub
+from blazemesh.protocol.topology import (
+    StarPlan,
+    TopologyConfig,
+    mesh_dials,
+    star_dials,
+    star_hub,
+    star_plan,
+)
 
 members = st.sets(st.binary(min_size=16, max_size=16), min_size=2, max_size=64)
 
@@ -126,3 +133,55 @@ def test_a_returning_lower_hub_does_not_take_the_star_back() -> None:
     assert star_hub(members, current=high) == high  # it came back: the spoke stays
     assert star_hub(members, current=high, configured=low) == low
     assert star_hub({spoke: False}) is None
+
+
+@given(star_members)
+def test_every_star_plan_forms_one_connected_star(members: dict[bytes, bool]) -> None:
+    """Every member plans from the same view (itself apart), eligible members or none
+    (then the lowest id stands in): each link is dialled by one end, which plans it;
+    every spoke links to its hub alone, and the star is connected."""
+    plans = {
+        me: star_plan(me, {m: ok for m, ok in members.items() if m != me}, eligible=ok)
+        for me, ok in members.items()
+    }
+    adjacent: dict[bytes, set[bytes]] = {m: set() for m in members}
+    for me, plan in plans.items():
+        assert plan.dials <= plan.links
+        for peer in plan.dials:
+            assert me not in plans[peer].dials  # one end dials a link
+            adjacent[me].add(peer)
+            adjacent[peer].add(me)
+    hubs = {plan.hub for plan in plans.values()}
+    if not any(members.values()):
+        assert hubs == {min(members)}
+    for me, plan in plans.items():
+        if plan.hub != me:
+            assert adjacent[me] == {plan.hub}
+    start = next(iter(members))
+    assert len(distances(adjacent, start)) == len(members)
+
+
+def test_the_fallback_election_waits_for_discovery_to_settle() -> None:
+    low, mid, high = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    spokes = {low: False, high: False}
+    waiting = star_plan(mid, spokes, eligible=False, current=high, settled=False)
+    assert waiting == StarPlan(hub=high, links=frozenset(), dials=frozenset())
+    assert star_plan(mid, spokes, eligible=False) == StarPlan(
+        hub=low, links=frozenset({low}), dials=frozenset({low})
+    )
+    hub = star_plan(low, {mid: False, high: False}, eligible=False)
+    assert hub == StarPlan(hub=low, links=frozenset(), dials=frozenset())  # spokes dial it
+
+
+def test_a_configured_hub_needs_no_election() -> None:
+    low, mid, high = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    plan = star_plan(mid, {low: False, high: False}, eligible=False, configured=high)
+    assert plan == StarPlan(hub=high, links=frozenset({high}), dials=frozenset({high}))
+    absent = star_plan(mid, {low: False}, eligible=False, configured=high, settled=False)
+    assert absent == StarPlan(hub=high, links=frozenset(), dials=frozenset())  # not seen yet
+
+
+def test_an_eligible_member_links_to_the_other_eligible_ones() -> None:
+    low, mid, high = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    plan = star_plan(mid, {low: True, high: True, b"\x04" * 16: False}, eligible=True)
+    assert plan == StarPlan(hub=mid, links=frozenset({low, high}), dials=frozenset({high}))
