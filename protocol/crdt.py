@@ -17,8 +17,9 @@ order, grouping or repetition (tests/protocol/test_crdt.py proves it generativel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import assert_never
 
-from blazemesh.protocol.model import Change, Delete, Fields, Value
+from blazemesh.protocol.model import Change, Delete, Fields, Put, Value
 
 Stamp = tuple[int, bytes]  # (hlc, origin): unique per op, see protocol.model
 NO_STAMP: Stamp = (0, b"")  # below every real stamp (real HLC stamps are >= 1)
@@ -85,7 +86,13 @@ def apply_change(change: Change, load: dict[RecordKey, RecordState]) -> set[Reco
         if state is None:
             state = load[rk] = RecordState()
         stamp = (change.hlc + i, origin)
-        hit = state.delete(stamp) if isinstance(op, Delete) else state.put(op.fields, stamp)
+        match op:
+            case Delete():
+                hit = state.delete(stamp)
+            case Put():
+                hit = state.put(op.fields, stamp)
+            case _:
+                assert_never(op)
         if hit:
             touched.add(rk)
     return touched

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, assert_never
 
 from blazemesh.protocol.errors import ValidationError
 from blazemesh.protocol.hlc import MAX_STAMP
@@ -193,8 +193,13 @@ def validate_op(op: object, *, system: bool = False) -> None:
         raise ValidationError(f"an op is a Put or a Delete, got {type(op).__name__}")
     validate_name("collection", op.collection, MAX_COLLECTION_BYTES, system=system)
     validate_name("key", op.key, MAX_KEY_BYTES, system=system)
-    if isinstance(op, Delete):
-        return
+    match op:
+        case Delete():
+            return
+        case Put():
+            pass
+        case _:
+            assert_never(op)
     if not isinstance(op.fields, Mapping):
         raise ValidationError(f"fields of {op.collection}/{op.key} must be a mapping")
     if len(op.fields) > MAX_FIELDS_PER_PUT:
@@ -243,6 +248,11 @@ def change_objects(change: Change) -> int:
     """The objects of ``change`` that `held_bytes` counts: its own, its ops, their fields."""
     objects = CHANGE_OBJECTS + len(change.ops)
     for op in change.ops:  # a loop, not a generator: this runs for every change applied
-        if isinstance(op, Put):
-            objects += len(op.fields)
+        match op:
+            case Put():
+                objects += len(op.fields)
+            case Delete():
+                pass
+            case _:
+                assert_never(op)
     return objects

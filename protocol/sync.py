@@ -53,6 +53,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.codec.messages import (
@@ -323,33 +324,32 @@ class SyncLink:
                 if not isinstance(message, Hello):
                     raise SyncError(f"expected a hello, got {type(message).__name__}")
                 return self._hello(message)
-            if isinstance(message, Changes):
-                return self._changes(message)
-            if isinstance(message, Ack):
-                self._ack(message.batch)
-            elif isinstance(message, Summary):
-                self._summary(message.vv)
-            elif isinstance(message, Arcs):
-                self._feed_out.reset(message.arcs)
-                self._unsure = self._pushed(self._have.origins())
-            elif isinstance(message, Prune):
-                self._feed_out.prune(message.origins)
-                self._unsure.difference_update(message.origins)
-            elif isinstance(message, Graft):
-                self._feed_out.graft(message.origins)
-                self._unsure.update(message.origins)
-            elif isinstance(message, Ping):
-                self._pong_due = message.token
-            elif isinstance(message, Pong):
-                if self._ping_sent is not None and message.token == self._ping_token:
-                    self.rtt_s = self._now - self._ping_sent
-                    self._ping_sent = None
-                    # The peer read its clock about half a round trip ago.
-                    self._measure_clock(message.clock_ms, round(self.rtt_s * 500))
-            elif isinstance(message, Refused):
-                return self._peer_refused(message)
-            else:
-                raise SyncError("a second hello on one link")
+            match message:
+                case Changes():
+                    return self._changes(message)
+                case Refused():
+                    return self._peer_refused(message)
+                case Ack():
+                    self._ack(message.batch)
+                case Summary():
+                    self._summary(message.vv)
+                case Arcs():
+                    self._feed_out.reset(message.arcs)
+                    self._unsure = self._pushed(self._have.origins())
+                case Prune():
+                    self._feed_out.prune(message.origins)
+                    self._unsure.difference_update(message.origins)
+                case Graft():
+                    self._feed_out.graft(message.origins)
+                    self._unsure.update(message.origins)
+                case Ping():
+                    self._pong_due = message.token
+                case Pong():
+                    self._pong(message)
+                case Hello():
+                    raise SyncError("a second hello on one link")
+                case _:
+                    assert_never(message)
         return None
 
     def _hello(self, hello: Hello) -> PeerHello:
@@ -365,6 +365,13 @@ class SyncLink:
         self._peer_told.merge(hello.vv)
         self._check_behind()
         return PeerHello(node_id=hello.node_id, meta=hello.meta)
+
+    def _pong(self, pong: Pong) -> None:
+        if self._ping_sent is not None and pong.token == self._ping_token:
+            self.rtt_s = self._now - self._ping_sent
+            self._ping_sent = None
+            # The peer read its clock about half a round trip ago.
+            self._measure_clock(pong.clock_ms, round(self.rtt_s * 500))
 
     def _measure_clock(self, peer_ms: int, transit_ms: int) -> None:
         self.clock_offset_ms = peer_ms + transit_ms - self._wall_ms()
@@ -696,4 +703,3 @@ def _check_bounded(vv: VersionVector, what: str) -> None:
 
 def _count(ranges: list[Range]) -> int:
     return sum(last - first + 1 for _, (first, last) in ranges)
-

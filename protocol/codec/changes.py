@@ -19,6 +19,7 @@ nothing else escapes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import assert_never
 
 import msgpack
 
@@ -84,14 +85,17 @@ class ChangeEncoder:
         for op in change.ops:
             out.append(name(op.collection))
             out.append(op.key)
-            if isinstance(op, Delete):
-                out.append(None)
-            else:
-                fields: list[object] = []
-                for field, value in op.fields.items():
-                    fields.append(name(field))
-                    fields.append(value)
-                out.append(fields)
+            match op:
+                case Delete():
+                    out.append(None)
+                case Put():
+                    fields: list[object] = []
+                    for field, value in op.fields.items():
+                        fields.append(name(field))
+                        fields.append(value)
+                    out.append(fields)
+                case _:
+                    assert_never(op)
         return out
 
     def _name(self, name: str) -> str | int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, assert_never
 
 import msgpack
 
@@ -79,14 +79,17 @@ Frame: TypeAlias = Request | Reply
 def encode_frame(frame: Frame) -> bytes:
     """The bytes of one frame, length prefix included."""
     body: dict[str, Value]
-    if isinstance(frame, Request):
-        body = {"id": frame.id, "op": frame.op, "args": frame.args}
-    elif isinstance(frame, Result):
-        body = {"id": frame.id, "ok": frame.value}
-    elif isinstance(frame, Event):
-        body = {"id": frame.id, "event": frame.value}
-    else:
-        body = {"id": frame.id, "error": {"code": frame.code, "message": frame.message}}
+    match frame:
+        case Request():
+            body = {"id": frame.id, "op": frame.op, "args": frame.args}
+        case Result():
+            body = {"id": frame.id, "ok": frame.value}
+        case Event():
+            body = {"id": frame.id, "event": frame.value}
+        case Failure():
+            body = {"id": frame.id, "error": {"code": frame.code, "message": frame.message}}
+        case _:
+            assert_never(frame)
     data: bytes = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_CONTROL_FRAME_BYTES:
         raise ValueError(f"a frame of {len(data)} bytes exceeds {MAX_CONTROL_FRAME_BYTES}")
@@ -204,9 +207,14 @@ def change_event(lsn: int, change: Change, collection: str | None = None) -> dic
 
 def op_map(op: Op) -> dict[str, Value]:
     """An op as the control protocol writes it."""
-    if isinstance(op, Delete):
-        return {"op": "delete", "collection": op.collection, "key": op.key}
-    return {"op": "put", "collection": op.collection, "key": op.key, "fields": dict(op.fields)}
+    match op:
+        case Delete():
+            return {"op": "delete", "collection": op.collection, "key": op.key}
+        case Put():
+            fields = dict(op.fields)
+            return {"op": "put", "collection": op.collection, "key": op.key, "fields": fields}
+        case _:
+            assert_never(op)
 
 
 def parse_op(value: Value) -> Op:

@@ -131,6 +131,23 @@ class Arcs:
     arcs: Sequence[Arc]
 
 
+def _items(kind: Kind) -> int:
+    """How many items a message of ``kind`` has, its type included."""
+    match kind:
+        case Kind.HELLO:
+            return 6
+        case Kind.CHANGES | Kind.PONG:
+            return 3
+        case Kind.ACK | Kind.SUMMARY | Kind.PING | Kind.PRUNE | Kind.GRAFT | Kind.ARCS:
+            return 2
+        case Kind.REFUSED:
+            return 4
+        case _:
+            assert_never(kind)
+
+
+_KINDS = {(kind.value, _items(kind)): kind for kind in Kind}  # (type, items) -> kind
+
 Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused
 Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused  # not CHANGES
 
@@ -282,39 +299,57 @@ class MessageDecoder:
     def _message(self, item: object) -> Message:
         if not isinstance(item, list) or not item or type(item[0]) is not int:
             raise DecodeError("a message is an array whose first item is its type")
-        kind, n = item[0], len(item)
-        if kind == Kind.CHANGES and n == 3 and isinstance(item[2], list):
-            if len(item[2]) > MAX_BATCH_CHANGES:
-                raise InvalidRemoteDataError(
-                    f"{len(item[2])} changes in one message; the limit is {MAX_BATCH_CHANGES}"
+        kind = _KINDS.get((item[0], len(item)))
+        match kind:
+            case Kind.CHANGES:
+                return self._changes_message(item[1], item[2])
+            case Kind.ACK:
+                return Ack(batch=_batch(item[1]))
+            case Kind.PING:
+                return Ping(token=_token(item[1]))
+            case Kind.PONG:
+                return Pong(token=_token(item[1]), clock_ms=_clock(item[2]))
+            case Kind.SUMMARY:
+                return Summary(vv=_vv(item[1]))
+            case Kind.PRUNE:
+                return Prune(origins=_origins(item[1]))
+            case Kind.GRAFT:
+                return Graft(origins=_origins(item[1]))
+            case Kind.ARCS:
+                return Arcs(arcs=_arcs(item[1]))
+            case Kind.REFUSED:
+                return _refused(item)
+            case Kind.HELLO:
+                return _hello(item)
+            case None:
+                raise DecodeError(
+                    f"message type {item[0]} with {len(item)} items is not part of the protocol"
                 )
-            decode, before = self._changes.change, self._changes.objects
-            changes = [decode(c) for c in item[2]]
-            self.last_objects = self._changes.objects - before
-            return Changes(batch=_batch(item[1]), changes=changes)
-        if kind == Kind.ACK and n == 2:
-            return Ack(batch=_batch(item[1]))
-        if kind == Kind.PING and n == 2 and type(item[1]) is int:
-            return Ping(token=item[1])
-        if kind == Kind.PONG and n == 3 and type(item[1]) is int:
-            return Pong(token=item[1], clock_ms=_clock(item[2]))
-        if kind == Kind.SUMMARY and n == 2:
-            return Summary(vv=_vv(item[1]))
-        if kind in (Kind.PRUNE, Kind.GRAFT) and n == 2:
-            origins = _origins(item[1])
-            return Prune(origins=origins) if kind == Kind.PRUNE else Graft(origins=origins)
-        if kind == Kind.ARCS and n == 2:
-            return Arcs(arcs=_arcs(item[1]))
-        if kind == Kind.REFUSED and n == 4:
-            return _refused(item)
-        if kind == Kind.HELLO and n == 6:
-            return _hello(item)
-        raise DecodeError(f"message type {kind} with {n} items is not part of the protocol")
+            case _:
+                assert_never(kind)
+
+    def _changes_message(self, batch: object, items: object) -> Changes:
+        if not isinstance(items, list):
+            raise DecodeError("the changes of a CHANGES message are an array")
+        if len(items) > MAX_BATCH_CHANGES:
+            raise InvalidRemoteDataError(
+                f"{len(items)} changes in one message; the limit is {MAX_BATCH_CHANGES}"
+            )
+        decode, before = self._changes.change, self._changes.objects
+        changes = [decode(c) for c in items]
+        self.last_objects = self._changes.objects - before
+        return Changes(batch=_batch(batch), changes=changes)
 
 
 def _batch(value: object) -> int:
     if type(value) is not int or not 1 <= value <= MAX_SEQ:
         raise DecodeError(f"a batch number is a positive integer, got {value!r}")
+    return value
+
+
+def _token(value: object) -> int:
+    if type(value) is not int:
+        raise DecodeError(f"a ping's token is an integer, got {value!r}")
     return value
 
 

@@ -235,3 +235,31 @@ def test_a_decoded_change_message_counts_what_its_changes_are_made_of(
     decoder.feed(data)
     (message,) = list(decoder)
     assert decoder.last_objects == sum(change_objects(c) for c in message.changes)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        [99, 1],  # no such type
+        [-1],
+        [Kind.ACK.value],  # a known type with too few items
+        [Kind.ACK.value, 1, 2],  # ... or too many
+        [Kind.HELLO.value, 3, b"\x01" * 16, [], {}],
+    ],
+)
+def test_a_message_of_no_known_type_and_length_is_refused(item: list[object]) -> None:
+    with pytest.raises(DecodeError, match="is not part of the protocol"):
+        decode_one(msgpack.packb(item))
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        ([Kind.PING.value, "token"], "token is an integer"),
+        ([Kind.PONG.value, 1.5, 5], "token is an integer"),
+        ([Kind.CHANGES.value, 1, {}], "are an array"),
+    ],
+)
+def test_a_known_type_with_the_wrong_body_is_refused(item: list[object], error: str) -> None:
+    with pytest.raises(DecodeError, match=error):
+        decode_one(msgpack.packb(item))

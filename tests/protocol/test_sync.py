@@ -107,6 +107,15 @@ def test_hello_opens_both_sides() -> None:
     assert lb.open
 
 
+def test_a_second_hello_on_one_link_is_the_peers_error() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    lb = b.link(a)
+    lb.receive_data(a.link().data_to_send() * 2, 0.0)
+    assert isinstance(lb.next_event(), PeerHello)
+    with pytest.raises(SyncError, match="a second hello on one link"):
+        lb.next_event()
+
+
 def test_catch_up_then_stream_then_in_sync() -> None:
     a, b = FakeNode("a"), FakeNode("b")
     a.write(2500)  # more than one plan's worth
