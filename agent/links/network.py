@@ -2,7 +2,9 @@
 
 `TcpNetwork` is the real one. `MemoryNetwork` connects nodes of one trio run through
 in-memory streams: tests use it, and the simulator's network builds on the same
-interface. Both pass the contract tests in tests/agent/test_network.py.
+interface. All three keep one contract (tests/agent/network_contract.py, run by
+tests/agent/test_network.py, tests/simulations/test_network.py and
+tests/system/test_tcp_network.py), and their streams pass trio's generic stream checks.
 
 An address is a ``(host, port)`` pair; a memory network treats it as a name.
 """
@@ -34,7 +36,9 @@ class Network(Protocol):
         self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
     ) -> None:
         """Accept connections on ``address`` and run ``handler(stream, remote)`` for each,
-        each in its own task, until cancelled. Reports the bound address when ready."""
+        each in its own task, until cancelled; the handlers end with it. Reports the bound
+        address when ready (port 0 asks for a free port); raises `OSError` if the address
+        is served already."""
 
     async def connect(self, address: Address) -> trio.abc.Stream:
         """Open a stream to ``address``; raises `OSError` if nothing listens there."""

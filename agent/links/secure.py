@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -149,6 +150,10 @@ class SecureStream(trio.abc.Stream):
     and `aclose` closes the connection without a CLOSE record. The peer then sees the
     connection end without a close, which is what happened, instead of a record that
     fails authentication, which reads as an attack. (trio's SSLStream does the same.)
+
+    Errors are trio's (`trio.testing.check_two_way_stream` passes): a channel that fails
+    raises `ChannelError`, a `trio.BrokenResourceError`; a call after `aclose`, or a
+    receive that `aclose` interrupts, raises `trio.ClosedResourceError`.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class SecureStream(trio.abc.Stream):
         self.peer = peer
         self._pending = bytearray(b"".join(received))
         self._eof = False
+        self._closed = False  # `aclose` was called
         self._send_broken = False  # an interrupted send left the wire mid-record
         self._send_busy = False
         self._receive_busy = False
@@ -177,6 +183,7 @@ class SecureStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_busy:
             raise trio.BusyResourceError("another task is sending on this stream")
+        self._check_open()
         self._send_busy = True
         try:
             if self._send_broken:
@@ -194,7 +201,7 @@ class SecureStream(trio.abc.Stream):
             self._session.send(bytes(data))
             await self._write(self._session.data_to_send())
         except BaseException as exc:
-            _reraise(exc, "sending")
+            self._failed(exc, "sending")
         finally:
             self._send_busy = False
 
@@ -206,12 +213,28 @@ class SecureStream(trio.abc.Stream):
             self._send_broken = True
             raise
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+
+    def _failed(self, exc: BaseException, during: str) -> NoReturn:
+        if self._closed and not isinstance(exc, trio.Cancelled):
+            # `aclose`, from another task, closed the transport under this call.
+            raise trio.ClosedResourceError(f"{self!r} was closed") from exc
+        _reraise(exc, during)
+
     async def wait_send_all_might_not_block(self) -> None:
+        self._check_open()
         await self._transport.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         if self._receive_busy:
             raise trio.BusyResourceError("another task is receiving on this stream")
+        self._check_open()
         self._receive_busy = True
         try:
             while not self._pending and not self._eof:
@@ -226,7 +249,7 @@ class SecureStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
             return out
         except BaseException as exc:
-            _reraise(exc, "receiving")
+            self._failed(exc, "receiving")
         finally:
             self._receive_busy = False
 
@@ -247,6 +270,7 @@ class SecureStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Send a clean close if the session is still open and no send was interrupted,
         then close the connection."""
+        self._closed = True
         try:
             if self._session.established and not self._send_broken and not self._send_busy:
                 self._session.close()
