@@ -24,11 +24,11 @@ from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
-    Event,
     Failure,
     ReplyDecoder,
     Request,
     Result,
+    StreamEvent,
     encode_frame,
 )
 from blazemesh.protocol.errors import RemoteProtocolError
@@ -102,7 +102,7 @@ class AgentClient:
             request_id = await self._send(op, args)
             while True:
                 reply = await self._reply()
-                if isinstance(reply, Event) and reply.id == request_id:
+                if isinstance(reply, StreamEvent) and reply.id == request_id:
                     yield reply.value
                 else:
                     _result(request_id, reply)
@@ -117,7 +117,7 @@ class AgentClient:
             raise AgentError(f"lost the connection to the agent: {exc}") from None
         return request_id
 
-    async def _reply(self) -> Result | Failure | Event:
+    async def _reply(self) -> Result | Failure | StreamEvent:
         try:
             while True:
                 for reply in self._decoder:
@@ -135,10 +135,10 @@ class AgentClient:
             raise AgentError(f"the agent sent a malformed reply: {exc}") from None
 
 
-def _result(request_id: int, reply: Result | Failure | Event) -> Value:
+def _result(request_id: int, reply: Result | Failure | StreamEvent) -> Value:
     if isinstance(reply, Failure):
         raise AgentCallError(reply.code, reply.message)
-    if isinstance(reply, Event) or reply.id != request_id:
+    if isinstance(reply, StreamEvent) or reply.id != request_id:
         raise AgentError(f"the agent answered request {reply.id}, not {request_id}")
     return reply.value
 

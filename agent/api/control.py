@@ -31,12 +31,12 @@ from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.links.network import Acceptor
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
-    Event,
     Failure,
     Reply,
     Request,
     RequestDecoder,
     Result,
+    StreamEvent,
     encode_frame,
 )
 from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -291,7 +291,7 @@ class _Connection:
                 events = self._ops.stream(request.op, request.args)
                 async with contextlib.aclosing(events):
                     async for event in events:
-                        await self._send(Event(id=request.id, value=event))
+                        await self._send(StreamEvent(id=request.id, value=event))
             finally:
                 del self._streams[request.id]
         return Result(id=request.id, value="cancelled" if scope.cancelled_caught else "ended")

@@ -65,14 +65,14 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
+class StreamEvent:
     """One item of the stream opened by request ``id``."""
 
     id: int
     value: Value
 
 
-Reply: TypeAlias = Result | Failure | Event
+Reply: TypeAlias = Result | Failure | StreamEvent
 Frame: TypeAlias = Request | Reply
 
 
@@ -83,7 +83,7 @@ def encode_frame(frame: Frame) -> bytes:
         body = {"id": frame.id, "op": frame.op, "args": frame.args}
     elif isinstance(frame, Result):
         body = {"id": frame.id, "ok": frame.value}
-    elif isinstance(frame, Event):
+    elif isinstance(frame, StreamEvent):
         body = {"id": frame.id, "event": frame.value}
     else:
         body = {"id": frame.id, "error": {"code": frame.code, "message": frame.message}}
@@ -176,7 +176,7 @@ def _reply(raw: object) -> Reply:
     if body.keys() == {"id", "ok"}:
         return Result(id=frame_id, value=body["ok"])
     if body.keys() == {"id", "event"}:
-        return Event(id=frame_id, value=body["event"])
+        return StreamEvent(id=frame_id, value=body["event"])
     error = body.get("error")
     if (
         body.keys() == {"id", "error"}
