@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from blazemesh.agent.errors import ConfigError, DataDirLockedError
 
@@ -75,6 +76,30 @@ def check_data_dir(data_dir: Path) -> None:
             f"{data_dir} is open to other users (mode {mode:04o}) and holds the node key, "
             f"the mesh secret and every record: run `chmod 700 {data_dir}`"
         )
+
+
+@contextlib.contextmanager
+def open_secret_file(data_dir: Path, name: str, *, holds: str, missing: str) -> Iterator[TextIO]:
+    """Open the file ``name`` of ``data_dir``, which holds ``holds``, for reading; raise
+    `ConfigError` if the data directory (`check_data_dir`) or the file is open to group
+    or others, or, saying ``missing``, if there is no such file.
+
+    The mode is read from the open file, so the file checked is the file read.
+    """
+    check_data_dir(data_dir)
+    path = data_dir / name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError(missing) from None
+    with os.fdopen(fd) as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & OTHERS_ACCESS:
+            raise ConfigError(
+                f"{path} is readable by others (mode {mode:04o}) and holds {holds}: "
+                f"if it was not exposed, run `chmod 600 {path}`"
+            )
+        yield f
 
 
 def private_database(path: Path) -> None:
