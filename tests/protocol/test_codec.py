@@ -23,9 +23,10 @@ from blazemesh.protocol.codec import (
 from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
 from blazemesh.protocol.errors import DecodeError
 from blazemesh.protocol.hlc import MAX_STAMP, pack
-from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put, validate_change
+from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put
 
 from .strategies import (
+    assert_valid_change,
     canon_change,
     canon_state,
     canon_value,
@@ -47,7 +48,7 @@ NOW_MS = 1_760_000_000_000
 def assert_same(decoded: list[Change], original: list[Change]) -> None:
     assert [canon_change(c) for c in decoded] == [canon_change(c) for c in original]
     for change in decoded:
-        validate_change(change, system=True)
+        assert_valid_change(change)
 
 
 # --- round trips --------------------------------------------------------------------------
