@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
-from blazemesh.agent.errors import StorageError
+from blazemesh.agent.errors import AgentError, StorageError
 from blazemesh.agent.links.network import Address, format_address
 from blazemesh.agent.storage.replica import Replica, duration_text
 from blazemesh.agent.storage.store import Outcome
@@ -48,8 +48,9 @@ PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
 
 
-class LinkEnded(Exception):
-    """Raised inside a link's tasks to end it; the message is the reason."""
+class LinkEndedError(AgentError):
+    """Raised inside a link's tasks to end it (the peer closed it, or the node keeps
+    another link to the same peer); the message is the reason. `Link.run` catches it."""
 
 
 class Link:
@@ -149,7 +150,7 @@ class Link:
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
             await task()
-        except LinkEnded as exc:
+        except LinkEndedError as exc:
             self.end(str(exc))
         except RemoteProtocolError as exc:
             self.misbehaved = True
@@ -164,7 +165,7 @@ class Link:
         while True:
             data = await self.stream.receive_some(RECEIVE_BYTES)
             if not data:
-                raise LinkEnded("the peer closed the link")
+                raise LinkEndedError("the peer closed the link")
             sync.receive_data(data, trio.current_time())
             while (event := sync.next_event()) is not None:
                 if isinstance(event, PeerHello):

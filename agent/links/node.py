@@ -29,7 +29,7 @@ import trio
 
 from blazemesh.agent.errors import ClockAheadError
 from blazemesh.agent.links.limits import MAX_HANDSHAKE_SLOTS, HandshakeSlots
-from blazemesh.agent.links.link import TICK_S, Link, LinkEnded
+from blazemesh.agent.links.link import TICK_S, Link, LinkEndedError
 from blazemesh.agent.links.network import Address, Network, format_address
 from blazemesh.agent.links.secure import (
     HANDSHAKE_TIMEOUT_S,
@@ -335,7 +335,7 @@ class Node:
             if self._keep_new(existing, link):
                 existing.end("replaced by a newer link to the same peer")
             else:
-                raise LinkEnded("a link to this peer already exists")
+                raise LinkEndedError("a link to this peer already exists")
         self._links[peer] = link
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
