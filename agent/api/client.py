@@ -19,6 +19,7 @@ import trio
 
 from blazemesh.agent.api.operations import Operations
 from blazemesh.agent.errors import AgentError
+from blazemesh.agent.links.network import RECEIVE_BYTES
 from blazemesh.agent.storage.paths import CONTROL_SOCKET
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.store import Durability
@@ -34,7 +35,6 @@ from blazemesh.protocol.codec.control import (
 from blazemesh.protocol.errors import RemoteProtocolError
 from blazemesh.protocol.model import Value
 
-RECEIVE_BYTES = 1 << 16
 _NO_AGENT = (errno.ENOENT, errno.ECONNREFUSED)
 
 

@@ -28,7 +28,7 @@ import trio
 
 from blazemesh.agent.api.operations import Operations, RequestError, arg
 from blazemesh.agent.errors import AgentError, ConfigError
-from blazemesh.agent.links.network import Acceptor
+from blazemesh.agent.links.network import RECEIVE_BYTES, Acceptor
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
     Failure,
@@ -55,7 +55,6 @@ HELLO_TIMEOUT_S = 10.0  # a client that says nothing is closed after this long
 # `watch` reader stalled this long, a client gone quiet) and would hold it for good.
 SEND_TIMEOUT_S = 30.0
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, including the final NUL
-RECEIVE_BYTES = 1 << 16
 
 
 class _ClientGoneError(Exception):

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import trio
 
 from blazemesh.agent.errors import AgentError, StorageError
-from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.links.network import RECEIVE_BYTES, Address, format_address
 from blazemesh.agent.storage.replica import Replica, duration_text
 from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
@@ -40,7 +40,6 @@ REFUSAL_TEXT = {
     "origins": "it holds changes of as many origins as it keeps",
     "invalid": "they break a rule of the data model",
 }
-RECEIVE_BYTES = 65_536
 INCOMING_HELD_BYTES = 64 << 20  # decoded changes received and not yet applied, about: a
 # reader past this waits for the applier (the wire bound alone lets 9 MiB hold ~200 MB)
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often

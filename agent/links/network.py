@@ -27,6 +27,9 @@ Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 # listener broke: wait and retry, as trio.serve_listeners does.
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_S = 0.1  # how long accepting pauses for a resource to free up
+# What one read of a connection (a peer's, or a control-socket client's) asks for: a
+# socket buffer's worth, so a busy connection takes few reads and an idle one holds little.
+RECEIVE_BYTES = 1 << 16
 
 
 class Network(Protocol):

@@ -41,7 +41,7 @@ from blazemesh.protocol.session import (
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer must prove itself within this, or it is cut off
-RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
+MESSAGE_RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
 CLOSE_TIMEOUT_S = 1.0  # a peer that does not take the CLOSE record by then is just cut off
 
 
@@ -116,7 +116,7 @@ async def _run_handshake(
             await stream.send_all(out)
         if peer is not None:
             return peer
-        data = await stream.receive_some(RECEIVE_BYTES)
+        data = await stream.receive_some(MESSAGE_RECEIVE_BYTES)
         session.receive_data(data)
         while (event := session.next_event()) is not None:
             if isinstance(event, Established):
@@ -254,7 +254,7 @@ class SecureStream(trio.abc.Stream):
             self._receive_busy = False
 
     async def _fill(self) -> None:
-        self._session.receive_data(await self._transport.receive_some(RECEIVE_BYTES))
+        self._session.receive_data(await self._transport.receive_some(MESSAGE_RECEIVE_BYTES))
         while (event := self._session.next_event()) is not None:
             if isinstance(event, Data):
                 self._pending += event.data
