@@ -29,7 +29,7 @@ KEY_FILE = "node.key"
 DB_FILE = "replica.db"
 DB_SIDE_FILES = ("-wal", "-shm")  # SQLite's WAL and shared-memory index, beside DB_FILE
 LOCK_FILE = "lock"
-CONTROL_SOCKET = "blazemesh.agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
+CONTROL_SOCKET = "agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
 LOCK_RETRY_S = 0.05  # how often a waiting opener tries the lock again
 OTHERS_ACCESS = 0o077  # the permission bits of group and others: none may be set
 
