@@ -13,15 +13,13 @@ import errno
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from blazemesh.agent.api.operations import Operations
 from blazemesh.agent.errors import AgentError
 from blazemesh.agent.links.network import RECEIVE_BYTES
 from blazemesh.agent.storage.paths import CONTROL_SOCKET
-from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
@@ -34,6 +32,9 @@ from blazemesh.protocol.codec.control import (
 )
 from blazemesh.protocol.errors import RemoteProtocolError
 from blazemesh.protocol.model import Value
+
+if TYPE_CHECKING:
+    from blazemesh.agent.api.operations import Operations
 
 _NO_AGENT = (errno.ENOENT, errno.ECONNREFUSED)
 
@@ -171,5 +172,10 @@ async def open_session(
         finally:
             await client.aclose()
         return
+    # Loaded only now: a command that reaches the agent never needs the replica and the
+    # node's operations, and starts in half the time without them (docs/performance.md).
+    from blazemesh.agent.api.operations import Operations
+    from blazemesh.agent.storage.replica import open_replica
+
     async with open_replica(data_dir, durability=durability) as replica:
         yield LocalSession(Operations(replica))

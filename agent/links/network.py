@@ -21,6 +21,7 @@ import trio
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+DEFAULT_PORT = 7420  # blazemesh's port: unassigned by IANA
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 
 # accept() errors that say the process or host is out of a resource, not that the
