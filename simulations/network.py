@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import operator
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
-from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.links.network import Address, check_max_bytes, format_address
 
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 MAX_RETRANSMISSIONS = 8  # a chunk lost this often in a row is delivered anyway
@@ -160,10 +159,7 @@ class SimStream(trio.abc.Stream):
             raise trio.ClosedResourceError("this end is closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        max_bytes = check_max_bytes(max_bytes)
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -46,6 +47,17 @@ class Network(Protocol):
 
     async def connect(self, address: Address) -> trio.abc.Stream:
         """Open a stream to ``address``; raises `OSError` if nothing listens there."""
+
+
+def check_max_bytes(max_bytes: int | None) -> int | None:
+    """``receive_some``'s argument as trio's streams take it: None, or an int of at least
+    1 (`ValueError`; a non-integer raises `TypeError`)."""
+    if max_bytes is None:
+        return None
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+    return max_bytes
 
 
 def format_address(address: Address) -> str:

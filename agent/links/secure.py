@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import os
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -22,6 +21,7 @@ from typing import NoReturn
 import trio
 
 from blazemesh.agent.errors import AgentError
+from blazemesh.agent.links.network import check_max_bytes
 from blazemesh.agent.trust.identity import Identity
 from blazemesh.agent.trust.membership import Mesh
 from blazemesh.protocol.errors import RemoteProtocolError
@@ -228,10 +228,7 @@ class SecureStream(trio.abc.Stream):
         await self._transport.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        max_bytes = check_max_bytes(max_bytes)
         if self._receive_busy:
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._check_open()
