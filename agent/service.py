@@ -24,7 +24,7 @@ from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, ZeroconfDiscove
 from blazemesh.agent.discovery.peering import Peering
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.limits import connection_limits, raise_file_limit
-from blazemesh.agent.links.network import Address, TcpNetwork, format_address
+from blazemesh.agent.links.network import DEFAULT_PORT, Address, TcpNetwork, format_address
 from blazemesh.agent.links.node import Node, NodeConfig
 from blazemesh.agent.storage.paths import CONTROL_SOCKET
 from blazemesh.agent.storage.replica import open_replica
@@ -35,7 +35,6 @@ from blazemesh.protocol.topology import TopologyConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 7420  # blazemesh's port: unassigned by IANA
 DEFAULT_LISTEN: Address = ("0.0.0.0", DEFAULT_PORT)
 # A command that found no agent holds the directory for a moment; an agent (re)started
 # by a supervisor in that moment waits for it rather than failing.

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import trio
 
 from benchmarks.common import Figure
-from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
+from blazemesh.agent.cli.launcher import LocalAgent, local_agents
 
 SUITE = "lan"
 RUNS = 5
@@ -87,7 +87,7 @@ async def first_sync(mdns: bool) -> tuple[float, float]:
 
     quiet = ["--log-level", "warning"]
     args = quiet if mdns else [*quiet, "--discovery", "none"]
-    async with local_mesh(
+    async with local_agents(
         2, first_host=FIRST_HOST, args=lambda i: args, prefix="blazemesh-bench-"
     ) as (a, b):
         if not mdns:
@@ -118,9 +118,9 @@ async def hub_failover() -> float:
     def args(i: int) -> list[str]:
         return [*star, "--hub-eligible"] if i < 2 else star
 
-    async with local_mesh(5, first_host=FIRST_HOST + 10, args=args, prefix="blazemesh-bench-") as (
-        nodes
-    ):
+    async with local_agents(
+        5, first_host=FIRST_HOST + 10, args=args, prefix="blazemesh-bench-"
+    ) as nodes:
         async with trio.open_nursery() as nursery:
             for node in nodes:
                 nursery.start_soon(node.start)

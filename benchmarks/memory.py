@@ -18,7 +18,7 @@ import trio
 
 from benchmarks.common import Figure
 from benchmarks.lan import seen
-from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
+from blazemesh.agent.cli.launcher import LocalAgent, local_agents
 
 SUITE = "memory"
 PUTS = 300
@@ -54,7 +54,7 @@ def rss_bytes(agent: LocalAgent) -> int:
 async def large_puts() -> tuple[list[int], list[int], list[int]]:
     """RSS of both agents (writer, peer) before the puts, once B holds them, and idle."""
     quiet = ["--log-level", "warning", "--discovery", "none"]
-    async with local_mesh(
+    async with local_agents(
         2, first_host=FIRST_HOST, args=lambda i: quiet, prefix="blazemesh-bench-"
     ) as agents:
         a, b = agents

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import TypeAlias, assert_never
 
 from blazemesh.protocol.errors import ValidationError
-from blazemesh.protocol.hlc import MAX_STAMP
-from blazemesh.protocol.ids import NODE_ID_BYTES
 
 Value: TypeAlias = bool | int | float | str | bytes | list["Value"] | dict[str, "Value"] | None
 Fields: TypeAlias = Mapping[str, Value]
@@ -210,24 +208,6 @@ def validate_op(op: object, *, system: bool = False) -> None:
     for name, value in op.fields.items():
         validate_name("field", name, MAX_FIELD_BYTES, system=system)
         validate_field(op.collection, op.key, name, value)
-
-
-def validate_change(change: Change, *, system: bool = False) -> None:
-    """Check a whole change except its encoded size (the codec checks that)."""
-    if not isinstance(change.origin, bytes) or len(change.origin) != NODE_ID_BYTES:
-        raise ValidationError(f"origin must be a {NODE_ID_BYTES}-byte node id")
-    if type(change.seq) is not int or not 1 <= change.seq <= MAX_SEQ:
-        raise ValidationError(f"seq must be in 1..{MAX_SEQ}, got {change.seq}")
-    if not change.ops:
-        raise ValidationError("a change must hold at least one op")
-    if len(change.ops) > MAX_OPS_PER_CHANGE:
-        raise ValidationError(
-            f"a change holds at most {MAX_OPS_PER_CHANGE} ops, got {len(change.ops)}"
-        )
-    if not change.hlc >= 1 or change.hlc + len(change.ops) - 1 > MAX_STAMP:
-        raise ValidationError(f"HLC stamp {change.hlc} is out of range for {len(change.ops)} ops")
-    for op in change.ops:
-        validate_op(op, system=system)
 
 
 # What Python holds per decoded object beyond the object's encoded bytes, about (tracemalloc:

@@ -121,7 +121,7 @@ class Closed:
     clean: bool
 
 
-Event = Established | Data | Closed
+SessionEvent = Established | Data | Closed
 
 
 class _State(enum.Enum):
@@ -205,7 +205,7 @@ class SecureSession:
         else:
             self._eof = True
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> SessionEvent | None:
         """The next event the received bytes make, or None until more bytes arrive."""
         while True:
             if self._state in (_State.CLOSED, _State.FAILED):
@@ -255,7 +255,7 @@ class SecureSession:
             self._inbox_pos = 0
         return None
 
-    def _end_of_input(self) -> Event | None:
+    def _end_of_input(self) -> SessionEvent | None:
         if not self._eof:
             return None
         state = self._state
@@ -272,7 +272,7 @@ class SecureSession:
             )
         raise PeerClosedError("the peer ended the connection during the handshake")
 
-    def _handle(self, message: bytes) -> Event | None:
+    def _handle(self, message: bytes) -> SessionEvent | None:
         if self._state is _State.HANDSHAKE:
             return self._handshake_step(message)
         assert self._transport is not None
@@ -296,7 +296,7 @@ class SecureSession:
             return Closed(clean=True)
         raise DecryptError(f"record type {kind} is not one this version knows")
 
-    def _handshake_step(self, message: bytes) -> Event | None:
+    def _handshake_step(self, message: bytes) -> SessionEvent | None:
         handshake = self._handshake
         signed_hash = handshake.handshake_hash
         knew_static = handshake.remote_static_public is not None

@@ -153,7 +153,7 @@ class PeerRefused:
     clock_offset_ms: int
 
 
-Event = PeerHello | Incoming | PeerRefused
+SyncEvent = PeerHello | Incoming | PeerRefused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,7 +317,7 @@ class SyncLink:
         applied): the silence is this side's, not the peer's (see `tick`)."""
         self._now = self._last_received = now
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> SyncEvent | None:
         """The next event the received bytes make, or None until more arrive."""
         for message in self._decoder:
             if self.peer_id is None:

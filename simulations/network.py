@@ -28,10 +28,11 @@ from dataclasses import dataclass
 
 import trio
 
-from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.links.network import Address, check_max_bytes, format_address
 
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 MAX_RETRANSMISSIONS = 8  # a chunk lost this often in a row is delivered anyway
+FIRST_FREE_PORT = 49_152  # serving port 0 takes the first free one from here (IANA's dynamic range)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +70,7 @@ class _Pipe:
         self.chunks: deque[tuple[float, bytes]] = deque()
         self.held: list[bytes] = []  # sent while the path is silent, in order
         self.eof = False
+        self.reader_closed = False  # the receiving end was closed: sending there fails
         self.changed = trio.Event()
         self.queued = 0  # bytes sent and not yet read
         self.alarm: float | None = None  # the receiver is woken then (`SimNetwork.alarm`)
@@ -90,7 +92,14 @@ class _Pipe:
 
 
 class SimStream(trio.abc.Stream):
-    """One end of a simulated connection."""
+    """One end of a simulated connection.
+
+    It behaves as trio's streams do (`trio.testing.check_two_way_stream` passes): one task
+    may send and one receive at a time (`trio.BusyResourceError`); a call after `aclose`
+    raises `trio.ClosedResourceError`; sending to an end that was closed raises
+    `trio.BrokenResourceError` once the path to it is open (as the peer's reset would),
+    and so does any call once the network broke the connection.
+    """
 
     def __init__(
         self, net: SimNetwork, local: str, remote: str, inbox: _Pipe, outbox: _Pipe
@@ -100,14 +109,19 @@ class SimStream(trio.abc.Stream):
         self._inbox, self._outbox = inbox, outbox
         self.closed = False
         self.broken = False
+        self._reset = False  # a send found the other end closed
+        self._sending = self._receiving = False
         self._last_arrival = 0.0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint()
-        if self.closed:
-            raise trio.ClosedResourceError("this end is closed")
-        if self.broken:
-            raise trio.BrokenResourceError("the simulated connection broke")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_can_send()
+        finally:
+            self._sending = False
         if not data:
             return
         chunk = bytes(data)
@@ -116,6 +130,16 @@ class SimStream(trio.abc.Stream):
             self._outbox.held.append(chunk)
         else:
             self._deliver(chunk)
+
+    def _check_can_send(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("this end is closed")
+        if self.broken:
+            raise trio.BrokenResourceError("the simulated connection broke")
+        if self._outbox.reader_closed and self._net.reachable(self.local, self.remote):
+            self._reset = True
+        if self._reset:
+            raise trio.BrokenResourceError("the other end closed the connection")
 
     def _deliver(self, chunk: bytes) -> None:
         arrival = max(self._last_arrival, self._net.arrival(self.local, self.remote, len(chunk)))
@@ -130,9 +154,21 @@ class SimStream(trio.abc.Stream):
             self._deliver(chunk)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()  # no flow control: a send never blocks
+        if self.closed:
+            raise trio.ClosedResourceError("this end is closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        max_bytes = check_max_bytes(max_bytes)
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            return await self._receive(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
         waited = False  # a wait is a checkpoint: a second one would only cost a task switch
         while True:
             if self.closed:
@@ -179,6 +215,8 @@ class SimStream(trio.abc.Stream):
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
+            self._inbox.reader_closed = True
+            self._inbox.changed.set()  # a receive waiting on this end raises
             self._outbox.close()
             if not self._outbox.held:  # else the network keeps it until the path is back
                 self._net.forget(self)
@@ -195,8 +233,7 @@ class SimNetwork:
 
     def __init__(self, rng: random.Random, default: LinkProfile | None = None) -> None:
         self._rng = rng
-        self.default = default or LinkProfile()
-        self._profiles: dict[frozenset[str], LinkProfile] = {}
+        self.profile = default or LinkProfile()  # how every path behaves
         self._listeners: dict[Address, tuple[Handler, trio.Nursery]] = {}
         self._streams: dict[SimStream, None] = {}  # ordered: breaking them replays exactly
         self._group: dict[str, int] = {}  # host -> partition group; absent: group 0
@@ -212,10 +249,6 @@ class SimNetwork:
         return SimHost(self, name)
 
     # -- faults --------------------------------------------------------------------------
-
-    def set_profile(self, a: str, b: str, profile: LinkProfile) -> None:
-        """How the path between hosts ``a`` and ``b`` behaves from now on."""
-        self._profiles[frozenset((a, b))] = profile
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Split the hosts: each group reaches only itself (hosts in no group form one
@@ -245,9 +278,6 @@ class SimNetwork:
             del self._streams[stream]
         return len(doomed)
 
-    def profile(self, a: str, b: str) -> LinkProfile:
-        return self._profiles.get(frozenset((a, b)), self.default)
-
     def reachable(self, a: str, b: str) -> bool:
         if a in self._cut or b in self._cut:
             return False
@@ -264,7 +294,7 @@ class SimNetwork:
 
     def arrival(self, sender: str, receiver: str, size: int) -> float:
         """When a chunk of ``size`` bytes sent now arrives."""
-        profile = self.profile(sender, receiver)
+        profile = self.profile
         delay = profile.latency_s
         if profile.jitter_s:
             delay += self._rng.random() * profile.jitter_s
@@ -327,6 +357,10 @@ class SimNetwork:
     def listener(self, address: Address) -> tuple[Handler, trio.Nursery] | None:
         return self._listeners.get(address)
 
+    def free_port(self, host: str) -> int:
+        """The first port from `FIRST_FREE_PORT` on which nothing listens on ``host``."""
+        return next(p for p in itertools.count(FIRST_FREE_PORT) if (host, p) not in self._listeners)
+
     def listen(self, address: Address, handler: Handler, nursery: trio.Nursery) -> None:
         """Connections to ``address`` run ``handler`` in ``nursery`` (its node's)."""
         self._listeners[address] = (handler, nursery)
@@ -354,9 +388,12 @@ class SimHost:
     async def serve(
         self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
     ) -> None:
-        """Accept connections to ``address`` (whose host must be this host's name)."""
+        """Accept connections to ``address`` (whose host must be this host's name; port 0
+        takes a free one)."""
         if address[0] != self.name:
             raise OSError(f"{self.name} cannot listen on {format_address(address)}")
+        if address[1] == 0:
+            address = (self.name, self.net.free_port(self.name))
         if self.net.listener(address) is not None:
             raise OSError(f"address {format_address(address)} is already in use")
         async with trio.open_nursery() as nursery:
@@ -373,7 +410,7 @@ class SimHost:
         net, remote = self.net, address[0]
         if not net.reachable(self.name, remote):
             await trio.sleep_forever()  # SYNs into silence: the caller's timeout ends it
-        await trio.sleep(2 * net.profile(self.name, remote).latency_s)  # SYN, SYN-ACK
+        await trio.sleep(2 * net.profile.latency_s)  # SYN, SYN-ACK
         listening = net.listener(address)
         if listening is None or not net.reachable(self.name, remote):
             raise ConnectionRefusedError(f"nothing listens on {format_address(address)}")

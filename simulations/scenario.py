@@ -119,10 +119,6 @@ class Scenario:
         if len(self.absent) >= self.nodes:
             raise ValueError("at least one node must be present at the start")
 
-    @property
-    def last_fault_s(self) -> float:
-        return max((f.at_s for f in self.faults), default=0.0)
-
     def describe(self) -> str:
         if self.title:
             return f"{self.title}, seed {self.seed}"

@@ -13,28 +13,29 @@ import errno
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from blazemesh.agent.api.operations import Operations
 from blazemesh.agent.errors import AgentError
+from blazemesh.agent.links.network import RECEIVE_BYTES
 from blazemesh.agent.storage.paths import CONTROL_SOCKET
-from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
-    Event,
     Failure,
     ReplyDecoder,
     Request,
     Result,
+    StreamEvent,
     encode_frame,
 )
 from blazemesh.protocol.errors import RemoteProtocolError
 from blazemesh.protocol.model import Value
 
-RECEIVE_BYTES = 1 << 16
+if TYPE_CHECKING:
+    from blazemesh.agent.api.operations import Operations
+
 _NO_AGENT = (errno.ENOENT, errno.ECONNREFUSED)
 
 
@@ -102,7 +103,7 @@ class AgentClient:
             request_id = await self._send(op, args)
             while True:
                 reply = await self._reply()
-                if isinstance(reply, Event) and reply.id == request_id:
+                if isinstance(reply, StreamEvent) and reply.id == request_id:
                     yield reply.value
                 else:
                     _result(request_id, reply)
@@ -117,7 +118,7 @@ class AgentClient:
             raise AgentError(f"lost the connection to the agent: {exc}") from None
         return request_id
 
-    async def _reply(self) -> Result | Failure | Event:
+    async def _reply(self) -> Result | Failure | StreamEvent:
         try:
             while True:
                 for reply in self._decoder:
@@ -135,10 +136,10 @@ class AgentClient:
             raise AgentError(f"the agent sent a malformed reply: {exc}") from None
 
 
-def _result(request_id: int, reply: Result | Failure | Event) -> Value:
+def _result(request_id: int, reply: Result | Failure | StreamEvent) -> Value:
     if isinstance(reply, Failure):
         raise AgentCallError(reply.code, reply.message)
-    if isinstance(reply, Event) or reply.id != request_id:
+    if isinstance(reply, StreamEvent) or reply.id != request_id:
         raise AgentError(f"the agent answered request {reply.id}, not {request_id}")
     return reply.value
 
@@ -171,5 +172,10 @@ async def open_session(
         finally:
             await client.aclose()
         return
+    # Loaded only now: a command that reaches the agent never needs the replica and the
+    # node's operations, and starts in half the time without them (docs/performance.md).
+    from blazemesh.agent.api.operations import Operations
+    from blazemesh.agent.storage.replica import open_replica
+
     async with open_replica(data_dir, durability=durability) as replica:
         yield LocalSession(Operations(replica))

@@ -28,15 +28,15 @@ import trio
 
 from blazemesh.agent.api.operations import Operations, RequestError, arg
 from blazemesh.agent.errors import AgentError, ConfigError
-from blazemesh.agent.links.network import Acceptor
+from blazemesh.agent.links.network import RECEIVE_BYTES, Acceptor
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
-    Event,
     Failure,
     Reply,
     Request,
     RequestDecoder,
     Result,
+    StreamEvent,
     encode_frame,
 )
 from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -55,7 +55,6 @@ HELLO_TIMEOUT_S = 10.0  # a client that says nothing is closed after this long
 # `watch` reader stalled this long, a client gone quiet) and would hold it for good.
 SEND_TIMEOUT_S = 30.0
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, including the final NUL
-RECEIVE_BYTES = 1 << 16
 
 
 class _ClientGoneError(Exception):
@@ -291,7 +290,7 @@ class _Connection:
                 events = self._ops.stream(request.op, request.args)
                 async with contextlib.aclosing(events):
                     async for event in events:
-                        await self._send(Event(id=request.id, value=event))
+                        await self._send(StreamEvent(id=request.id, value=event))
             finally:
                 del self._streams[request.id]
         return Result(id=request.id, value="cancelled" if scope.cancelled_caught else "ended")

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from blazemesh.agent.cli.launcher import LocalAgent, local_mesh
+from blazemesh.agent.cli.launcher import LocalAgent, local_agents
 from blazemesh.agent.errors import ConfigError
 
 FIRST_HOST = 20  # agents use 127.0.0.20, .21, ...: clear of the usual 127.0.0.1
@@ -45,7 +45,7 @@ class Demo:
 
     async def run(self) -> int:
         self.started = trio.current_time()
-        async with local_mesh(
+        async with local_agents(
             self.count, first_host=FIRST_HOST, args=self._args, prefix="blazemesh-demo-"
         ) as nodes:
             self.say(f"{self.count} agents in a new mesh, data in {nodes[0].data_dir.parent}")

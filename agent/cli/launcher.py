@@ -31,7 +31,7 @@ START_POLL_S = 0.05  # how often to look for a starting agent's control socket
 
 @dataclass
 class LocalAgent:
-    """One agent process of a `local_mesh`."""
+    """One agent process of a `local_agents`."""
 
     name: str
     host: str
@@ -72,7 +72,7 @@ class LocalAgent:
             if self.process is not None and self.process.poll() is not None:
                 raise ConfigError(f"{self.name} exited at start:\n{self.log.read_text()}")
             if (self.data_dir / CONTROL_SOCKET).exists():
-                client = await AgentClient.connect(self.data_dir, client="localmesh")
+                client = await AgentClient.connect(self.data_dir, client="launcher")
                 if client is not None:
                     return client
             # A starting process offers nothing to wait on but its socket file.
@@ -105,7 +105,7 @@ class LocalAgent:
 
 
 @contextlib.asynccontextmanager
-async def local_mesh(
+async def local_agents(
     count: int,
     *,
     first_host: int,

@@ -24,8 +24,7 @@ from blazemesh.agent.api.client import AgentClient, Session, open_session
 from blazemesh.agent.cli import jsonio, membership, node
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
-from blazemesh.agent.storage.store import Durability, LogReader
-from blazemesh.protocol.codec import decode_change
+from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import change_event
 from blazemesh.protocol.errors import ProtocolError
 from blazemesh.protocol.hlc import millis
@@ -307,6 +306,9 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
 
 async def _follow_log(data_dir: Path, collection: str | None, since: int | None) -> int:
     """Without an agent: print log entries as they commit, by whichever process writes."""
+    from blazemesh.agent.storage.store import LogReader
+    from blazemesh.protocol.codec import decode_change
+
     check_data_dir(data_dir)
     reader = await trio.to_thread.run_sync(LogReader, data_dir / DB_FILE)
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from blazemesh.agent.api.client import AgentClient
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.storage.paths import KEY_FILE, make_data_dir
-from blazemesh.agent.trust.identity import Identity, create_identity, load_identity
 from blazemesh.agent.trust.membership import (
     MESH_FILE,
     Mesh,
@@ -22,6 +22,9 @@ from blazemesh.agent.trust.membership import (
 )
 from blazemesh.protocol.errors import LocalProtocolError
 from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
+
+if TYPE_CHECKING:
+    from blazemesh.agent.trust.identity import Identity
 
 DataDir = Callable[[argparse.Namespace], Path]
 
@@ -69,11 +72,17 @@ def register(
     p.set_defaults(run=bind(cmd_rotate))
 
 
-def _identity(data_dir: Path) -> Identity:
-    make_data_dir(data_dir)
-    if (data_dir / KEY_FILE).exists():
-        return load_identity(data_dir)
-    return create_identity(data_dir)
+def _identity(data_dir: Path, *, create: bool) -> Identity:
+    """This node's identity; with ``create``, made (and the data directory) if missing."""
+    # Loaded only now: its signing and Noise code is a fifth of a command's start-up, and
+    # the commands that reach the agent need none of it.
+    from blazemesh.agent.trust.identity import create_identity, load_identity
+
+    if create:
+        make_data_dir(data_dir)
+        if not (data_dir / KEY_FILE).exists():
+            return create_identity(data_dir)
+    return load_identity(data_dir)
 
 
 def _print_code(mesh: Mesh, identity: Identity) -> None:
@@ -86,7 +95,7 @@ def _print_code(mesh: Mesh, identity: Identity) -> None:
 
 def cmd_init(data_dir: Path, args: argparse.Namespace) -> int:
     existed = (data_dir / KEY_FILE).exists()
-    identity = _identity(data_dir)
+    identity = _identity(data_dir, create=True)
     state = "is already initialised" if existed else "initialised"
     print(f"{data_dir} {state}; node {identity.text} ({identity.short})")
     if args.mesh is None:
@@ -104,7 +113,7 @@ def cmd_init(data_dir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_invite(data_dir: Path, args: argparse.Namespace) -> int:
-    identity = load_identity(data_dir)
+    identity = _identity(data_dir, create=False)
     mesh = load_mesh(data_dir)
     print(f"join code for mesh {mesh.name!r}:")
     _print_code(mesh, identity)
@@ -113,7 +122,7 @@ def cmd_invite(data_dir: Path, args: argparse.Namespace) -> int:
 
 def cmd_join(data_dir: Path, args: argparse.Namespace) -> int:
     invite = decode_invite(args.code)
-    identity = _identity(data_dir)
+    identity = _identity(data_dir, create=True)
     if (data_dir / MESH_FILE).exists() and not args.force:
         current = load_mesh(data_dir)
         if current.secret != invite.secret:
@@ -198,7 +207,7 @@ def cmd_trust_disable(data_dir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(data_dir: Path, args: argparse.Namespace) -> int:
-    identity = load_identity(data_dir)
+    identity = _identity(data_dir, create=False)
     old = load_mesh(data_dir)
     mesh = new_mesh(old.name)
     mesh.allowlist = old.allowlist

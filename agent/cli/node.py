@@ -1,4 +1,9 @@
-"""The agent's commands: ``blazemesh agent`` runs it, ``blazemesh peers`` shows its links."""
+"""The agent's commands: ``blazemesh agent`` runs it, ``blazemesh peers`` shows its links.
+
+What a command needs beyond the parser and the control socket's client (the node, the
+simulator of a demo, the texts of `peers`) it imports when it runs: every command starts
+without the rest (docs/performance.md, "Start-up").
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,11 @@ import trio
 
 from blazemesh.agent.api.client import open_session
 from blazemesh.agent.cli import jsonio
-from blazemesh.agent.cli.demo import Demo
-from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, check_max_peers
+from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS
 from blazemesh.agent.errors import ConfigError
-from blazemesh.agent.links.link import REFUSAL_TEXT
-from blazemesh.agent.links.network import Address, parse_address
-from blazemesh.agent.service import DEFAULT_LISTEN, DEFAULT_PORT, AgentConfig, run_agent
-from blazemesh.agent.storage.replica import duration_text
-from blazemesh.agent.storage.store import Durability
+from blazemesh.agent.links.network import DEFAULT_PORT, Address, parse_address
 from blazemesh.protocol.errors import LocalProtocolError
 from blazemesh.protocol.ids import parse_node_id
-from blazemesh.protocol.topology import TopologyConfig
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -130,6 +129,8 @@ def _addresses(texts: list[str], option: str) -> list[Address]:
 
 
 def _max_peers(n: int) -> int:
+    from blazemesh.agent.discovery.adverts import check_max_peers
+
     try:
         return check_max_peers(n)
     except LocalProtocolError:
@@ -144,6 +145,10 @@ def _node_id(text: str) -> bytes:
 
 
 def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
+    from blazemesh.agent.service import DEFAULT_LISTEN, AgentConfig, run_agent
+    from blazemesh.agent.storage.store import Durability
+    from blazemesh.protocol.topology import TopologyConfig
+
     config = AgentConfig(
         data_dir=data_dir,
         listen=_addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN],
@@ -224,6 +229,8 @@ def cmd_topology(data_dir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from blazemesh.agent.cli.demo import Demo
+
     extra = ["--topology", args.topology, "--log-level", "warning"]
 
     if args.max_links is not None:
@@ -285,6 +292,9 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
 
 def _notes(link: dict[str, Any]) -> list[str]:
     """What else a link says: refusals either way, and a clock that disagrees."""
+    from blazemesh.agent.links.link import REFUSAL_TEXT
+    from blazemesh.agent.storage.replica import duration_text
+
     notes = []
     offset = link["clock_offset_ms"]
     if offset is not None and abs(offset) >= CLOCK_NOTE_MS:

@@ -63,7 +63,7 @@ __all__ = [
     "SERVICE_TYPE",
     "Advert",
     "Discovery",
-    "Event",
+    "DiscoveryEvent",
     "MemoryDiscovery",
     "PeerGone",
     "PeerSeen",
@@ -111,7 +111,7 @@ class PeerGone:
     name: str
 
 
-Event = PeerSeen | PeerGone
+DiscoveryEvent = PeerSeen | PeerGone
 
 
 class Discovery(Protocol):
@@ -120,7 +120,7 @@ class Discovery(Protocol):
     async def run(
         self,
         advert: Advert,
-        events: trio.MemorySendChannel[Event],
+        events: trio.MemorySendChannel[DiscoveryEvent],
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
@@ -233,7 +233,7 @@ class _Tracker:
             self._news[name] = None
             self._wakeup.set()
 
-    async def pump(self, events: trio.MemorySendChannel[Event]) -> NoReturn:
+    async def pump(self, events: trio.MemorySendChannel[DiscoveryEvent]) -> NoReturn:
         """Send the news to ``events`` forever: what the channel takes at once goes
         without a task switch per event (a hundred members coming up at once are a
         hundred events), and the pump waits only when it is full or there is no news."""
@@ -281,7 +281,7 @@ class MemoryDiscovery:
     async def run(
         self,
         advert: Advert,
-        events: trio.MemorySendChannel[Event],
+        events: trio.MemorySendChannel[DiscoveryEvent],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -338,7 +338,7 @@ class ZeroconfDiscovery:
     async def run(
         self,
         advert: Advert,
-        events: trio.MemorySendChannel[Event],
+        events: trio.MemorySendChannel[DiscoveryEvent],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from blazemesh.agent.discovery.adverts import Advert, Discovery, Event, PeerGone, PeerSeen
+from blazemesh.agent.discovery.adverts import Advert, Discovery, DiscoveryEvent, PeerGone, PeerSeen
 from blazemesh.agent.links.network import Address, format_address
 from blazemesh.agent.links.node import Node
 from blazemesh.agent.storage.store import Applied
@@ -90,7 +90,7 @@ class Peering:
             hub_eligible=self.hub_eligible,
         )
         self._started = trio.current_time()
-        send, receive = trio.open_memory_channel[Event](MAX_EVENTS_QUEUED)
+        send, receive = trio.open_memory_channel[DiscoveryEvent](MAX_EVENTS_QUEUED)
         stop = node.mesh.on_change(self._membership_changed)
         stop_following = node.replica.on_commit(self._committed)
         self._load_setting()
@@ -125,7 +125,7 @@ class Peering:
             self._plan()
             await trio.sleep(PLAN_GAP_S)
 
-    def _on(self, event: Event, now: float) -> None:
+    def _on(self, event: DiscoveryEvent, now: float) -> None:
         if isinstance(event, PeerGone):
             gone = self.sightings.pop(event.name, None)
             if gone is not None and log.isEnabledFor(logging.INFO):

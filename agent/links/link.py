@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
-from blazemesh.agent.errors import StorageError
-from blazemesh.agent.links.network import Address, format_address
+from blazemesh.agent.errors import AgentError, StorageError
+from blazemesh.agent.links.network import RECEIVE_BYTES, Address, format_address
 from blazemesh.agent.storage.replica import Replica, duration_text
 from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
@@ -40,7 +40,6 @@ REFUSAL_TEXT = {
     "origins": "it holds changes of as many origins as it keeps",
     "invalid": "they break a rule of the data model",
 }
-RECEIVE_BYTES = 65_536
 INCOMING_HELD_BYTES = 64 << 20  # decoded changes received and not yet applied, about: a
 # reader past this waits for the applier (the wire bound alone lets 9 MiB hold ~200 MB)
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
@@ -48,8 +47,9 @@ PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
 
 
-class LinkEnded(Exception):
-    """Raised inside a link's tasks to end it; the message is the reason."""
+class LinkEndedError(AgentError):
+    """Raised inside a link's tasks to end it (the peer closed it, or the node keeps
+    another link to the same peer); the message is the reason. `Link.run` catches it."""
 
 
 class Link:
@@ -149,7 +149,7 @@ class Link:
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
             await task()
-        except LinkEnded as exc:
+        except LinkEndedError as exc:
             self.end(str(exc))
         except RemoteProtocolError as exc:
             self.misbehaved = True
@@ -164,7 +164,7 @@ class Link:
         while True:
             data = await self.stream.receive_some(RECEIVE_BYTES)
             if not data:
-                raise LinkEnded("the peer closed the link")
+                raise LinkEndedError("the peer closed the link")
             sync.receive_data(data, trio.current_time())
             while (event := sync.next_event()) is not None:
                 if isinstance(event, PeerHello):

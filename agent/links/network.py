@@ -2,7 +2,9 @@
 
 `TcpNetwork` is the real one. `MemoryNetwork` connects nodes of one trio run through
 in-memory streams: tests use it, and the simulator's network builds on the same
-interface. Both pass the contract tests in tests/agent/test_network.py.
+interface. All three keep one contract (tests/agent/network_contract.py, run by
+tests/agent/test_network.py, tests/simulations/test_network.py and
+tests/system/test_tcp_network.py), and their streams pass trio's generic stream checks.
 
 An address is a ``(host, port)`` pair; a memory network treats it as a name.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -19,12 +22,16 @@ import trio
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+DEFAULT_PORT = 7420  # blazemesh's port: unassigned by IANA
 Handler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 
 # accept() errors that say the process or host is out of a resource, not that the
 # listener broke: wait and retry, as trio.serve_listeners does.
 ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_S = 0.1  # how long accepting pauses for a resource to free up
+# What one read of a connection (a peer's, or a control-socket client's) asks for: a
+# socket buffer's worth, so a busy connection takes few reads and an idle one holds little.
+RECEIVE_BYTES = 1 << 16
 
 
 class Network(Protocol):
@@ -34,10 +41,23 @@ class Network(Protocol):
         self, address: Address, handler: Handler, *, task_status: trio.TaskStatus[Address]
     ) -> None:
         """Accept connections on ``address`` and run ``handler(stream, remote)`` for each,
-        each in its own task, until cancelled. Reports the bound address when ready."""
+        each in its own task, until cancelled; the handlers end with it. Reports the bound
+        address when ready (port 0 asks for a free port); raises `OSError` if the address
+        is served already."""
 
     async def connect(self, address: Address) -> trio.abc.Stream:
         """Open a stream to ``address``; raises `OSError` if nothing listens there."""
+
+
+def check_max_bytes(max_bytes: int | None) -> int | None:
+    """``receive_some``'s argument as trio's streams take it: None, or an int of at least
+    1 (`ValueError`; a non-integer raises `TypeError`)."""
+    if max_bytes is None:
+        return None
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+    return max_bytes
 
 
 def format_address(address: Address) -> str:

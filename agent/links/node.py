@@ -31,7 +31,7 @@ import trio
 
 from blazemesh.agent.errors import ClockAheadError
 from blazemesh.agent.links.limits import MAX_HANDSHAKE_SLOTS, HandshakeSlots
-from blazemesh.agent.links.link import TICK_S, Link, LinkEnded
+from blazemesh.agent.links.link import TICK_S, Link, LinkEndedError
 from blazemesh.agent.links.network import Address, Network, format_address
 from blazemesh.agent.links.secure import (
     HANDSHAKE_TIMEOUT_S,
@@ -345,7 +345,7 @@ class Node:
                 older_dialled=existing.initiated,
                 newer_dialled=link.initiated,
             ):
-                raise LinkEnded("a link to this peer already exists")
+                raise LinkEndedError("a link to this peer already exists")
             existing.end("replaced by a newer link to the same peer")
         self._links[peer] = link
         self._link_gone.pop(peer, None)

@@ -21,6 +21,7 @@ from typing import NoReturn
 import trio
 
 from blazemesh.agent.errors import AgentError
+from blazemesh.agent.links.network import check_max_bytes
 from blazemesh.agent.trust.identity import Identity
 from blazemesh.agent.trust.membership import Mesh
 from blazemesh.protocol.errors import RemoteProtocolError
@@ -40,7 +41,7 @@ from blazemesh.protocol.session import (
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer must prove itself within this, or it is cut off
-RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
+MESSAGE_RECEIVE_BYTES = 65_537  # one maximal Noise message with its length header
 CLOSE_TIMEOUT_S = 1.0  # a peer that does not take the CLOSE record by then is just cut off
 
 
@@ -115,7 +116,7 @@ async def _run_handshake(
             await stream.send_all(out)
         if peer is not None:
             return peer
-        data = await stream.receive_some(RECEIVE_BYTES)
+        data = await stream.receive_some(MESSAGE_RECEIVE_BYTES)
         session.receive_data(data)
         while (event := session.next_event()) is not None:
             if isinstance(event, Established):
@@ -149,6 +150,10 @@ class SecureStream(trio.abc.Stream):
     and `aclose` closes the connection without a CLOSE record. The peer then sees the
     connection end without a close, which is what happened, instead of a record that
     fails authentication, which reads as an attack. (trio's SSLStream does the same.)
+
+    Errors are trio's (`trio.testing.check_two_way_stream` passes): a channel that fails
+    raises `ChannelError`, a `trio.BrokenResourceError`; a call after `aclose`, or a
+    receive that `aclose` interrupts, raises `trio.ClosedResourceError`.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class SecureStream(trio.abc.Stream):
         self.peer = peer
         self._pending = bytearray(b"".join(received))
         self._eof = False
+        self._closed = False  # `aclose` was called
         self._send_broken = False  # an interrupted send left the wire mid-record
         self._send_busy = False
         self._receive_busy = False
@@ -177,6 +183,7 @@ class SecureStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_busy:
             raise trio.BusyResourceError("another task is sending on this stream")
+        self._check_open()
         self._send_busy = True
         try:
             if self._send_broken:
@@ -194,7 +201,7 @@ class SecureStream(trio.abc.Stream):
             self._session.send(bytes(data))
             await self._write(self._session.data_to_send())
         except BaseException as exc:
-            _reraise(exc, "sending")
+            self._failed(exc, "sending")
         finally:
             self._send_busy = False
 
@@ -206,12 +213,25 @@ class SecureStream(trio.abc.Stream):
             self._send_broken = True
             raise
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+
+    def _failed(self, exc: BaseException, during: str) -> NoReturn:
+        if self._closed and not isinstance(exc, trio.Cancelled):
+            # `aclose`, from another task, closed the transport under this call.
+            raise trio.ClosedResourceError(f"{self!r} was closed") from exc
+        _reraise(exc, during)
+
     async def wait_send_all_might_not_block(self) -> None:
+        self._check_open()
         await self._transport.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        max_bytes = check_max_bytes(max_bytes)
         if self._receive_busy:
             raise trio.BusyResourceError("another task is receiving on this stream")
+        self._check_open()
         self._receive_busy = True
         try:
             while not self._pending and not self._eof:
@@ -226,12 +246,12 @@ class SecureStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
             return out
         except BaseException as exc:
-            _reraise(exc, "receiving")
+            self._failed(exc, "receiving")
         finally:
             self._receive_busy = False
 
     async def _fill(self) -> None:
-        self._session.receive_data(await self._transport.receive_some(RECEIVE_BYTES))
+        self._session.receive_data(await self._transport.receive_some(MESSAGE_RECEIVE_BYTES))
         while (event := self._session.next_event()) is not None:
             if isinstance(event, Data):
                 self._pending += event.data
@@ -247,6 +267,7 @@ class SecureStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Send a clean close if the session is still open and no send was interrupted,
         then close the connection."""
+        self._closed = True
         try:
             if self._session.established and not self._send_broken and not self._send_busy:
                 self._session.close()

@@ -31,7 +31,7 @@ class Overflow:
     missed: int
 
 
-Event = Applied | Overflow
+ObserverEvent = Applied | Overflow
 
 
 class Observer:
@@ -86,7 +86,7 @@ class Observer:
     def __aiter__(self) -> Observer:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> ObserverEvent:
         while not self._buffer and not self._missed:
             if self.closed:
                 raise StopAsyncIteration

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from blazemesh.agent.errors import ConfigError, DataDirLockedError
 
@@ -28,7 +29,7 @@ KEY_FILE = "node.key"
 DB_FILE = "replica.db"
 DB_SIDE_FILES = ("-wal", "-shm")  # SQLite's WAL and shared-memory index, beside DB_FILE
 LOCK_FILE = "lock"
-CONTROL_SOCKET = "blazemesh.agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
+CONTROL_SOCKET = "agent.sock"  # the running agent's local API (a Unix socket, mode 0600)
 LOCK_RETRY_S = 0.05  # how often a waiting opener tries the lock again
 OTHERS_ACCESS = 0o077  # the permission bits of group and others: none may be set
 
@@ -75,6 +76,30 @@ def check_data_dir(data_dir: Path) -> None:
             f"{data_dir} is open to other users (mode {mode:04o}) and holds the node key, "
             f"the mesh secret and every record: run `chmod 700 {data_dir}`"
         )
+
+
+@contextlib.contextmanager
+def open_secret_file(data_dir: Path, name: str, *, holds: str, missing: str) -> Iterator[TextIO]:
+    """Open the file ``name`` of ``data_dir``, which holds ``holds``, for reading; raise
+    `ConfigError` if the data directory (`check_data_dir`) or the file is open to group
+    or others, or, saying ``missing``, if there is no such file.
+
+    The mode is read from the open file, so the file checked is the file read.
+    """
+    check_data_dir(data_dir)
+    path = data_dir / name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError(missing) from None
+    with os.fdopen(fd) as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & OTHERS_ACCESS:
+            raise ConfigError(
+                f"{path} is readable by others (mode {mode:04o}) and holds {holds}: "
+                f"if it was not exposed, run `chmod 600 {path}`"
+            )
+        yield f
 
 
 def private_database(path: Path) -> None:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
 from blazemesh.agent.errors import ConfigError
-from blazemesh.agent.storage.paths import KEY_FILE, check_data_dir
+from blazemesh.agent.storage.paths import KEY_FILE, check_data_dir, open_secret_file
 from blazemesh.protocol.ids import node_id_from_public_key, node_id_short, node_id_text
 from blazemesh.protocol.noise import KeyPair
 from blazemesh.protocol.session import static_keypair
 
 _HEADER = "blazemesh-ed25519-seed-v1"
+MAX_KEY_FILE_CHARS = 4_096  # a key file is 72 characters: anything much longer is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +86,10 @@ def identity_file_text(seed: bytes) -> str:
 def load_identity(data_dir: Path) -> Identity:
     """Read the key pair of ``data_dir``, refusing a key file or a data directory that
     others can read."""
-    check_data_dir(data_dir)
+    missing = f"no identity in {data_dir}: run `blazemesh init --data-dir {data_dir}` first"
+    with open_secret_file(data_dir, KEY_FILE, holds="the node's private key", missing=missing) as f:
+        lines = f.read(MAX_KEY_FILE_CHARS).split()
     path = data_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no identity in {data_dir}: run `blazemesh init --data-dir {data_dir}` first"
-        ) from None
-    with os.fdopen(fd) as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} is readable by others (mode {mode:04o}); the private key may be "
-                f"exposed. If it is not, run `chmod 600 {path}`"
-            )
-        lines = f.read(4096).split()
     if len(lines) != 2 or lines[0] != _HEADER:
         raise ConfigError(f"{path} is not a blazemesh key file")
     try:

@@ -20,13 +20,12 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from blazemesh.agent.errors import ConfigError
-from blazemesh.agent.storage.paths import check_data_dir
+from blazemesh.agent.storage.paths import open_secret_file
 from blazemesh.protocol.errors import LocalProtocolError
 from blazemesh.protocol.ids import NODE_ID_BYTES, node_id_text, parse_node_id
 
@@ -174,22 +173,12 @@ def save_mesh(data_dir: Path, mesh: Mesh) -> None:
 def load_mesh(data_dir: Path) -> Mesh:
     """Read the membership file; refuse one that others can read or that is malformed,
     or a data directory that others can read."""
-    check_data_dir(data_dir)
     path = data_dir / MESH_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{data_dir} belongs to no mesh: run `blazemesh init --mesh NAME` to start one "
-            "or `blazemesh join CODE` to join one"
-        ) from None
-    with os.fdopen(fd) as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} is readable by others (mode {mode:04o}); it holds the mesh secret. "
-                f"If it was not exposed, run `chmod 600 {path}`"
-            )
+    missing = (
+        f"{data_dir} belongs to no mesh: run `blazemesh init --mesh NAME` to start one "
+        "or `blazemesh join CODE` to join one"
+    )
+    with open_secret_file(data_dir, MESH_FILE, holds="the mesh secret", missing=missing) as f:
         try:
             doc = json.load(f)
             secret = base64.b64decode(doc["secret"], validate=True)

@@ -65,14 +65,14 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
+class StreamEvent:
     """One item of the stream opened by request ``id``."""
 
     id: int
     value: Value
 
 
-Reply: TypeAlias = Result | Failure | Event
+Reply: TypeAlias = Result | Failure | StreamEvent
 Frame: TypeAlias = Request | Reply
 
 
@@ -84,7 +84,7 @@ def encode_frame(frame: Frame) -> bytes:
             body = {"id": frame.id, "op": frame.op, "args": frame.args}
         case Result():
             body = {"id": frame.id, "ok": frame.value}
-        case Event():
+        case StreamEvent():
             body = {"id": frame.id, "event": frame.value}
         case Failure():
             body = {"id": frame.id, "error": {"code": frame.code, "message": frame.message}}
@@ -179,7 +179,7 @@ def _reply(raw: object) -> Reply:
     if body.keys() == {"id", "ok"}:
         return Result(id=frame_id, value=body["ok"])
     if body.keys() == {"id", "event"}:
-        return Event(id=frame_id, value=body["event"])
+        return StreamEvent(id=frame_id, value=body["event"])
     error = body.get("error")
     if (
         body.keys() == {"id", "error"}

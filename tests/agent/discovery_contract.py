@@ -19,7 +19,7 @@ from functools import partial
 
 import trio
 
-from blazemesh.agent.discovery.adverts import Advert, Discovery, Event, PeerGone, PeerSeen
+from blazemesh.agent.discovery.adverts import Advert, Discovery, DiscoveryEvent, PeerGone, PeerSeen
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.discovery import mesh_tag
 
@@ -48,7 +48,7 @@ class Node:
     def ids(self) -> set[bytes]:
         return {seen.node_id for seen in self.view.values()}
 
-    async def follow(self, events: trio.MemoryReceiveChannel[Event]) -> None:
+    async def follow(self, events: trio.MemoryReceiveChannel[DiscoveryEvent]) -> None:
         await self.reading.wait()
         async for event in events:
             if isinstance(event, PeerGone):
@@ -82,7 +82,7 @@ class Node:
         `reading` is set) holds up only itself."""
         if read:
             self.reading.set()
-        send, receive = trio.open_memory_channel[Event](0)
+        send, receive = trio.open_memory_channel[DiscoveryEvent](0)
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:

@@ -14,7 +14,7 @@ from zeroconf import InterfaceChoice
 from blazemesh.agent.discovery.adverts import (
     DEFAULT_MAX_PEERS,
     Advert,
-    Event,
+    DiscoveryEvent,
     MemoryDiscovery,
     PeerGone,
     PeerSeen,
@@ -43,7 +43,7 @@ async def test_an_advert_that_cannot_be_announced_is_refused_at_once(
     addresses: tuple[tuple[str, int], ...],
 ) -> None:
     advert = Advert(node_id=b"\1" * 16, addresses=addresses, mesh_tag=mesh_tag(bytes(32)))
-    send, _ = trio.open_memory_channel[Event](0)
+    send, _ = trio.open_memory_channel[DiscoveryEvent](0)
     with pytest.raises(LocalProtocolError, match="one port"):
         await MemoryDiscovery().run(advert, send)
 
@@ -70,7 +70,7 @@ def seen(name: str, *, hub: bool = False, node_id: bytes = b"\1" * 16) -> PeerSe
 
 async def test_a_consumer_hears_news_once_and_nothing_that_came_and_went() -> None:
     tracker = _Tracker(b"\0" * 16, max_peers=DEFAULT_MAX_PEERS)
-    send, receive = trio.open_memory_channel[Event](10)
+    send, receive = trio.open_memory_channel[DiscoveryEvent](10)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tracker.pump, send)
@@ -94,7 +94,7 @@ async def test_a_tracker_at_its_bound_ignores_new_adverts_and_warns_once_per_epi
 ) -> None:
     caplog.set_level(logging.INFO, logger="blazemesh.agent.discovery.adverts")
     tracker = _Tracker(b"\0" * 16, max_peers=3)
-    send, receive = trio.open_memory_channel[Event](100)
+    send, receive = trio.open_memory_channel[DiscoveryEvent](100)
 
     def warnings() -> int:
         return sum(r.levelno == logging.WARNING for r in caplog.records)

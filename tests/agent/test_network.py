@@ -1,17 +1,34 @@
-"""`TcpNetwork`'s accept loop against a scripted listener: what one connection or a
-shortage of files does to it. (Real sockets: tests/system/test_connection_floods.py.)"""
+"""`MemoryNetwork` keeps the network contract (tests/agent/network_contract.py), and
+`TcpNetwork`'s accept loop against a scripted listener: what one connection or a
+shortage of files does to it. (Real sockets: tests/system/test_tcp_network.py and
+tests/system/test_connection_floods.py.)"""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
-from blazemesh.agent.links.network import ACCEPT_RETRY_S, Address, accept_forever
+from blazemesh.agent.links.network import (
+    ACCEPT_RETRY_S,
+    Address,
+    MemoryNetwork,
+    accept_forever,
+)
+from tests.agent.network_contract import CONTRACT, Harness
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+async def test_memory_network_keeps_the_contract(
+    check: Callable[[Harness], Awaitable[None]], autojump_clock: trio.testing.MockClock
+) -> None:
+    shared = MemoryNetwork()
+    await check(Harness(make=lambda i: shared, host=lambda i: f"node{i}", timeout_s=60))
 
 
 class Socket:

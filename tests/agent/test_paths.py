@@ -1,4 +1,4 @@
-"""Who may read a data directory (issue 17, item 10): its owner alone."""
+"""Who may read a data directory (issue 17, item 10): its owner alone; where its files are."""
 
 from __future__ import annotations
 
@@ -11,10 +11,26 @@ from pathlib import Path
 import pytest
 
 from blazemesh.agent.errors import ConfigError
-from blazemesh.agent.storage.paths import DB_FILE, KEY_FILE, LOCK_FILE, lock_data_dir
+from blazemesh.agent.storage.paths import (
+    CONTROL_SOCKET,
+    DB_FILE,
+    KEY_FILE,
+    LOCK_FILE,
+    lock_data_dir,
+)
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.trust.identity import create_identity, load_identity
 from blazemesh.agent.trust.membership import MESH_FILE, load_mesh, new_mesh, save_mesh
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_control_socket_is_where_the_docs_and_earlier_clients_look() -> None:
+    # The package's move renamed it blazemesh.agent.sock in passing (a rename of the module
+    # path agent. to blazemesh.agent.): clients of 0.1 found no agent, the docs another file.
+    assert CONTROL_SOCKET == "agent.sock"
+    for doc in ("api.md", "security.md"):
+        assert f"DATA_DIR/{CONTROL_SOCKET}" in (DOCS / doc).read_text(encoding="utf-8"), doc
 
 
 def mode(path: Path) -> int:

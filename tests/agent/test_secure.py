@@ -317,3 +317,29 @@ async def test_a_send_cancelled_before_it_starts_leaves_the_stream_whole() -> No
     assert await b.receive_some() == b"sent"
     await a.aclose()
     assert await b.receive_some() == b""  # a clean close
+
+
+async def secure_pair(
+    transport_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]],
+) -> tuple[SecureStream, SecureStream]:
+    """Two ends of a secure channel over ``transport_pair()``, handshaken."""
+    mesh = new_mesh("lab")
+    left, right = transport_pair()
+    ends: dict[bool, SecureStream] = {}
+
+    async def side(initiator: bool, stream: trio.abc.Stream, mesh: Mesh) -> None:
+        identity = Identity.generate()
+        ends[initiator] = await handshake(stream, initiator=initiator, identity=identity, mesh=mesh)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, True, left, mesh)
+        nursery.start_soon(side, False, right, mesh_copy(mesh))
+    return ends[True], ends[False]
+
+
+async def test_secure_streams_pass_trios_generic_checks() -> None:
+    # A lockstep transport holds nothing: a send waits for the peer's receive ("clogged").
+    await trio.testing.check_two_way_stream(
+        lambda: secure_pair(trio.testing.memory_stream_pair),
+        lambda: secure_pair(trio.testing.lockstep_stream_pair),
+    )

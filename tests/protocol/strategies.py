@@ -9,16 +9,36 @@ from hypothesis import strategies as st
 
 from blazemesh.protocol.crdt import RecordKey, RecordState, Stamp
 from blazemesh.protocol.hlc import MAX_STAMP
+from blazemesh.protocol.ids import NODE_ID_BYTES
 from blazemesh.protocol.model import (
     INT_MAX,
     INT_MIN,
+    MAX_OPS_PER_CHANGE,
     MAX_SEQ,
     Change,
     Delete,
     Op,
     Put,
     Value,
+    validate_op,
 )
+
+# --- the oracle ---------------------------------------------------------------------------
+
+
+def assert_valid_change(change: Change, *, system: bool = True) -> None:
+    """Fail unless ``change`` keeps the data model's rules (docs/protocol.md): the tests'
+    own statement of them, apart from the decoder, which checks them inline as it reads.
+    Whatever a decoder returns must pass. ``system`` allows reserved names, as from peers.
+    """
+    assert isinstance(change.origin, bytes), change.origin
+    assert len(change.origin) == NODE_ID_BYTES, change.origin
+    assert 1 <= change.seq <= MAX_SEQ, change.seq
+    assert 1 <= len(change.ops) <= MAX_OPS_PER_CHANGE, len(change.ops)
+    assert 1 <= change.hlc <= MAX_STAMP - len(change.ops) + 1, change.hlc
+    for op in change.ops:
+        validate_op(op, system=system)
+
 
 # --- values -------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import msgpack
@@ -20,12 +21,14 @@ from blazemesh.protocol.codec import (
     encode_document,
     encode_meta,
 )
+from blazemesh.protocol.codec import changes as codec_changes
 from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
 from blazemesh.protocol.errors import DecodeError
 from blazemesh.protocol.hlc import MAX_STAMP, pack
-from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put, validate_change
+from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_SEQ, Change, Delete, Put
 
 from .strategies import (
+    assert_valid_change,
     canon_change,
     canon_state,
     canon_value,
@@ -47,7 +50,7 @@ NOW_MS = 1_760_000_000_000
 def assert_same(decoded: list[Change], original: list[Change]) -> None:
     assert [canon_change(c) for c in decoded] == [canon_change(c) for c in original]
     for change in decoded:
-        validate_change(change, system=True)
+        assert_valid_change(change)
 
 
 # --- round trips --------------------------------------------------------------------------
@@ -125,17 +128,48 @@ def test_empty_batch() -> None:
 # --- interning tables overflow ------------------------------------------------------------
 
 
+def small_tables() -> contextlib.AbstractContextManager[object]:
+    """Tables of 3 names and 2 origins, patched where the encoder and decoder read them
+    (`protocol.codec.changes`; the package's re-exports are copies)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(codec_changes, "MAX_TABLE_NAMES", 3))
+    stack.enter_context(mock.patch.object(codec_changes, "MAX_TABLE_ORIGINS", 2))
+    return stack
+
+
 @settings(max_examples=40)
 @given(st.lists(batches, min_size=1, max_size=3))
 def test_overflowing_tables_still_round_trip(stream: list[list[Change]]) -> None:
-    with (
-        mock.patch.object(codec, "MAX_TABLE_NAMES", 3),
-        mock.patch.object(codec, "MAX_TABLE_ORIGINS", 2),
-    ):
+    with small_tables():
         encoder, decoder = ChangeEncoder(), ChangeDecoder()
         for batch in stream:
             assert_same(decode_batch(encode_batch(batch, encoder), decoder), batch)
             assert_same(decode_batch(encode_batch(batch)), batch)
+
+
+def test_past_full_tables_names_and_origins_travel_inline_and_references_are_refused() -> None:
+    # One name of a collection and one of a field per change: c0 f0 c1 fill the table.
+    batch = [
+        Change(
+            origin=ORIGIN_POOL[i],
+            seq=1,
+            hlc=pack(NOW_MS, 0),
+            ops=(put(f"c{i}", "k", **{f"f{i}": i}),),
+        )
+        for i in range(3)
+    ]
+    with small_tables():
+        encoder, decoder = ChangeEncoder(), ChangeDecoder()
+        assert_same(decode_batch(encode_batch(batch, encoder), decoder), batch)
+        items = msgpack.unpackb(encode_batch(batch, encoder))
+        assert [item[0] for item in items] == [0, 1, ORIGIN_POOL[2]]  # 2 origins interned
+        names = [(item[4], item[6][0]) for item in items]
+        assert names == [(0, 1), (2, "f1"), ("c2", "f2")]  # 3 names interned
+        # A peer that refers past the bound is refused: the decoder interned no more.
+        with pytest.raises(DecodeError, match="reference 3 is not in the table"):
+            decode_batch(msgpack.packb([[0, 1, 0, 0, 3, "k", None]]), decoder)
+        with pytest.raises(DecodeError, match="origin reference 2 is not in the table"):
+            decode_batch(msgpack.packb([[2, 1, 0, 0, 0, "k", None]]), decoder)
 
 
 def test_overflow_with_the_real_limits() -> None:

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from blazemesh.protocol.codec.control import (
     MAX_CONTROL_FRAME_BYTES,
-    Event,
     Failure,
     Frame,
     ReplyDecoder,
     Request,
     RequestDecoder,
     Result,
+    StreamEvent,
     change_event,
     encode_frame,
     op_map,
@@ -47,7 +47,7 @@ requests = st.builds(
 )
 replies = (
     st.builds(Result, id=ids, value=values)
-    | st.builds(Event, id=ids, value=values)
+    | st.builds(StreamEvent, id=ids, value=values)
     | st.builds(Failure, id=ids, code=st.text(max_size=16), message=st.text(max_size=40))
 )
 
@@ -99,7 +99,7 @@ def test_garbage_raises_only_remote_protocol_errors(bodies: list[bytes], request
     try:
         decoder.feed(b"".join(framed(b) for b in bodies))
         for frame in decoder:
-            assert isinstance(frame, Request if requests else Result | Event | Failure)
+            assert isinstance(frame, Request if requests else Result | StreamEvent | Failure)
     except RemoteProtocolError:
         pass
 

@@ -16,12 +16,12 @@ from blazemesh.protocol.session import (
     Closed,
     Data,
     Established,
-    Event,
     IncompatibleVersionError,
     NotAllowedError,
     PeerClosedError,
     RefusedError,
     SecureSession,
+    SessionEvent,
     WrongSecretError,
     static_keypair,
 )
@@ -60,7 +60,7 @@ class Node:
         )
 
 
-def pump(src: SecureSession, dst: SecureSession) -> list[Event]:
+def pump(src: SecureSession, dst: SecureSession) -> list[SessionEvent]:
     """Move src's output into dst and collect dst's events."""
     data = src.data_to_send()
     if data:
@@ -71,10 +71,10 @@ def pump(src: SecureSession, dst: SecureSession) -> list[Event]:
     return events
 
 
-def connect(a: SecureSession, b: SecureSession) -> tuple[list[Event], list[Event]]:
+def connect(a: SecureSession, b: SecureSession) -> tuple[list[SessionEvent], list[SessionEvent]]:
     """Run the handshake to the end; return each side's events."""
-    events_a: list[Event] = []
-    events_b: list[Event] = []
+    events_a: list[SessionEvent] = []
+    events_b: list[SessionEvent] = []
     for _ in range(4):
         events_b += pump(a, b)
         events_a += pump(b, a)

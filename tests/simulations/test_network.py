@@ -1,8 +1,10 @@
-"""The simulated network: delays, loss, partitions and cuts, in virtual time."""
+"""The simulated network: it keeps the network contract (tests/agent/network_contract.py),
+and its delays, loss, partitions and cuts, in virtual time."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,22 @@ import trio.testing
 
 from blazemesh.simulations.network import LinkProfile, SimNetwork
 from tests.agent.cluster import cluster
+from tests.agent.network_contract import CONTRACT, Harness
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+@pytest.mark.parametrize(
+    "profile",
+    [LinkProfile(), LinkProfile(latency_s=0.05, jitter_s=0.02, bandwidth_bps=1e6, loss=0.2)],
+    ids=["default", "slow and lossy"],
+)
+async def test_sim_hosts_keep_the_network_contract(
+    check: Callable[[Harness], Awaitable[None]],
+    profile: LinkProfile,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(random.Random(7), profile)
+    await check(Harness(make=lambda i: net.host(f"h{i}"), host=lambda i: f"h{i}", timeout_s=600))
 
 
 async def echo_server(net: SimNetwork, nursery: trio.Nursery) -> list[bytes]:

@@ -34,12 +34,12 @@ from blazemesh.agent.trust.membership import new_mesh, save_mesh
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
     MAX_CONTROL_FRAME_BYTES,
-    Event,
     Failure,
     Reply,
     ReplyDecoder,
     Request,
     Result,
+    StreamEvent,
     encode_frame,
 )
 from blazemesh.protocol.ids import node_id_text
@@ -267,7 +267,7 @@ async def test_a_lagging_watch_skips_nothing(
         with trio.fail_after(30):
             while len(seen) < 62:
                 reply = await r.reply()
-                assert isinstance(reply, Event)
+                assert isinstance(reply, StreamEvent)
                 assert isinstance(reply.value, dict)
                 seen.append(reply.value["lsn"])  # type: ignore[arg-type]
     assert seen == list(range(2, 64))
@@ -278,7 +278,7 @@ async def test_cancelling_a_watch_ends_it_with_a_final_reply(agent: Agent) -> No
         await r.hello()
         await r.send(Request(id=5, op="watch", args={"since": 0}))
         await agent.node.replica.put("c", "k", {})
-        assert isinstance(await r.reply(), Event)  # the stream is live
+        assert isinstance(await r.reply(), StreamEvent)  # the stream is live
         await r.send(Request(id=6, op="cancel", args={"id": 5}))
         replies = {await r.reply(), await r.reply()}
         assert replies == {Result(id=5, value="cancelled"), Result(id=6, value=True)}
@@ -516,7 +516,7 @@ async def test_a_new_client_is_told_when_every_session_is_busy(
             r = await stack.enter_async_context(raw(agent))
             await r.hello()
             await r.send(Request(id=1, op="watch", args={"since": 0}))  # runs until cancelled
-            assert isinstance(await r.reply(), Event)  # it runs
+            assert isinstance(await r.reply(), StreamEvent)  # it runs
             watchers.append(r)
         with trio.fail_after(5), pytest.raises(AgentCallError, match="busy") as refused:
             await still_serving(agent)
