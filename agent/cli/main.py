@@ -24,7 +24,8 @@ from blazemesh.agent.api.client import AgentClient, Session, open_session
 from blazemesh.agent.cli import jsonio, membership, node
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
-from blazemesh.agent.storage.store import Durability, LogReader
+from blazemesh.agent.storage.sqlite import LogReader
+from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec import decode_change
 from blazemesh.protocol.codec.control import change_event
 from blazemesh.protocol.errors import ProtocolError

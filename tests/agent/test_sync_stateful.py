@@ -222,7 +222,7 @@ class MeshMachine(RuleBasedStateMachine):
                     if i not in self.replicas:
                         self.loop.call(self._start_node, i)
                 self.loop.call(self._until_converged)
-                vvs = [self.replicas[i].store.vv for i in range(self.n)]
+                vvs = [self.replicas[i].vv for i in range(self.n)]
                 assert all(vv == vvs[0] for vv in vvs), "replicas hold different changes"
                 digests = {self.loop.call(self._digest, i) for i in range(self.n)}
                 assert len(digests) == 1, "replicas differ"
@@ -239,7 +239,7 @@ class MeshMachine(RuleBasedStateMachine):
         done = trio.Event()
 
         def check(_: object) -> None:
-            vvs = [self.replicas[i].store.vv for i in range(self.n)]
+            vvs = [self.replicas[i].vv for i in range(self.n)]
             if all(vv == vvs[0] for vv in vvs):
                 done.set()
 
