@@ -105,8 +105,8 @@ class MemoryStore(MergingStore):
         """Nothing to copy: every batch is already where reads find it."""
 
     def commits_inline(self, ops: int) -> bool:
-        """Always: a batch costs the merge alone, which a thread would not take off the
-        loop (the GIL)."""
+        """Always: there is no I/O to wait for, only the merge's Python, which would hold
+        the GIL in a worker thread just the same."""
         return True
 
     def _where(self) -> str:

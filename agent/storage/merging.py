@@ -117,7 +117,7 @@ def _held_document(doc: bytes, document: dict[str, Value]) -> int:
 
 
 class MergingStore(ABC):
-    """The write side of a `Store`, over a subclass's rows. Not thread-safe."""
+    """What every merging `Store` shares, over a subclass's rows. Not thread-safe."""
 
     def __init__(
         self,
@@ -212,24 +212,17 @@ class MergingStore(ABC):
         except self.STORAGE_ERRORS as exc:
             raise StorageError(message.format(where=self._where(), error=exc)) from exc
 
-    def _mark(self) -> tuple[object, ...]:
-        """What a rolled-back batch restores (`_rollback`)."""
-        return self._next_seq, self._taken, self._last_lsn
-
-    def _rollback(self, mark: tuple[object, ...]) -> None:
-        self._next_seq, self._taken, self._last_lsn = mark  # type: ignore[assignment]
-
     # -- writing --------------------------------------------------------------------------
 
     def write_batch(self, jobs: Sequence[Job], *, with_updates: bool = True) -> list[Outcome]:
         """`Store.write_batch`."""
-        mark = self._mark()
+        before = self._next_seq, self._taken, self._last_lsn
         try:
             with self._failing(WRITE_FAILED), self._transaction():
                 outcomes = self._write_batch(jobs, with_updates)
         except BaseException:
-            # Rolled back: the seqs, log positions and snapshot it took were never written.
-            self._rollback(mark)
+            # Rolled back: the seqs and log positions it took were never written.
+            self._next_seq, self._taken, self._last_lsn = before
             raise
         self.commits += 1
         return outcomes

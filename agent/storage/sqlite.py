@@ -35,7 +35,7 @@ from blazemesh.agent.storage.merging import (
     replay,
 )
 from blazemesh.agent.storage.schema import migrate
-from blazemesh.agent.storage.store import LOG_PAGE_BYTES, Durability
+from blazemesh.agent.storage.store import LOG_PAGE_BYTES, Durability, Job, Outcome
 from blazemesh.protocol.codec import CODEC_VERSION
 from blazemesh.protocol.errors import ProtocolError
 from blazemesh.protocol.hlc import HybridClock
@@ -166,13 +166,14 @@ class SqliteStore(MergingStore):
         self._writer.execute("BEGIN IMMEDIATE")
         return self._writer
 
-    def _mark(self) -> tuple[object, ...]:
-        return *super()._mark(), self._snapshot_lsn
-
-    def _rollback(self, mark: tuple[object, ...]) -> None:
-        *rest, snapshot_lsn = mark
-        super()._rollback(tuple(rest))
-        self._snapshot_lsn = snapshot_lsn  # type: ignore[assignment]
+    def write_batch(self, jobs: Sequence[Job], *, with_updates: bool = True) -> list[Outcome]:
+        """`Store.write_batch`; a snapshot the batch saved goes with it if it fails."""
+        snapshot_lsn = self._snapshot_lsn
+        try:
+            return super().write_batch(jobs, with_updates=with_updates)
+        except BaseException:
+            self._snapshot_lsn = snapshot_lsn
+            raise
 
     def _load_records(self, collection: str, keys: list[str]) -> Iterable[StoredRecord]:
         for i in range(0, len(keys), LOAD_CHUNK_KEYS):
