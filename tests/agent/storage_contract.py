@@ -183,16 +183,21 @@ def a_change_forged_under_this_nodes_id_is_refused_and_its_seq_skipped(
     harness: Harness,
 ) -> None:
     clock = WallClock()
-    forged = remote(ME, 2, pack(EPOCH_MS, 0), Put(collection="c", key="x", fields={}))
+
+    def forged(seq: int) -> Change:
+        return remote(ME, seq, pack(EPOCH_MS, 0), Put(collection="c", key=f"x{seq}", fields={}))
+
     with opened(harness, clock) as store:
         write(store, put("c", "a"))
-        (outcome,) = write(store, forged)
+        (outcome,) = write(store, forged(2))
         assert isinstance(outcome, OwnOriginError)
         assert applied(write(store, put("c", "b"))[0]).change.seq == 3  # 2 is taken
-    with opened(harness, clock) as store:
-        write(store, remote(ME, 4, pack(EPOCH_MS, 0), Put(collection="c", key="y", fields={})))
-        assert applied(write(store, put("c", "c"))[0]).change.seq == 5  # 2 and 4 kept taken
-        assert store.get("c", "x") is None
+        assert isinstance(write(store, forged(5))[0], OwnOriginError)
+    with opened(harness, clock) as store:  # what is taken is kept
+        c, d = write(store, put("c", "c"), put("c", "d"))
+        assert (applied(c).change.seq, applied(d).change.seq) == (4, 6)
+        assert store.get("c", "x2") is None
+        assert store.get("c", "x5") is None
 
 
 def gaps_past_the_bound_are_refused(harness: Harness) -> None:
