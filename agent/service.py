@@ -9,6 +9,7 @@ before anything starts, with one line saying what to do.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -19,9 +20,8 @@ import ifaddr
 import trio
 
 from blazemesh.agent.api import control
-from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.assemble import Discovering, Services, run_node
 from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, ZeroconfDiscovery
-from blazemesh.agent.discovery.peering import Peering
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.limits import connection_limits, raise_file_limit
 from blazemesh.agent.links.network import DEFAULT_PORT, Address, TcpNetwork, format_address
@@ -70,15 +70,6 @@ def default_interfaces() -> list[str]:
     return sorted(found)
 
 
-def advertised(bound: list[Address], interfaces: list[str]) -> tuple[Address, ...]:
-    """The addresses to advertise: wildcard listeners on every discovery interface."""
-    out: list[Address] = []
-    for host, port in bound:
-        hosts = interfaces if host in ("0.0.0.0", "") else [host]
-        out += [(h, port) for h in hosts if (h, port) not in out]
-    return tuple(out)
-
-
 async def run_agent(
     config: AgentConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -105,18 +96,6 @@ async def _run_agent(
     async with open_replica(
         data_dir, durability=config.durability, lock_wait_s=LOCK_WAIT_S
     ) as replica:
-        node = Node(
-            replica=replica,
-            identity=identity,
-            mesh=mesh,
-            network=TcpNetwork(),
-            config=NodeConfig(
-                listen=config.listen,
-                peers=config.peers,
-                max_handshakes=limits.handshakes,
-                max_links=limits.links,
-            ),
-        )
         log.info(
             "node %s (%s) in mesh %r, data in %s",
             identity.text,
@@ -134,24 +113,34 @@ async def _run_agent(
         started = False
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                peering = None
+                discovering = None
                 if config.mdns:
                     interfaces = config.interfaces or default_interfaces()
-                    peering = Peering(
-                        node,
-                        ZeroconfDiscovery(interfaces, max_peers=config.max_peers),
-                        advertise=advertised(node.bound, interfaces),
+                    discovering = Discovering(
+                        discovery=ZeroconfDiscovery(interfaces, max_peers=config.max_peers),
+                        interfaces=interfaces,
                         topology=config.topology,
                         hub_eligible=config.hub_eligible,
                     )
-                    await nursery.start(peering.run)
-                ops = Operations(replica, node=node, peering=peering)
-                await nursery.start(control.serve, data_dir / CONTROL_SOCKET, ops)
+                run = functools.partial(
+                    run_node,
+                    replica,
+                    mesh=mesh,
+                    network=TcpNetwork(),
+                    config=NodeConfig(
+                        listen=config.listen,
+                        peers=config.peers,
+                        max_handshakes=limits.handshakes,
+                        max_links=limits.links,
+                    ),
+                    discovering=discovering,
+                    control_socket=data_dir / CONTROL_SOCKET,
+                )
+                services: Services = await nursery.start(run)
                 started = True
                 for peer in config.peers:
                     log.info("static peer %s", format_address(peer))
-                task_status.started(node)
+                task_status.started(services.node)
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break

@@ -296,6 +296,7 @@ def raw_wal_largest(count: int) -> float:
 def wal_largest() -> Figure:
     async def ours(replica: Replica) -> float:
         await put_each(replica, 0, WAL_PUTS)
+        assert replica.data_dir is not None  # `with_replica` opens one on a directory
         wal = trio.Path(f"{replica.data_dir / DB_FILE}-wal")
         return (await wal.stat()).st_size / 2**20  # the largest: a WAL never shrinks while open
 

@@ -14,6 +14,7 @@ byte before its next put. Coordination happens only through these pipes, never b
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import trio
 
 from benchmarks.replica import key, typical_fields
+from blazemesh.agent.assemble import Services, run_node
 from blazemesh.agent.links.network import Address, Handler, TcpNetwork
 from blazemesh.agent.links.node import Node, NodeConfig
 from blazemesh.agent.storage.observe import Overflow
@@ -114,9 +116,9 @@ class Peer:
 
     async def start(self, listen: str | None, dial: list[Any] | None) -> dict[str, Any]:
         """Run a node listening on ``listen`` (a host, any free port) and dialling ``dial``."""
-        node = Node(
-            replica=self.replica,
-            identity=self.replica.identity,
+        run = functools.partial(
+            run_node,
+            self.replica,
             mesh=load_mesh(self.data_dir),
             network=CountingNetwork(self.counts),
             config=NodeConfig(
@@ -124,21 +126,22 @@ class Peer:
                 peers=[] if dial is None else [(dial[0], dial[1])],
             ),
         )
-        self.node, self._node_scope, self._node_done = node, trio.CancelScope(), trio.Event()
-        bound = await self.nursery.start(self._run_node, node, self._node_scope, self._node_done)
-        return {"node_id": node.node_id.hex(), "bound": bound}
+        self._node_scope, self._node_done = trio.CancelScope(), trio.Event()
+        services = await self.nursery.start(self._run_node, run, self._node_scope, self._node_done)
+        self.node = node = services.node
+        return {"node_id": node.node_id.hex(), "bound": node.bound}
 
     @staticmethod
     async def _run_node(
-        node: Node,
+        run: Callable[..., Awaitable[None]],
         scope: trio.CancelScope,
         done: trio.Event,
         *,
-        task_status: trio.TaskStatus[list[Address]],
+        task_status: trio.TaskStatus[Services],
     ) -> None:
         try:
             with scope:
-                await node.run(task_status=task_status)
+                await run(task_status=task_status)
         finally:
             done.set()
 
@@ -161,7 +164,7 @@ class Peer:
         }
 
     def state(self) -> dict[str, Any]:
-        vv = self.replica.store.vv
+        vv = self.replica.vv
         return {
             "vv": [[o.hex(), vv.base(o), vv.runs(o)] for o in sorted(vv.origins())],
             "digest": self.replica.digest(),
@@ -233,7 +236,7 @@ class Peer:
         """Wait until this replica holds ``origin``'s changes up to ``seq``; return when
         (CLOCK_MONOTONIC, which every process shares) the commit that completed them ended."""
         node_id = bytes.fromhex(origin)
-        vv = self.replica.store.vv
+        vv = self.replica.vv
         done = trio.Event()
         at = [0]
 

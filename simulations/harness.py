@@ -1,13 +1,12 @@
 """Run real nodes on the simulated network, in virtual time, and check how they converge.
 
-Every node is the agent's own `Node` with its own replica (SQLite in a temporary
-directory, on a memory file system where there is one; every commit on the trio thread
-so that virtual time stands still while it works), the real sync code, and the real
-`Peering` that turns discovery into links by the topology's rules; only the channel's
-encryption is off unless the scenario asks for it, the network is a `SimNetwork` and
-discovery a `MemoryDiscovery`. The harness writes, applies the scenario's faults at
-their virtual times, waits for the live replicas to converge, and then checks them
-(docs/simulation.md).
+Every node is the agent's own `Node` (`simulations.nodes`) with its own replica (over a
+`MemoryStore`; every commit on the trio thread so that virtual time stands still while
+it works), the real sync code, and the real `Peering` that turns discovery into links by
+the topology's rules; only the channel's encryption is off unless the scenario asks for
+it, the network is a `SimNetwork` and discovery a `MemoryDiscovery`. The harness writes,
+applies the scenario's faults at their virtual times, waits for the live replicas to
+converge, and then checks them (docs/simulation.md).
 
 Determinism: node identities, the mesh secret, every node's RNG, the network's RNG and
 trio's own scheduling order all derive from the scenario's seed, and nothing leaves the
@@ -18,208 +17,22 @@ digest are then the same on every run of the same scenario, in any process.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
-import hashlib
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
 from blazemesh.agent.discovery.adverts import MemoryDiscovery
-from blazemesh.agent.discovery.peering import Peering
-from blazemesh.agent.links.node import Node, NodeConfig
-from blazemesh.agent.storage.paths import KEY_FILE
-from blazemesh.agent.storage.replica import Replica, open_replica
-from blazemesh.agent.storage.store import Applied
-from blazemesh.agent.trust.identity import identity_file_text
-from blazemesh.agent.trust.membership import Mesh
-from blazemesh.protocol.ids import node_id_short
-from blazemesh.protocol.sync import SyncConfig
-from blazemesh.protocol.topology import TopologyConfig
 from blazemesh.simulations.network import SimNetwork
+from blazemesh.simulations.nodes import SimNode, Simulation, Trace, Tracker, host
 from blazemesh.simulations.report import Report, Write, build_report, check
 from blazemesh.simulations.scenario import Fault, Scenario
 
-PORT = 7420
 COLLECTION = "sim"
-SIM_SYNC = SyncConfig(batch_changes=64)  # batches small enough to commit on the trio thread
-EPOCH_MS = 1_790_000_000_000  # the wall clock's reading at virtual time 0
 SETTLE_S = 30.0  # how long the mesh may take to form before the first write
 SETTLE_POLL_S = 0.05
-MEMORY_FS = "/dev/shm"  # node directories go here when it is there (Linux: tmpfs)
-# A node's files are memory there: checkpoint often, so they stay under 0.5 MiB.
-SIM_CHECKPOINT_EVERY_COMMITS = 32
 GC_YOUNG_OBJECTS = 1_000_000  # net allocations between the collector's young passes
-
-
-def host(i: int) -> str:
-    return f"n{i}"
-
-
-class Trace:
-    """What happened, one line per event at its virtual time since the trace began,
-    hashed as it goes (and kept if asked)."""
-
-    def __init__(self, keep: bool) -> None:
-        self.lines: list[str] | None = [] if keep else None
-        self._hash = hashlib.blake2b(digest_size=16)
-        self._began = trio.current_time()
-
-    def __call__(self, text: str) -> None:
-        line = f"{trio.current_time() - self._began:.6f} {text}"
-        self._hash.update(line.encode() + b"\n")
-        if self.lines is not None:
-            self.lines.append(line)
-
-    @property
-    def digest(self) -> str:
-        return self._hash.hexdigest()
-
-
-class Tracker:
-    """When each node first held each change, from the replicas' commit listeners."""
-
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
-        self.held: dict[tuple[bytes, int], dict[int, float]] = {}
-        self.expected: set[tuple[bytes, int]] = set()
-        self.live: set[int] = set()
-        self.changed = trio.Event()
-        self.pairs_held = 0  # (change, node) pairs, counted as they come: progress
-
-    def listener(self, node: int, applied: list[Applied]) -> None:
-        now = trio.current_time()
-        for item in applied:
-            dot = item.change.dot
-            holders = self.held.setdefault(dot, {})
-            if node not in holders:
-                holders[node] = now
-                self.pairs_held += 1
-            self.trace(f"{host(node)} holds {node_id_short(dot[0])}:{dot[1]}")
-        self.changed.set()
-
-    @property
-    def share_held(self) -> float:
-        pairs = len(self.expected) * len(self.live)
-        return min(1.0, self.pairs_held / pairs) if pairs else 1.0
-
-    def complete(self) -> bool:
-        """Every expected change is held by every live node."""
-        if self.pairs_held < len(self.expected) * len(self.live):
-            return False
-        return all(self.live <= self.held.get(dot, {}).keys() for dot in self.expected)
-
-
-class SimNode:
-    """One node: its storage outlives its runs (crash, restart, leave, join)."""
-
-    def __init__(self, index: int, sim: _Simulation) -> None:
-        self.index = index
-        self.sim = sim
-        self.dir = sim.top / host(index)
-        self.skew_ms = sim.rng.uniform(-sim.scenario.skew_ms, sim.scenario.skew_ms)
-        self.rng = random.Random(sim.rng.random())
-        self.dir.mkdir(mode=0o700)
-        key = self.dir / KEY_FILE
-        key.write_text(identity_file_text(sim.rng.randbytes(32)))
-        key.chmod(0o600)
-        self.replica: Replica | None = None
-        self.peering: Peering | None = None
-        self.node: Node | None = None
-        self._scope: trio.CancelScope | None = None
-        self._stopped = trio.Event()
-        self._received = (0, 0)  # changes received and duplicates, over finished runs
-
-    @property
-    def up(self) -> bool:
-        return self._scope is not None
-
-    def received_changes(self) -> tuple[int, int]:
-        """Changes received from peers over every run so far, and how many were held."""
-        received, duplicates = self._received
-        if self.replica is not None:
-            received += self.replica.received_changes
-            duplicates += self.replica.duplicate_changes
-        return received, duplicates
-
-    def wall_ms(self) -> int:
-        return EPOCH_MS + int(trio.current_time() * 1000 + self.skew_ms)
-
-    async def start(self) -> None:
-        self._scope, self._stopped = trio.CancelScope(), trio.Event()
-        await self.sim.nursery.start(self._run, self._scope, self._stopped)
-        self.sim.tracker.live.add(self.index)
-
-    async def stop(self) -> None:
-        assert self._scope is not None
-        self.sim.tracker.live.discard(self.index)
-        self._scope.cancel()
-        self._scope = None
-        await self._stopped.wait()
-        self.replica = self.peering = self.node = None
-
-    async def _run(
-        self, scope: trio.CancelScope, stopped: trio.Event, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        sim, scenario = self.sim, self.sim.scenario
-        try:
-            with scope:
-                async with open_replica(
-                    self.dir,
-                    threads=False,
-                    wall_ms=self.wall_ms,
-                    checkpoint_every_commits=SIM_CHECKPOINT_EVERY_COMMITS,
-                ) as replica:
-                    stop = replica.on_commit(functools.partial(sim.tracker.listener, self.index))
-                    address = (host(self.index), PORT)
-                    node = Node(
-                        replica=replica,
-                        identity=replica.identity,
-                        mesh=Mesh(name="sim", secret=sim.secret),
-                        network=sim.net.host(host(self.index)),
-                        config=NodeConfig(listen=[address], secure=scenario.secure, sync=SIM_SYNC),
-                        rng=self.rng,
-                        random_bytes=self.rng.randbytes,
-                    )
-                    peering = Peering(
-                        node,
-                        sim.discovery,
-                        advertise=(address,),
-                        topology=TopologyConfig(
-                            mode=scenario.topology, max_links=scenario.max_links
-                        ),
-                        hub_eligible=self.index < scenario.hub_candidates,
-                    )
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(node.run)
-                        await nursery.start(peering.run)
-                        self.replica, self.node, self.peering = replica, node, peering
-                        task_status.started()
-                        try:
-                            await trio.sleep_forever()
-                        finally:
-                            stop()
-                            self._received = self.received_changes()
-        finally:
-            stopped.set()
-
-
-@dataclass(slots=True)
-class _Simulation:
-    scenario: Scenario
-    rng: random.Random
-    net: SimNetwork
-    discovery: MemoryDiscovery
-    tracker: Tracker
-    top: Path
-    secret: bytes
-    nursery: trio.Nursery
-    hub_down: int | None = None  # the hub that a crash or leave of "hub" took down last
 
 
 async def simulate(
@@ -240,19 +53,15 @@ async def simulate(
     rng = random.Random(scenario.seed)
     trace = Trace(keep_trace)
     tracker = Tracker(trace)
-    with (
-        _quiet_collector() as freeze_long_lived,
-        tempfile.TemporaryDirectory(prefix="blazemesh-sim-", dir=memory_dir()) as top,
-    ):
+    with _quiet_collector() as freeze_long_lived:
         async with trio.open_nursery() as nursery:
-            sim = _Simulation(
+            sim = Simulation(
                 scenario=scenario,
                 rng=rng,
                 net=SimNetwork(random.Random(rng.random()), scenario.link),
                 # Every node follows every other's advert, however many there are.
                 discovery=MemoryDiscovery(max_peers=scenario.nodes),
                 tracker=tracker,
-                top=Path(top),
                 secret=rng.randbytes(32),
                 nursery=nursery,
             )
@@ -284,17 +93,6 @@ async def simulate(
             phase("reported")
             nursery.cancel_scope.cancel()
     return report
-
-
-def memory_dir() -> str | None:
-    """Where the nodes' data directories go: a memory file system if there is one.
-
-    Replicas are the agent's own, files and all; on a disk, creating and closing each
-    one costs its fsyncs (docs/simulation.md, "Scale"). None: the system's temporary
-    directory.
-    """
-    shm = Path(MEMORY_FS)
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 @contextlib.contextmanager
@@ -344,7 +142,7 @@ def seed_scheduler(seed: int) -> None:
     trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
 
 
-async def _settle(sim: _Simulation, nodes: list[SimNode]) -> None:
+async def _settle(sim: Simulation, nodes: list[SimNode]) -> None:
     """Wait until every node has the links its topology plans (at most `SETTLE_S`), so
     that the run measures how changes spread, not how the mesh forms."""
     with trio.move_on_after(SETTLE_S):
@@ -360,7 +158,7 @@ async def _settle(sim: _Simulation, nodes: list[SimNode]) -> None:
     sim.tracker.trace("settled")
 
 
-async def _run_writes_and_faults(sim: _Simulation, nodes: list[SimNode]) -> list[Write]:
+async def _run_writes_and_faults(sim: Simulation, nodes: list[SimNode]) -> list[Write]:
     scenario = sim.scenario
     start = trio.current_time()
     faults = sorted(scenario.faults, key=lambda f: f.at_s)
@@ -378,7 +176,7 @@ async def _run_writes_and_faults(sim: _Simulation, nodes: list[SimNode]) -> list
     return writes
 
 
-async def _write(sim: _Simulation, writer: SimNode, i: int) -> Write:
+async def _write(sim: Simulation, writer: SimNode, i: int) -> Write:
     scenario = sim.scenario
     replica = writer.replica
     assert replica is not None
@@ -392,7 +190,7 @@ async def _write(sim: _Simulation, writer: SimNode, i: int) -> Write:
     return Write(key=key, value=value, stamp=(change.hlc, change.origin), dot=change.dot)
 
 
-async def _apply(sim: _Simulation, nodes: list[SimNode], fault: Fault) -> None:
+async def _apply(sim: Simulation, nodes: list[SimNode], fault: Fault) -> None:
     net = sim.net
     targets = [nodes[_resolve(sim, n, nodes, fault.action)] for n in fault.nodes]
     sim.tracker.trace(f"fault {fault.action} {[host(t.index) for t in targets]} {fault.groups}")
@@ -424,7 +222,7 @@ async def _apply(sim: _Simulation, nodes: list[SimNode], fault: Fault) -> None:
             net.break_connections()
 
 
-def _resolve(sim: _Simulation, target: int | str, nodes: list[SimNode], action: str) -> int:
+def _resolve(sim: Simulation, target: int | str, nodes: list[SimNode], action: str) -> int:
     """A node number; for "hub", the node that most live spokes use as their hub, except
     that a restart or join brings back the hub that a fault took down last."""
     if isinstance(target, int):
@@ -451,7 +249,7 @@ def _current_hub(nodes: list[SimNode]) -> int:
 
 
 async def _converge(
-    sim: _Simulation, start: float, progress: Callable[[float], None] | None
+    sim: Simulation, start: float, progress: Callable[[float], None] | None
 ) -> float | None:
     """Wait until every live node holds every write; the virtual time it took, or None."""
     tracker = sim.tracker

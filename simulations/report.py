@@ -21,8 +21,8 @@ from blazemesh.simulations.scenario import Scenario
 
 if TYPE_CHECKING:
     from blazemesh.agent.storage.replica import Replica
-    from blazemesh.simulations.harness import SimNode, Trace, Tracker
     from blazemesh.simulations.network import SimNetwork
+    from blazemesh.simulations.nodes import SimNode, Trace, Tracker
 
 CURVE_POINTS = 200  # the convergence curve is thinned to about this many points
 REFERENCE_RUNS = 10  # runs of each reference model, on as many sites as live nodes
@@ -99,7 +99,7 @@ class Report:
         if self.redundancy is not None:
             lines.append(f"  relative message redundancy: {self.redundancy:.3f}")
         lines.append(f"  largest queue towards a node: {t['queue_peak_bytes_max']:,.0f} B")
-        lines.append(f"  database files per node: {self.data_bytes_mean:,.0f} B mean")
+        lines.append(f"  stored per node: {self.data_bytes_mean:,.0f} B mean (changes and records)")
         lines.append(
             f"  links at the end: {len(self.links)}" + (f", hub {self.hub}" if self.hub else "")
         )
@@ -177,7 +177,7 @@ async def check(
 
 
 async def _first_difference(a: Replica, b: Replica, writes: list[Write]) -> str:
-    vv_a, vv_b = a.store.vv, b.store.vv
+    vv_a, vv_b = a.vv, b.vv
     for write in writes:
         if (write.dot in vv_a) != (write.dot in vv_b):
             return f"only one of them holds change {_dot(write.dot)}"
@@ -294,7 +294,7 @@ def _node(net: SimNetwork, node: SimNode) -> dict[str, Any]:
         "queue_peak_bytes": stats.queue_peak_bytes,
         "received_changes": received,
         "duplicate_changes": duplicates,
-        "data_bytes": sum(f.stat().st_size for f in node.dir.iterdir()),
+        "data_bytes": node.data.held_bytes(),
     }
 
 

@@ -10,7 +10,6 @@ their base32 text.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -97,7 +96,10 @@ class Operations:
     def __init__(
         self, replica: Replica, *, node: Node | None = None, peering: Peering | None = None
     ) -> None:
+        if replica.data_dir is None:
+            raise ValueError("the local API serves a replica opened on a data directory")
         self.replica = replica
+        self.data_dir = replica.data_dir  # mesh.json, which the mesh commands read, is here
         self.node = node
         self.peering = peering
         self.calls: dict[str, Call] = {
@@ -208,11 +210,11 @@ class Operations:
     async def info(self, args: Args) -> Value:
         await trio.lowlevel.checkpoint()
         info = self.replica.info()
-        mesh = self._mesh(info.data_dir)
+        mesh = self._mesh()
         result: dict[str, Value] = {
             "node_id": node_id_text(info.node_id),
             "short_id": node_id_short(info.node_id),
-            "data_dir": str(info.data_dir),
+            "data_dir": str(self.data_dir),
             "mesh": None if mesh is None else mesh.name,
             "allowlist": None if mesh is None or mesh.allowlist is None else len(mesh.allowlist),
             "changes_held": info.changes_held,
@@ -233,27 +235,27 @@ class Operations:
 
     def _clock(self) -> Value:
         """The replica's clock, and whether local writes are refused for it now."""
-        store = self.replica.store
         try:
             self.replica.check_clock()
             refused = None
         except ClockAheadError as exc:
             refused = str(exc)
+        clock = self.replica.read_clock()
         return {
-            "stamp": store.clock.last,
-            "ahead_of_device_ms": store.clock.ahead_ms(store.wall_ms()),
+            "stamp": clock.stamp,
+            "ahead_of_device_ms": clock.ahead_ms,
             "writes_refused": refused,
         }
 
-    def _mesh(self, data_dir: Path) -> Mesh | None:
+    def _mesh(self) -> Mesh | None:
         if self.node is not None:
             return self.node.mesh
-        return load_mesh(data_dir) if (data_dir / MESH_FILE).exists() else None
+        return load_mesh(self.data_dir) if (self.data_dir / MESH_FILE).exists() else None
 
     def _node(self) -> Node:
         if self.node is None:
             raise NoAgentError(
-                f"no agent is running on {self.replica.data_dir}: start one with `blazemesh agent`"
+                f"no agent is running on {self.data_dir}: start one with `blazemesh agent`"
             )
         return self.node
 
@@ -413,14 +415,14 @@ class Operations:
                 "`blazemesh repair-clock` again"
             )
         restamped = await self.replica.repair_clock()
-        return {"restamped": restamped, "clock": self.replica.store.clock.last}
+        return {"restamped": restamped, "clock": self.replica.read_clock().stamp}
 
     async def reload_mesh(self, args: Args) -> Value:
         """Re-read mesh.json after a membership command changed it; links that are no
         longer allowed end at once."""
         node = self._node()
         try:
-            mesh = await trio.to_thread.run_sync(load_mesh, self.replica.data_dir)
+            mesh = await trio.to_thread.run_sync(load_mesh, self.data_dir)
         except ConfigError as exc:
             raise RequestError(str(exc)) from None
         node.mesh.update(mesh)

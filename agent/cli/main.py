@@ -306,7 +306,7 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
 
 async def _follow_log(data_dir: Path, collection: str | None, since: int | None) -> int:
     """Without an agent: print log entries as they commit, by whichever process writes."""
-    from blazemesh.agent.storage.store import LogReader
+    from blazemesh.agent.storage.sqlite import LogReader
     from blazemesh.protocol.codec import decode_change
 
     check_data_dir(data_dir)

@@ -180,7 +180,7 @@ class Peering:
 
     def _load_setting(self) -> None:
         """Follow the mesh-wide topology setting if there is one, else this node's own."""
-        fields = self.node.replica.store.get(SETTINGS_COLLECTION, TOPOLOGY_KEY)
+        fields = self.node.replica.get_nowait(SETTINGS_COLLECTION, TOPOLOGY_KEY)
         topology = self.configured
         if fields is not None:
             try:

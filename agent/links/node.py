@@ -285,9 +285,9 @@ class Node:
             stream=stream,
             sync=SyncLink(
                 node_id=self.node_id,
-                have=self.replica.store.vv,
+                have=self.replica.vv,
                 now=trio.current_time(),
-                wall_ms=self.replica.store.wall_ms,
+                wall_ms=self.replica.wall_ms,
                 config=self.config.sync,
                 expect_peer=expect,
             ),
@@ -432,7 +432,7 @@ class Node:
             if all((origin, seq) in cache for seq in range(first, last + 1)):
                 yield from (cache[origin, seq][0] for seq in range(first, last + 1))
                 continue
-            while first <= last and (page := self.replica.store.changes_in(origin, first, last)):
+            while first <= last and (page := self.replica.changes_in(origin, first, last)):
                 yield from (decode_change(blob) for _, blob in page)
                 first = page[-1][0] + 1
 
@@ -446,7 +446,7 @@ class Node:
             for link in self._links.values()
             if link.sync.clock_offset_ms is not None
         ]
-        return refused_by_peers(stamp_ms, now_ms, offsets, self.replica.store.clock.max_skew_ms)
+        return refused_by_peers(stamp_ms, now_ms, offsets, self.replica.max_skew_ms)
 
     def _check_clock(self, stamp_ms: int, now_ms: int) -> None:
         refused = self.clock_refused(stamp_ms, now_ms)

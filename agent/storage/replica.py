@@ -4,14 +4,18 @@
         await replica.put("bugs", "b-1", {"title": "crash on save", "open": True})
         print(await replica.get("bugs", "b-1"))
 
-A write returns once it is committed to SQLite (durable before visible, docs/design.md).
-With `Durability.NORMAL` a small write (up to `INLINE_MAX_OPS` ops) commits right on the
-trio thread: a thread hop costs more than the commit itself. Everything else -- big
-transactions, batches of remote changes, and every write with `Durability.FULL`, whose
-fsync can take milliseconds -- is queued to one committer task that runs everything
-queued as one transaction in a worker thread, so concurrent writers share commits (group
-commit) and the loop never waits on SQLite. docs/design.md, "Keeping SQLite off the
-loop", has the measurements behind the split.
+A replica runs over a `Store` (`agent.storage.store`): `open_replica` opens the data
+directory's SQLite one; `serve_replica` runs over any other, such as a `MemoryStore`.
+
+A write returns once it is committed to the store (durable before visible,
+docs/design.md). A small write (`Store.commits_inline`: with SQLite and
+`Durability.NORMAL`, up to 128 ops) commits right on the trio thread: a thread hop costs
+more than the commit itself. Everything else -- big transactions, batches of remote
+changes, and every write with `Durability.FULL`, whose fsync can take milliseconds -- is
+queued to one committer task that runs everything queued as one transaction in a worker
+thread, so concurrent writers share commits (group commit) and the loop never waits on
+SQLite. docs/design.md, "Keeping SQLite off the loop", has the measurements behind the
+split.
 
 A WAL checkpoint runs in two passes: the first beside the writes, the second, which
 copies only what was written during the first, in the committer, with writes held. A
@@ -49,6 +53,7 @@ from blazemesh.agent.storage.paths import (
     make_data_dir,
     private_database,
 )
+from blazemesh.agent.storage.sqlite import SqliteStore
 from blazemesh.agent.storage.store import (
     LOG_PAGE_BYTES,
     Applied,
@@ -75,12 +80,12 @@ from blazemesh.protocol.model import (
     validate_name,
     validate_op,
 )
+from blazemesh.protocol.vv import VersionVector
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_OPS = 2_000  # ops per group commit: bounds a batch's memory and latency
-INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
 # The WAL grows by the pages each commit touches (12-15 KiB for a one-change commit),
 # and a checkpoint copies them back. Whichever bound comes first: changes bound the WAL of
 # batches, commits that of single writes (each to about 4 MiB; docs/design.md).
@@ -108,10 +113,18 @@ class ReplicaInfo:
     """What `Replica.info` reports."""
 
     node_id: bytes
-    data_dir: Path
+    data_dir: Path | None  # None: the store keeps no files
     last_lsn: int
     changes_held: int
     collections: dict[str, tuple[int, int]]  # name -> (records, tombstones)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockReading:
+    """The replica's hybrid logical clock, as `Replica.read_clock` finds it."""
+
+    stamp: int  # the greatest stamp issued or received so far
+    ahead_ms: int  # how far it stands ahead of the wall clock now (0 if it does not)
 
 
 class _Pending:
@@ -160,7 +173,7 @@ class Replica:
         *,
         store: Store,
         identity: Identity,
-        data_dir: Path,
+        data_dir: Path | None,
         max_batch_ops: int,
         threads: bool,
         checkpoint_every_commits: int,
@@ -195,18 +208,36 @@ class Replica:
         return self.identity.node_id
 
     @property
-    def durability(self) -> Durability:
-        return self._store.durability
-
-    @property
     def max_batch_ops(self) -> int:
         """The most ops one group commit holds."""
         return self._max_batch_ops
 
     @property
     def store(self) -> Store:
-        """The underlying store, for the sync engine; apps use the methods below."""
+        """The underlying store, for tests and storage tools: apps and the node use the
+        methods below."""
         return self._store
+
+    @property
+    def vv(self) -> VersionVector:
+        """The live version vector of the changes held: the sync engine shares it by
+        reference. Read it; only commits change it."""
+        return self._store.vv
+
+    @property
+    def wall_ms(self) -> Callable[[], int]:
+        """The wall clock this replica stamps by (the HLC's)."""
+        return self._store.wall_ms
+
+    @property
+    def max_skew_ms(self) -> int:
+        """How far ahead of the wall clock a remote stamp may be before it is refused."""
+        return self._store.clock.max_skew_ms
+
+    def read_clock(self) -> ClockReading:
+        """The clock's last stamp, and how far it stands ahead of the wall clock now."""
+        clock = self._store.clock
+        return ClockReading(stamp=clock.last, ahead_ms=clock.ahead_ms(self._store.wall_ms()))
 
     # -- writing ------------------------------------------------------------------------
 
@@ -292,9 +323,7 @@ class Replica:
         )
 
     def _small(self, ops: int) -> bool:
-        return not self._threads or (
-            self._store.durability is Durability.NORMAL and ops <= INLINE_MAX_OPS
-        )
+        return not self._threads or self._store.commits_inline(ops)
 
     async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await _off_loop(fn, threads=self._threads)
@@ -456,6 +485,12 @@ class Replica:
         validate_name("key", key, MAX_KEY_BYTES, system=True)
         return self._store.get(collection, key)
 
+    def get_nowait(self, collection: str, key: str) -> dict[str, Value] | None:
+        """`get` without a checkpoint or checks, for a commit listener (the node's
+        services read their settings so)."""
+        self._check_open()
+        return self._store.get(collection, key)
+
     async def query(
         self,
         collection: str,
@@ -512,6 +547,13 @@ class Replica:
             except RemoteProtocolError as exc:
                 raise StorageError(f"log entry {position} is corrupt: {exc}") from None
         return out
+
+    def changes_in(self, origin: bytes, first: int, last: int) -> list[tuple[int, bytes]]:
+        """``(seq, encoded change)`` of ``origin``'s changes held with seqs in
+        ``first..last``, in order, one page (`LOG_PAGE_BYTES`, or one change if it is
+        larger): read on from the last seq for more. For the sync engine, which sends
+        them as they are."""
+        return self._store.changes_in(origin, first, last)
 
     @contextlib.contextmanager
     def observe(
@@ -617,12 +659,9 @@ async def open_replica(
     ``checkpoint_every_commits`` commits (that bounds the WAL's size; see
     `CHECKPOINT_EVERY_COMMITS`).
     """
-    if max_batch_ops < 1:
-        raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
-    if checkpoint_every_commits < 1:
-        raise ValueError(f"checkpoint_every_commits must be >= 1, got {checkpoint_every_commits}")
+    _check_options(max_batch_ops, checkpoint_every_commits)
 
-    def open_files(stack: contextlib.ExitStack) -> Replica:
+    def open_files(stack: contextlib.ExitStack) -> tuple[SqliteStore, Identity, Path]:
         path = Path(data_dir).expanduser()
         if create:
             make_data_dir(path)
@@ -635,7 +674,7 @@ async def open_replica(
             private_database(path / DB_FILE)
         except OSError as exc:
             raise StorageError(f"cannot open {path / DB_FILE}: {exc.strerror}") from None
-        store = Store(
+        store = SqliteStore(
             path / DB_FILE,
             node_id=identity.node_id,
             durability=durability,
@@ -643,33 +682,68 @@ async def open_replica(
             max_skew_ms=max_skew_ms,
         )
         stack.callback(store.close)
-        return Replica(
-            store=store,
+        return store, identity, path
+
+    with contextlib.ExitStack() as stack:
+        store, identity, path = await _off_loop(
+            functools.partial(open_files, stack), threads=threads
+        )
+        async with serve_replica(
+            store,
             identity=identity,
             data_dir=path,
             max_batch_ops=max_batch_ops,
             threads=threads,
             checkpoint_every_commits=checkpoint_every_commits,
-        )
+        ) as replica:
+            yield replica
 
-    with contextlib.ExitStack() as stack:
-        replica = await _off_loop(functools.partial(open_files, stack), threads=threads)
-        # The caller's exception is carried past the nursery so that it comes out as
-        # itself, not wrapped in an ExceptionGroup (the background tasks never raise).
-        body_error: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(replica._serve)
-            try:
-                yield replica
-            except BaseException as exc:
-                body_error = exc
-            with trio.CancelScope(shield=True):
-                await replica._drain()
-            nursery.cancel_scope.cancel()
-        if body_error is not None:
-            raise body_error
+
+@contextlib.asynccontextmanager
+async def serve_replica(
+    store: Store,
+    *,
+    identity: Identity,
+    data_dir: Path | None = None,
+    max_batch_ops: int = DEFAULT_MAX_BATCH_OPS,
+    threads: bool = True,
+    checkpoint_every_commits: int = CHECKPOINT_EVERY_COMMITS,
+) -> AsyncIterator[Replica]:
+    """Run a replica over an open ``store`` until the block exits (`open_replica` for
+    the options); pending writes commit before it returns. The caller closes the store
+    afterwards. ``data_dir``: where the replica's files are, if it has any."""
+    _check_options(max_batch_ops, checkpoint_every_commits)
+    replica = Replica(
+        store=store,
+        identity=identity,
+        data_dir=data_dir,
+        max_batch_ops=max_batch_ops,
+        threads=threads,
+        checkpoint_every_commits=checkpoint_every_commits,
+    )
+    # The caller's exception is carried past the nursery so that it comes out as
+    # itself, not wrapped in an ExceptionGroup (the background tasks never raise).
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replica._serve)
+        try:
+            yield replica
+        except BaseException as exc:
+            body_error = exc
         with trio.CancelScope(shield=True):
-            await replica._try_checkpoint(truncate=True)
+            await replica._drain()
+        nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+    with trio.CancelScope(shield=True):
+        await replica._try_checkpoint(truncate=True)
+
+
+def _check_options(max_batch_ops: int, checkpoint_every_commits: int) -> None:
+    if max_batch_ops < 1:
+        raise ValueError(f"max_batch_ops must be >= 1, got {max_batch_ops}")
+    if checkpoint_every_commits < 1:
+        raise ValueError(f"checkpoint_every_commits must be >= 1, got {checkpoint_every_commits}")
 
 
 async def _off_loop(fn: Callable[[], T], *, threads: bool) -> T:

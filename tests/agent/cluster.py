@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
 
+from blazemesh.agent.assemble import Discovering, Services, run_node
 from blazemesh.agent.discovery.adverts import MemoryDiscovery
 from blazemesh.agent.discovery.peering import Peering
 from blazemesh.agent.links.network import MemoryNetwork, Network
@@ -48,8 +50,8 @@ class Cluster:
 
     def converged(self, nodes: Sequence[Node] | None = None) -> bool:
         nodes = self.nodes if nodes is None else nodes
-        first = nodes[0].replica.store.vv
-        return all(node.replica.store.vv == first for node in nodes[1:])
+        first = nodes[0].replica.vv
+        return all(node.replica.vv == first for node in nodes[1:])
 
     async def until_converged(
         self, timeout_s: float = 120, nodes: Sequence[Node] | None = None
@@ -107,47 +109,42 @@ async def cluster(
                 )
             )
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = []
+        nodes, peerings, scopes = [], [], []
         for i, replica in enumerate(replicas):
-            config = NodeConfig(
-                listen=[address(i)],
-                peers=[address(j) for a, j in edges if a == i],
-                secure=secure,
-                sync=sync,
-            )
-            node = Node(
-                replica=replica,
-                identity=replica.identity,
+            run = functools.partial(
+                run_node,
+                replica,
                 mesh=other_mesh if i in foreign else mesh,
                 network=network.host(address(i)[0]) if isinstance(network, SimNetwork) else network,
-                config=config,
+                config=NodeConfig(
+                    listen=[address(i)],
+                    peers=[address(j) for a, j in edges if a == i],
+                    secure=secure,
+                    sync=sync,
+                ),
+                discovering=None
+                if discovery is None
+                else Discovering(
+                    discovery=discovery, topology=topology, hub_eligible=i in hub_eligible
+                ),
                 rng=random.Random(f"{seed}-{i}"),
             )
-            nodes.append(node)
-        peerings = []
-        scopes = []
-        for i, node in enumerate(nodes):
-            peering = None
-            if discovery is not None:
-                peering = Peering(
-                    node,
-                    discovery,
-                    advertise=(address(i),),
-                    topology=topology,
-                    hub_eligible=i in hub_eligible,
-                )
-                peerings.append(peering)
-            scopes.append(await nursery.start(_run_node, node, peering))
+            scope, services = await nursery.start(_run_node, run)
+            nodes.append(services.node)
+            if services.peering is not None:
+                peerings.append(services.peering)
+            scopes.append(scope)
         yield Cluster(nodes, peerings, scopes)
         nursery.cancel_scope.cancel()
 
 
 async def _run_node(
-    node: Node, peering: Peering | None, *, task_status: trio.TaskStatus[trio.CancelScope]
+    run: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[tuple[trio.CancelScope, Services]],
 ) -> None:
+    """Run a node under a scope of its own, which `Cluster.crash` cancels."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            if peering is not None:
-                await nursery.start(peering.run)
-            task_status.started(scope)
+            services = await nursery.start(run)
+            task_status.started((scope, services))

@@ -4,6 +4,7 @@ the node's cache of recent changes, observers, watches and reads of the log."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio.testing
 
 from blazemesh.agent.api import operations as api
 from blazemesh.agent.api.operations import Operations
+from blazemesh.agent.assemble import Services, run_node
 from blazemesh.agent.links.network import MemoryNetwork
 from blazemesh.agent.links.node import Node, NodeConfig
 from blazemesh.agent.storage.observe import Overflow
@@ -39,15 +41,11 @@ async def running_node(tmp_path: Path, config: NodeConfig) -> AsyncIterator[Node
         open_replica(tmp_path / "node", create=True, threads=False) as replica,
         trio.open_nursery() as nursery,
     ):
-        node = Node(
-            replica=replica,
-            identity=replica.identity,
-            mesh=new_mesh("test"),
-            network=MemoryNetwork(),
-            config=config,
+        run = functools.partial(
+            run_node, replica, mesh=new_mesh("test"), network=MemoryNetwork(), config=config
         )
-        await nursery.start(node.run)
-        yield node
+        services: Services = await nursery.start(run)
+        yield services.node
         nursery.cancel_scope.cancel()
 
 

@@ -7,6 +7,7 @@ agents are in tests/system/test_connection_floods.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from blazemesh.agent.assemble import Services, run_node
 from blazemesh.agent.links.network import MemoryNetwork, format_address
 from blazemesh.agent.links.node import Node, NodeConfig
 from blazemesh.agent.links.secure import HANDSHAKE_TIMEOUT_S
@@ -38,15 +40,9 @@ async def nodes(
             replica = await stack.enter_async_context(
                 open_replica(tmp_path / f"n{i}", create=True, threads=False)
             )
-            node = Node(
-                replica=replica,
-                identity=replica.identity,
-                mesh=mesh,
-                network=network,
-                config=config,
-            )
-            await nursery.start(node.run)
-            out.append(node)
+            run = functools.partial(run_node, replica, mesh=mesh, network=network, config=config)
+            services: Services = await nursery.start(run)
+            out.append(services.node)
         yield out
         nursery.cancel_scope.cancel()
 

@@ -8,7 +8,7 @@ from blazemesh.agent.storage.observe import Overflow
 from blazemesh.agent.storage.replica import Replica
 from blazemesh.agent.storage.store import Applied
 from blazemesh.protocol.hlc import pack
-from blazemesh.protocol.model import Change, Put
+from blazemesh.protocol.model import Change, Delete, Put
 
 
 async def test_observer_sees_committed_changes_in_order(replica: Replica) -> None:
@@ -42,6 +42,29 @@ async def test_remote_changes_are_observed(replica: Replica) -> None:
         event = await events.__anext__()
     assert isinstance(event, Applied)
     assert event.change == change
+
+
+async def test_a_batch_that_writes_and_then_deletes_a_record_commits_while_observed(
+    replica: Replica,
+) -> None:
+    """A peer's put and its later delete of one record, in one batch: the put's update
+    still holds the document (it counts its own bytes), the delete's none. (Both changes
+    used to fail with a KeyError, and a catch-up that brought them, with them.)"""
+    origin = b"\x01" * 16
+    put = Change(
+        origin=origin, seq=1, hlc=pack(1, 0), ops=(Put(collection="c", key="k", fields={"a": 1}),)
+    )
+    delete = Change(origin=origin, seq=2, hlc=pack(2, 0), ops=(Delete(collection="c", key="k"),))
+    with replica.observe() as events:
+        outcomes = await replica.apply_remote([put, delete])
+        first, second = await events.__anext__(), await events.__anext__()
+    assert [type(o) for o in outcomes] == [Applied, Applied]
+    assert isinstance(first, Applied)
+    assert isinstance(second, Applied)
+    assert first.updates[0].document == {"a": 1}
+    assert first.updates_bytes > 0
+    assert second.updates_bytes == 0
+    assert await replica.get("c", "k") is None
 
 
 async def test_slow_observer_overflows_explicitly_and_resyncs(replica: Replica) -> None:

@@ -8,6 +8,7 @@ example; each rule calls into it with `trio.from_thread.run`.
 
 from __future__ import annotations
 
+import functools
 import random
 import tempfile
 import threading
@@ -21,8 +22,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
+from blazemesh.agent.assemble import run_node
 from blazemesh.agent.links.network import Address, Handler, MemoryNetwork
-from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.links.node import NodeConfig
 from blazemesh.agent.storage.replica import Replica, open_replica
 from blazemesh.agent.trust.membership import Mesh, new_mesh
 from tests.agent.cluster import TEST_SYNC
@@ -140,11 +142,11 @@ class MeshMachine(RuleBasedStateMachine):
                 self.scopes[i] = scope
                 async with open_replica(self.tmp / f"n{i}", create=True, threads=False) as r:
                     self.replicas[i] = r
-                    node = Node(
-                        replica=r,
-                        identity=r.identity,
+                    run = functools.partial(
+                        run_node,
+                        r,
                         mesh=self.mesh,
-                        network=self.network.view(i),  # type: ignore[arg-type]
+                        network=self.network.view(i),
                         config=NodeConfig(
                             listen=[(f"node{i}", 7000)],
                             peers=[(f"node{j}", 7000) for j in range(i + 1, self.n)],
@@ -153,7 +155,7 @@ class MeshMachine(RuleBasedStateMachine):
                         rng=random.Random(i),
                     )
                     async with trio.open_nursery() as nursery:
-                        await nursery.start(node.run)
+                        await nursery.start(run)
                         started.set()
                         await trio.sleep_forever()
             self.replicas.pop(i, None)
@@ -222,7 +224,7 @@ class MeshMachine(RuleBasedStateMachine):
                     if i not in self.replicas:
                         self.loop.call(self._start_node, i)
                 self.loop.call(self._until_converged)
-                vvs = [self.replicas[i].store.vv for i in range(self.n)]
+                vvs = [self.replicas[i].vv for i in range(self.n)]
                 assert all(vv == vvs[0] for vv in vvs), "replicas hold different changes"
                 digests = {self.loop.call(self._digest, i) for i in range(self.n)}
                 assert len(digests) == 1, "replicas differ"
@@ -239,7 +241,7 @@ class MeshMachine(RuleBasedStateMachine):
         done = trio.Event()
 
         def check(_: object) -> None:
-            vvs = [self.replicas[i].store.vv for i in range(self.n)]
+            vvs = [self.replicas[i].vv for i in range(self.n)]
             if all(vv == vvs[0] for vv in vvs):
                 done.set()
 

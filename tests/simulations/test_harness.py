@@ -407,14 +407,3 @@ def test_sim_list_names_every_builtin(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     for name in ("mesh-50", "star-50-hub-fails", "partition-heal", "churn", "reconnect-storm"):
         assert name in out
-
-
-async def test_a_nodes_files_stay_small_however_many_commits(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # The files are memory (`/dev/shm`); the write-ahead log is checkpointed every
-    # `SIM_CHECKPOINT_EVERY_COMMITS` commits and then reused from its start. Unbounded,
-    # 300 one-change commits leave about 4 MB of files, bounded about 0.5 MB.
-    report = await simulate(Scenario(nodes=3, writes=300, write_every_s=0.01))
-    assert_converged(report)
-    assert max(node["data_bytes"] for node in report.nodes) < 1_200_000

@@ -10,6 +10,7 @@ takes to link is measured from its dial alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import resource
 import shutil
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from blazemesh.agent.assemble import Services, run_node
 from blazemesh.agent.links.network import Address, TcpNetwork
-from blazemesh.agent.links.node import Node
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.trust.membership import load_mesh
 from tests.system.agents import BLAZEMESH, Agent, new_mesh, ok, running
@@ -80,13 +81,9 @@ async def time_to_link(peer_dir: Path, target: Address) -> float:
     """Dial ``target`` from the member in ``peer_dir``; return how long until its record
     arrived (the link is up and synced). Fails after `LINK_WITHIN_S`."""
     async with open_replica(peer_dir) as replica, trio.open_nursery() as nursery:
-        node = Node(
-            replica=replica,
-            identity=replica.identity,
-            mesh=load_mesh(peer_dir),
-            network=TcpNetwork(),
-        )
-        await nursery.start(node.run)
+        run = functools.partial(run_node, replica, mesh=load_mesh(peer_dir), network=TcpNetwork())
+        services: Services = await nursery.start(run)
+        node = services.node
         arrived = trio.Event()
         remove = replica.on_commit(lambda applied: arrived.set())
         start = trio.current_time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import trio.testing
 from blazemesh.agent.api import control
 from blazemesh.agent.api import operations as api
 from blazemesh.agent.api.client import AgentCallError, AgentClient, open_session
+from blazemesh.agent.assemble import Services, run_node
 from blazemesh.agent.cli.main import main
 from blazemesh.agent.errors import AgentError
 from blazemesh.agent.links.network import MemoryNetwork
@@ -70,12 +72,15 @@ async def running_agent(data_dir: Path) -> AsyncIterator[Agent]:
     async with open_replica(data_dir, create=True) as replica, trio.open_nursery() as nursery:
         mesh = new_mesh("lab")
         save_mesh(data_dir, mesh)
-        node = Node(replica=replica, identity=replica.identity, mesh=mesh, network=MemoryNetwork())
-        await nursery.start(node.run)
-        await nursery.start(
-            control.serve, data_dir / CONTROL_SOCKET, api.Operations(replica, node=node)
+        run = functools.partial(
+            run_node,
+            replica,
+            mesh=mesh,
+            network=MemoryNetwork(),
+            control_socket=data_dir / CONTROL_SOCKET,
         )
-        yield Agent(data_dir, node)
+        services: Services = await nursery.start(run)
+        yield Agent(data_dir, services.node)
         nursery.cancel_scope.cancel()
 
 

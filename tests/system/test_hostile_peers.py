@@ -8,6 +8,7 @@ messages.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import msgpack
 import pytest
 import trio
 
+from blazemesh.agent.assemble import run_node
 from blazemesh.agent.links.network import TcpNetwork
 from blazemesh.agent.links.node import Node, NodeConfig
 from blazemesh.agent.storage.replica import Replica, open_replica
@@ -36,22 +38,12 @@ async def good_pair(tmp_path: Path, mesh: Mesh) -> AsyncIterator[tuple[Node, Nod
         open_replica(tmp_path / "b", create=True) as rb,
         trio.open_nursery() as nursery,
     ):
-        b = Node(
-            replica=rb,
-            identity=rb.identity,
-            mesh=mesh,
-            network=TcpNetwork(),
-            config=NodeConfig(listen=[("127.0.0.1", 0)], handshake_timeout_s=1.0),
-        )
-        (b_address,) = await nursery.start(b.run)
-        a = Node(
-            replica=ra,
-            identity=ra.identity,
-            mesh=mesh,
-            network=TcpNetwork(),
-            config=NodeConfig(listen=[("127.0.0.1", 0)], peers=[b_address]),
-        )
-        await nursery.start(a.run)
+        b_config = NodeConfig(listen=[("127.0.0.1", 0)], handshake_timeout_s=1.0)
+        run_b = functools.partial(run_node, rb, mesh=mesh, network=TcpNetwork(), config=b_config)
+        b: Node = (await nursery.start(run_b)).node
+        a_config = NodeConfig(listen=[("127.0.0.1", 0)], peers=b.bound)
+        run_a = functools.partial(run_node, ra, mesh=mesh, network=TcpNetwork(), config=a_config)
+        a: Node = (await nursery.start(run_a)).node
         yield a, b
         nursery.cancel_scope.cancel()
 

@@ -10,7 +10,7 @@ from blazemesh.agent.errors import StorageError
 from blazemesh.agent.storage.paths import DB_FILE
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.schema import SCHEMA_VERSION
-from blazemesh.agent.storage.store import SNAPSHOT_EVERY_CHANGES
+from blazemesh.agent.storage.sqlite import SNAPSHOT_EVERY_CHANGES
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put
 
@@ -57,7 +57,9 @@ async def test_corrupt_record_metadata_is_reported_not_crashed(tmp_path: Path) -
     async with open_replica(tmp_path) as replica:
         with pytest.raises(StorageError, match=r"c/k .* is corrupt"):
             await replica.put("c", "k", {"a": 2})
-        await replica.put("c", "other", {"a": 3})  # the replica carries on
+        # The replica carries on, and the failed write took no seq: a seq skipped would
+        # be a gap in this node's changes that no peer could ever fill.
+        assert (await replica.put("c", "other", {"a": 3})).seq == 2
         assert await replica.get("c", "other") == {"a": 3}
 
 
@@ -65,9 +67,9 @@ async def test_version_vector_survives_reopen(tmp_path: Path) -> None:
     async with open_replica(tmp_path, create=True) as replica:
         for i in range(3):
             await replica.put("c", str(i), {})
-        vv = replica.store.vv.copy()
+        vv = replica.vv.copy()
     async with open_replica(tmp_path) as replica:
-        assert replica.store.vv == vv
+        assert replica.vv == vv
         assert replica.info().changes_held == 3
 
 
@@ -101,8 +103,8 @@ async def test_snapshot_and_log_tail_restore_vector_clock_and_seq(
             await replica.put("c", f"k{i}", {})
             if i == SNAPSHOT_EVERY_CHANGES + 10:
                 mid = read_snapshot(tmp_path)
-        vv = replica.store.vv.copy()
-        clock = replica.store.clock.last
+        vv = replica.vv.copy()
+        clock = replica.read_clock().stamp
     assert mid is not None
     assert msgpack.unpackb(mid)[0] == SNAPSHOT_EVERY_CHANGES
     final = read_snapshot(tmp_path)
@@ -116,8 +118,8 @@ async def test_snapshot_and_log_tail_restore_vector_clock_and_seq(
     db.commit()
     db.close()
     async with open_replica(tmp_path) as replica:
-        assert replica.store.vv == vv
-        assert replica.store.clock.last == clock
+        assert replica.vv == vv
+        assert replica.read_clock().stamp == clock
         assert (await replica.put("c", "next", {})).seq == total + 1
 
 
@@ -137,7 +139,7 @@ async def test_a_snapshot_restores_gaps_as_runs(tmp_path: Path, written_by: str)
             for s in (1, 3, 4, 5, 9)
         ]
         await replica.apply_remote(changes)
-        vv = replica.store.vv.copy()
+        vv = replica.vv.copy()
     assert vv.runs(other) == ((3, 5), (9, 9))
     if written_by == "seqs":
         lsn, clock, entries = msgpack.unpackb(read_snapshot(tmp_path) or b"")
@@ -151,7 +153,7 @@ async def test_a_snapshot_restores_gaps_as_runs(tmp_path: Path, written_by: str)
         db.commit()
         db.close()
     async with open_replica(tmp_path) as replica:
-        assert replica.store.vv == vv
+        assert replica.vv == vv
 
 
 def corrupt_table(path: Path, table: str) -> None:
@@ -234,3 +236,20 @@ async def test_a_write_that_fails_takes_no_seq_and_no_log_position(
         assert second.seq == first.seq + 1
         assert replica.info().last_lsn == 2
         assert [lsn for lsn, _ in replica.changes_since(0)] == [1, 2]
+
+
+async def test_a_repair_of_the_clock_that_fails_leaves_the_clock_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """`repair-clock` on a disk that fails mid-way changes nothing: the changes keep
+    their stamps, so the clock must stay past them (it was set back even so)."""
+    now_ms = [1_790_000_000_000 + 3_600_000]  # an hour ahead ...
+    async with open_replica(tmp_path, create=True, wall_ms=lambda: now_ms[0]) as replica:
+        await replica.put("c", "k", {"a": 1})
+        ahead = replica.read_clock().stamp
+    now_ms[0] -= 3_600_000  # ... and set right
+    corrupt_table(tmp_path / DB_FILE, "records")  # the merge's writes fail
+    async with open_replica(tmp_path, wall_ms=lambda: now_ms[0]) as replica:
+        with pytest.raises(StorageError, match="malformed"):
+            await replica.repair_clock()
+        assert replica.read_clock().stamp == ahead

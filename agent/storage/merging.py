@@ -1,0 +1,436 @@
+"""What every store that merges records does the same, whatever keeps its bytes.
+
+`MergingStore` takes a batch of jobs (`Store.write_batch`): it stamps and sequences local
+writes, checks remote changes (`protocol.admission`, `protocol.hlc`), merges them into the
+records they touch (`protocol.crdt`), and hands the subclass the rows to write: records,
+log entries, the seqs taken from this node. A subclass keeps those rows (SQLite tables, or
+dicts in memory) inside one transaction of its own, and serves the reads.
+
+Records are kept encoded, as ``(document, stamps)`` (`protocol.codec.encode_document`,
+`encode_meta`; no document while deleted), and log entries as `encode_change` gives them:
+every store then reads back exactly what it was given, and equal records digest equally
+(`record_digest`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import msgpack
+
+from blazemesh.agent.errors import StorageError
+from blazemesh.agent.storage.store import Applied, Job, LocalWrite, Outcome, RecordUpdate
+from blazemesh.protocol.admission import MAX_RUNS_HELD, Admission
+from blazemesh.protocol.codec import (
+    decode_change,
+    decode_document,
+    decode_meta,
+    encode_change,
+    encode_document,
+    encode_meta,
+)
+from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
+from blazemesh.protocol.errors import OwnOriginError, ProtocolError, ValidationError
+from blazemesh.protocol.hlc import COUNTER_BITS, HybridClock
+from blazemesh.protocol.model import (
+    MAX_CHANGE_BYTES,
+    MAX_SEQ,
+    Change,
+    Value,
+    change_objects,
+    held_bytes,
+)
+from blazemesh.protocol.vv import VersionVector
+
+# A record as stored: (collection, key, encoded document or None while deleted, stamps).
+RecordRow = tuple[str, str, bytes | None, bytes]
+StoredRecord = tuple[str, bytes | None, bytes]  # a record of a known collection: key, doc, stamps
+# A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change).
+LogRow = tuple[int, bytes, int, int, bytes]
+
+# What a failure of the storage says (`MergingStore._failing`).
+WRITE_FAILED = "write to {where} failed: {error}"
+READ_FAILED = "could not read {where}: {error}"
+RESTAMP_FAILED = "re-stamping in {where} failed: {error}"
+
+
+def last_stamp(change: Change) -> int:
+    """The stamp of a change's last op: the clock stands at least there once it is held."""
+    return change.hlc + len(change.ops) - 1
+
+
+def replay(
+    vv: VersionVector,
+    rows: Iterable[tuple[int, bytes, int, int]],
+    lsn: int = 0,
+    stamp: int = 0,
+) -> tuple[int, int]:
+    """Add the dots of log entries ``(lsn, origin, seq, last stamp)`` to ``vv``, as on
+    opening; return the last lsn and the greatest stamp, starting from ``lsn``, ``stamp``."""
+    for row_lsn, origin, seq, last in rows:
+        vv.add(origin, seq)
+        stamp = max(stamp, last)
+        lsn = row_lsn
+    return lsn, stamp
+
+
+def page(rows: Iterable[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
+    """The rows ``(number, encoded change)`` up to ``max_bytes`` of changes, or the first
+    alone if it is larger."""
+    out: list[tuple[int, bytes]] = []
+    size = 0
+    for row in rows:
+        size += len(row[1])
+        if out and size > max_bytes:
+            break
+        out.append(row)
+    return out
+
+
+def record_digest(rows: Iterable[tuple[str, str, bytes]]) -> str:
+    """BLAKE2b of visible records ``(collection, key, encoded document)`` given in
+    (collection, key) order, as hex: `Store.digest`."""
+    h = hashlib.blake2b(digest_size=16)
+    for collection, key, doc in rows:
+        h.update(msgpack.packb((collection, key, doc)))
+    return h.hexdigest()
+
+
+def _document_bytes(update: RecordUpdate, doc_bytes: dict[RecordKey, int]) -> int:
+    """The held bytes of ``update``'s document: those of the record as the batch left
+    it, or, if the batch deleted it, of this document itself."""
+    document = update.document
+    if document is None:
+        return 0
+    size = doc_bytes.get((update.collection, update.key))
+    if size is None:
+        size = _held_document(encode_document(document), document)
+    return size
+
+
+def _held_document(doc: bytes, document: dict[str, Value]) -> int:
+    return held_bytes(len(doc), 1 + len(document))
+
+
+class MergingStore(ABC):
+    """What every merging `Store` shares, over a subclass's rows. Not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        wall_ms: Callable[[], int],
+        clock: HybridClock,
+        vv: VersionVector,
+        last_lsn: int,
+        taken: Sequence[tuple[int, int]],
+    ) -> None:
+        """Start from what the subclass recovered: the clock and the vector of the
+        changes held, the last log position, and the runs of this node's seqs taken."""
+        self.node_id = node_id
+        self.wall_ms = wall_ms  # the HLC's wall clock
+        self.clock = clock
+        self.vv = vv
+        self._last_lsn = last_lsn
+        # Seqs of this node's own id that peers hold changes under and this node never
+        # made (`OwnOriginError`): its own writes skip them, so that a forged change does
+        # not shadow a real one. Bounded like gaps.
+        self._taken = VersionVector.from_parts({}, {node_id: list(taken)})
+        self._next_seq = vv.max_seq(node_id) + 1
+        self.commits = 0  # transactions committed since opening: group commit shows here
+
+    @property
+    def last_lsn(self) -> int:
+        return self._last_lsn
+
+    # -- what a subclass provides ---------------------------------------------------------
+
+    # The exceptions by which the subclass's storage fails (sqlite3.Error, say): they
+    # come out as `StorageError`, saying what failed (`_failing`).
+    STORAGE_ERRORS: tuple[type[Exception], ...] = ()
+
+    @abstractmethod
+    def _where(self) -> str:
+        """The store's name in messages: its file, say."""
+
+    @abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[object]:
+        """A write transaction: commits if the block returns, rolls back if it raises."""
+
+    @abstractmethod
+    def _load_records(self, collection: str, keys: list[str]) -> Iterable[StoredRecord]:
+        """The stored records of those of ``keys`` that ``collection`` holds."""
+
+    @abstractmethod
+    def _save_records(self, rows: list[RecordRow]) -> None:
+        """Write (insert or replace) records, in the transaction."""
+
+    @abstractmethod
+    def _append_log(self, rows: list[LogRow]) -> None:
+        """Add log entries, in the transaction."""
+
+    @abstractmethod
+    def _save_taken(self, runs: list[tuple[int, int]]) -> None:
+        """Keep, in the transaction, the runs of this node's seqs taken (`_take`)."""
+
+    @abstractmethod
+    def _own_ahead(self, stamp: int) -> list[tuple[int, bytes]]:
+        """``(lsn, encoded change)`` of this node's changes whose last stamp is past
+        ``stamp``, by seq."""
+
+    @abstractmethod
+    def _last_stamp_but_own_ahead(self, stamp: int) -> int:
+        """The greatest last stamp of the log's changes but those of `_own_ahead`."""
+
+    @abstractmethod
+    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int) -> None:
+        """Replace the change at ``lsn`` and its last stamp, in the transaction."""
+
+    @abstractmethod
+    def _whole_log(self) -> Iterable[bytes]:
+        """Every encoded change of the log, by lsn."""
+
+    @abstractmethod
+    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+        """Called inside each batch's transaction once its rows are written, with the
+        last lsn and the dots it adds (`SqliteStore` saves a snapshot there)."""
+
+    @abstractmethod
+    def _restamped(self) -> None:
+        """Called inside `restamp_ahead`'s transaction once the new clock is set."""
+
+    @contextlib.contextmanager
+    def _failing(self, message: str) -> Iterator[None]:
+        """Raise `STORAGE_ERRORS` in the block as `StorageError` with ``message``, which
+        names the store as ``{where}`` and the error as ``{error}``."""
+        try:
+            yield
+        except self.STORAGE_ERRORS as exc:
+            raise StorageError(message.format(where=self._where(), error=exc)) from exc
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write_batch(self, jobs: Sequence[Job], *, with_updates: bool = True) -> list[Outcome]:
+        """`Store.write_batch`."""
+        before = self._next_seq, self._taken, self._last_lsn
+        try:
+            with self._failing(WRITE_FAILED), self._transaction():
+                outcomes = self._write_batch(jobs, with_updates)
+        except BaseException:
+            # Rolled back: the seqs and log positions it took were never written.
+            self._next_seq, self._taken, self._last_lsn = before
+            raise
+        self.commits += 1
+        return outcomes
+
+    def _write_batch(self, jobs: Sequence[Job], with_updates: bool) -> list[Outcome]:
+        outcomes: list[Outcome] = [None] * len(jobs)
+        admitted: list[tuple[int, Change, bytes]] = []
+        added: dict[bytes, set[int]] = {}
+        admission = Admission(self.node_id, self.vv)
+        for i, job in enumerate(jobs):
+            try:
+                change, blob = self._admit(job, added, admission)
+            except OwnOriginError as exc:
+                outcomes[i] = exc
+                assert isinstance(job, Change)
+                self._take(job.seq)
+                continue
+            except ProtocolError as exc:
+                outcomes[i] = exc
+                continue
+            if change is not None:
+                admitted.append((i, change, blob))
+                added.setdefault(change.origin, set()).add(change.seq)
+        if not admitted:
+            return outcomes
+        states = self._load_states(
+            {(op.collection, op.key) for _, c, _ in admitted for op in c.ops}
+        )
+        dirty: set[RecordKey] = set()
+        log_rows: list[LogRow] = []
+        lsn = self._last_lsn
+        for i, change, blob in admitted:
+            touched = apply_change(change, states)
+            dirty |= touched
+            updates: tuple[RecordUpdate, ...] = ()
+            if with_updates:
+                updates = tuple(
+                    RecordUpdate(collection=c, key=k, document=states[c, k].document())
+                    for c, k in dict.fromkeys((op.collection, op.key) for op in change.ops)
+                    if (c, k) in touched
+                )
+            lsn += 1
+            log_rows.append((lsn, change.origin, change.seq, last_stamp(change), blob))
+            outcomes[i] = Applied(
+                lsn=lsn,
+                change=change,
+                updates=updates,
+                change_bytes=held_bytes(len(blob), change_objects(change)),
+                updates_bytes=0,  # known once every change of the batch is applied (below)
+            )
+        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
+        if with_updates:
+            # A record that several changes of the batch touched counts as it ended, or
+            # as this change left it if a later one deleted it.
+            for i, *_ in admitted:
+                applied = outcomes[i]
+                assert isinstance(applied, Applied)
+                held = sum(_document_bytes(u, doc_bytes) for u in applied.updates)
+                outcomes[i] = dataclasses.replace(applied, updates_bytes=held)
+        self._append_log(log_rows)
+        self._written(lsn, added)
+        self._last_lsn = lsn
+        return outcomes
+
+    def _admit(
+        self, job: Job, added: dict[bytes, set[int]], admission: Admission
+    ) -> tuple[Change | None, bytes]:
+        """Stamp a local write, or check a remote change; return it and its log encoding."""
+        if isinstance(job, LocalWrite):
+            seq = self._taken.next_gap(self.node_id, self._next_seq)
+            if seq > MAX_SEQ:
+                raise ValidationError("this node has used up its sequence numbers")
+            change = Change(
+                origin=self.node_id,
+                seq=seq,
+                hlc=self.clock.tick(self.wall_ms(), width=len(job.ops)),
+                ops=job.ops,
+            )
+            blob = encode_change(change)
+            if len(blob) > MAX_CHANGE_BYTES:
+                raise ValidationError(
+                    f"the transaction is {len(blob)} bytes encoded; the limit is {MAX_CHANGE_BYTES}"
+                )
+            self._next_seq = seq + 1
+            return change, blob
+        if job.dot in self.vv or job.seq in added.get(job.origin, ()):
+            return None, b""
+        admission.admit(job)
+        self.clock.receive(last_stamp(job), self.wall_ms())
+        return job, encode_change(job)
+
+    def _take(self, seq: int) -> None:
+        """Remember, in this batch's transaction, that peers hold a change under this
+        node's id and ``seq`` that it never made, unless that would pass the gap bound."""
+        taken, node_id = self._taken, self.node_id
+        if (node_id, seq) in taken or (
+            taken.opens_run(node_id, seq) and len(taken.runs(node_id)) >= MAX_RUNS_HELD
+        ):
+            return
+        taken = taken.copy()
+        taken.add(node_id, seq)
+        runs = [(1, taken.base(node_id))] if taken.base(node_id) else []
+        self._save_taken(runs + list(taken.runs(node_id)))
+        self._taken = taken
+
+    def _load_states(self, keys: set[RecordKey]) -> dict[RecordKey, RecordState]:
+        states = {rk: RecordState() for rk in keys}
+        by_collection: dict[str, list[str]] = {}
+        for collection, key in keys:
+            by_collection.setdefault(collection, []).append(key)
+        for collection, names in by_collection.items():
+            for key, doc, meta in self._load_records(collection, names):
+                states[collection, key] = self._decode_state(collection, key, doc, meta)
+        return states
+
+    def _decode_state(
+        self, collection: str, key: str, doc: bytes | None, meta: bytes
+    ) -> RecordState:
+        try:
+            return decode_meta(meta, None if doc is None else decode_document(doc))
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+            raise StorageError(
+                f"record {collection}/{key} in {self._where()} is corrupt: {exc}"
+            ) from None
+
+    def _save_states(
+        self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey], *, sizes: bool
+    ) -> dict[RecordKey, int]:
+        """Write the records of ``keys``; with ``sizes``, return the held bytes of each
+        document left (else nothing)."""
+        rows: list[RecordRow] = []
+        doc_bytes: dict[RecordKey, int] = {}
+        for c, k in keys:
+            state = states[c, k]
+            document = state.document()
+            doc = None
+            if document is not None:
+                doc = encode_document(document)
+                if sizes:
+                    doc_bytes[c, k] = _held_document(doc, document)
+            rows.append((c, k, doc, encode_meta(state)))
+        self._save_records(rows)
+        return doc_bytes
+
+    def finish(self, outcomes: Sequence[Outcome]) -> None:
+        """Fold a returned batch's new dots into the in-memory version vector.
+
+        Kept apart from `write_batch` so that, when a batch runs in a worker thread, the
+        vector is only ever changed on the thread that reads it.
+        """
+        for outcome in outcomes:
+            if isinstance(outcome, Applied):
+                self.vv.add(outcome.change.origin, outcome.change.seq)
+
+    def restamp_ahead(self) -> int:
+        """`Store.restamp_ahead`, for a node whose clock ran ahead and was set right.
+
+        Every peer refused those changes (their stamps were ahead of its clock), so they
+        are nowhere else, and re-stamped they no longer win against everything written
+        until the wall clock reaches their old stamps. Each keeps its seq and ops; the
+        records they touched are merged again from the whole log. One transaction;
+        reads the whole log, so it takes as long as a full scan. If it fails, nothing
+        changes, the clock included.
+        """
+        now_ms = self.wall_ms()
+        old = self.clock
+        ahead = ((now_ms + old.max_skew_ms + 1) << COUNTER_BITS) - 1  # stamps past this
+        try:
+            with self._failing(RESTAMP_FAILED), self._transaction():
+                rows = self._own_ahead(ahead)
+                clock = HybridClock(
+                    last=self._last_stamp_but_own_ahead(ahead), max_skew_ms=old.max_skew_ms
+                )
+                keys: set[RecordKey] = set()
+                for lsn, blob in rows:
+                    was = decode_change(blob)
+                    change = Change(
+                        origin=was.origin,
+                        seq=was.seq,
+                        hlc=clock.tick(now_ms, width=len(was.ops)),
+                        ops=was.ops,
+                    )
+                    self._rewrite_log(lsn, encode_change(change), last_stamp(change))
+                    keys.update((op.collection, op.key) for op in change.ops)
+                states: dict[RecordKey, RecordState] = {}
+                for blob in self._whole_log():
+                    change = decode_change(blob)
+                    if any((op.collection, op.key) in keys for op in change.ops):
+                        apply_change(change, states)
+                self._save_states(states, keys, sizes=False)
+                self.clock = clock
+                self._restamped()  # a snapshot, with the new clock
+        except ProtocolError as exc:  # a log entry that does not decode
+            self.clock = old
+            raise StorageError(RESTAMP_FAILED.format(where=self._where(), error=exc)) from exc
+        except BaseException:
+            self.clock = old
+            raise
+        return len(rows)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, collection: str, key: str) -> dict[str, Value] | None:
+        """`Store.get`."""
+        with self._failing(READ_FAILED):
+            doc = self._read_document(collection, key)
+        return None if doc is None else decode_document(doc)
+
+    @abstractmethod
+    def _read_document(self, collection: str, key: str) -> bytes | None:
+        """The committed encoded document of a record, or None if absent or deleted."""
