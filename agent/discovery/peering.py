@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import assert_never
 
 import trio
 
@@ -126,11 +127,17 @@ class Peering:
             await trio.sleep(PLAN_GAP_S)
 
     def _on(self, event: DiscoveryEvent, now: float) -> None:
-        if isinstance(event, PeerGone):
-            gone = self.sightings.pop(event.name, None)
-            if gone is not None and log.isEnabledFor(logging.INFO):
-                log.info("%s withdrew its advert", node_id_short(gone.seen.node_id))
-            return
+        match event:
+            case PeerGone():
+                gone = self.sightings.pop(event.name, None)
+                if gone is not None and log.isEnabledFor(logging.INFO):
+                    log.info("%s withdrew its advert", node_id_short(gone.seen.node_id))
+            case PeerSeen():
+                self._seen(event, now)
+            case _:
+                assert_never(event)
+
+    def _seen(self, event: PeerSeen, now: float) -> None:
         if event.node_id == self.node.node_id:
             return
         old = self.sightings.get(event.name)

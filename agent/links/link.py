@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import assert_never
 
 import trio
 
@@ -167,13 +168,16 @@ class Link:
                 raise LinkEndedError("the peer closed the link")
             sync.receive_data(data, trio.current_time())
             while (event := sync.next_event()) is not None:
-                if isinstance(event, PeerHello):
-                    self._on_hello(self)
-                elif isinstance(event, PeerRefused):
-                    self._peer_refused(event)
-                else:
-                    self._incoming_held += event.held_bytes
-                    self._incoming_send.send_nowait(event)
+                match event:
+                    case PeerHello():
+                        self._on_hello(self)
+                    case PeerRefused():
+                        self._peer_refused(event)
+                    case Incoming():
+                        self._incoming_held += event.held_bytes
+                        self._incoming_send.send_nowait(event)
+                    case _:
+                        assert_never(event)
             self.wake()
             # Small ops decode to many times their bytes on the wire (a change of 65,535
             # ops: 0.8 MiB sent, 22 MB held): past the bound the reader stops taking more

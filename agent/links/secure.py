@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import NoReturn, assert_never
 
 import trio
 
@@ -119,12 +119,15 @@ async def _run_handshake(
         data = await stream.receive_some(MESSAGE_RECEIVE_BYTES)
         session.receive_data(data)
         while (event := session.next_event()) is not None:
-            if isinstance(event, Established):
-                peer = event
-            elif isinstance(event, Data):
-                received.append(event.data)  # arrived with the last handshake message
-            else:
-                raise ChannelError("the peer closed during the handshake", reason="closed")
+            match event:
+                case Established():
+                    peer = event
+                case Data():
+                    received.append(event.data)  # arrived with the last handshake message
+                case Closed():
+                    raise ChannelError("the peer closed during the handshake", reason="closed")
+                case _:
+                    assert_never(event)
 
 
 def _reraise(exc: BaseException, during: str) -> NoReturn:
@@ -253,16 +256,22 @@ class SecureStream(trio.abc.Stream):
     async def _fill(self) -> None:
         self._session.receive_data(await self._transport.receive_some(MESSAGE_RECEIVE_BYTES))
         while (event := self._session.next_event()) is not None:
-            if isinstance(event, Data):
-                self._pending += event.data
-            elif isinstance(event, Closed):
-                if not event.clean:
-                    raise ChannelError(
-                        f"the connection to {node_id_short(self.peer_id)} ended without a "
-                        "close (the peer stopped, or dropped the link in the middle of a send)",
-                        reason="closed",
-                    )
-                self._eof = True
+            match event:
+                case Data():
+                    self._pending += event.data
+                case Closed():
+                    if not event.clean:
+                        raise ChannelError(
+                            f"the connection to {node_id_short(self.peer_id)} ended without a "
+                            "close (the peer stopped, or dropped the link in the middle of a "
+                            "send)",
+                            reason="closed",
+                        )
+                    self._eof = True
+                case Established():
+                    raise AssertionError("a session is established once, by its handshake")
+                case _:
+                    assert_never(event)
 
     async def aclose(self) -> None:
         """Send a clean close if the session is still open and no send was interrupted,
