@@ -54,20 +54,27 @@ class AgentConfig:
     max_peers: int = DEFAULT_MAX_PEERS  # adverts discovery follows at once (agent.discovery)
 
 
+def host_ipv4_addresses() -> list[str]:
+    """This host's IPv4 addresses, loopback ones included, sorted."""
+    return sorted(
+        {ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)}
+    )
+
+
+def lan_addresses(addresses: list[str]) -> list[str]:
+    """Those of ``addresses`` that are not loopback: where a real deployment advertises."""
+    return [a for a in addresses if not a.startswith("127.")]
+
+
 def default_interfaces() -> list[str]:
     """This host's non-loopback IPv4 addresses: where a real deployment advertises."""
-    found = {
-        ip.ip
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
-    }
+    found = lan_addresses(host_ipv4_addresses())
     if not found:
         raise ConfigError(
             "no network interface with an IPv4 address for mDNS: "
             "pass --interface ADDR, or --discovery none with --peer"
         )
-    return sorted(found)
+    return found
 
 
 async def run_agent(

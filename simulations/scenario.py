@@ -48,6 +48,7 @@ ACTIONS = {
     "storm": "break every connection of the network at once: a reconnect storm",
 }
 MAX_NODES = 5_000  # one trio run holds every node; beyond this, memory decides
+MAX_WRITES = 10_000_000  # each is held by every node and traced: memory decides long before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,8 +105,15 @@ class Scenario:
             raise ValueError(f"hub_candidates must be 1 to {self.nodes}, got {self.hub_candidates}")
         if self.max_links is not None and self.max_links < 1:
             raise ValueError(f"max_links must be at least 1, got {self.max_links}")
-        if self.writes < 1 or self.write_every_s < 0 or self.converge_within_s <= 0:
-            raise ValueError("writes must be >= 1, write_every_s >= 0, converge_within_s > 0")
+        if self.max_links is not None and self.topology == "star":
+            raise ValueError(
+                "max_links bounds the links of a mesh; in a star each spoke links to its hub "
+                "alone: drop max_links, or choose mesh"
+            )
+        if not 1 <= self.writes <= MAX_WRITES:
+            raise ValueError(f"writes must be 1 to {MAX_WRITES:,}, got {self.writes}")
+        if self.write_every_s < 0 or self.converge_within_s <= 0:
+            raise ValueError("write_every_s must be >= 0 and converge_within_s > 0")
         if not 0 <= self.deletes < 1 or (self.deletes and self.hot_keys is None):
             raise ValueError("deletes is a share in [0, 1) and needs hot_keys")
         if self.hot_keys is not None and self.hot_keys < 1:

@@ -111,7 +111,12 @@ class AgentClient:
 
     async def _send(self, op: str, args: Mapping[str, Value]) -> int:
         request_id, self._next_id = self._next_id, self._next_id + 1
-        frame = encode_frame(Request(id=request_id, op=op, args=dict(args)))
+        try:
+            frame = encode_frame(Request(id=request_id, op=op, args=dict(args)))
+        except (ValueError, TypeError, OverflowError) as exc:
+            # msgpack's refusals (an integer past 64 bits, a lone surrogate, a value too
+            # deep or too large for one frame): a mistake in the request, nothing sent.
+            raise AgentError(f"cannot send {op!r} to the agent: {exc}") from None
         try:
             await self._stream.send_all(frame)
         except trio.BrokenResourceError as exc:

@@ -4,11 +4,13 @@ Each agent is a real ``blazemesh agent`` process (`agent.cli.launcher`): its own
 address with mDNS pinned to it, a throwaway data directory. The demo talks to the agents
 through their control sockets: it waits for discovery to link them, writes on every
 node, follows every node's watch stream, and stops once every replica holds the same
-digest. Then it stops the agents and deletes the directories.
+digest. Then it stops the agents and deletes the directories: also when it fails or is
+interrupted (Ctrl-C reaches the demo alone, which stops them; `agent.cli.interrupt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -121,12 +123,14 @@ class Demo:
     ) -> None:
         client = await node.connect()  # a connection of its own: a watch holds one
         try:
-            async for _ in client.stream("watch", {"collection": "demo", "since": 0}):
-                held[node.name] += 1
-                if held[node.name] in (1, total // 2, total):
-                    self.say(f"{node.name} has {held[node.name]}/{total} changes")
-                if all(n >= total for n in held.values()):
-                    done.set()
+            events = client.stream("watch", {"collection": "demo", "since": 0})
+            async with contextlib.aclosing(events):
+                async for _ in events:
+                    held[node.name] += 1
+                    if held[node.name] in (1, total // 2, total):
+                        self.say(f"{node.name} has {held[node.name]}/{total} changes")
+                    if all(n >= total for n in held.values()):
+                        done.set()
         finally:
             await client.aclose()
 

@@ -62,6 +62,9 @@ class LocalAgent:
                 ],
                 stdout=log,
                 stderr=log,
+                # A group of its own: Ctrl-C in a terminal signals the foreground group,
+                # and the agents are stopped by whoever started them, in order.
+                process_group=0,
             )
         with trio.fail_after(START_TIMEOUT_S):
             self.client = await self.connect()
@@ -117,9 +120,9 @@ async def local_agents(
     if not (first_host > 0 and first_host + count <= 255):
         raise ConfigError(f"127.0.0.{first_host} + {count} agents runs past 127.0.0.254")
     top = Path(tempfile.mkdtemp(prefix=prefix))
-    mesh = new_mesh("local")
     agents = []
     try:
+        mesh = new_mesh("local")
         for i in range(count):
             host = f"127.0.0.{first_host + i}"
             data_dir = top / f"node{i}"

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -26,10 +27,10 @@ from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import change_event
-from blazemesh.protocol.errors import ProtocolError
+from blazemesh.protocol.errors import ProtocolError, RemoteProtocolError
 from blazemesh.protocol.hlc import millis
 from blazemesh.protocol.ids import node_id_short, parse_node_id
-from blazemesh.protocol.model import Value
+from blazemesh.protocol.model import Put, Value, validate_op
 
 WATCH_POLL_S = 0.2  # without an agent, how often `watch` asks SQLite whether the log grew
 WATCH_PAGE = 500  # log entries printed per read
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None, *, register_more: Register | None = 
     args = parser.parse_args(argv)
     try:
         code = args.run(args)
-    except (AgentError, ProtocolError) as exc:
+    except USER_ERRORS as exc:
         _fail(str(exc))
     except sqlite3.Error as exc:
         _fail(f"database error: {exc}")
@@ -55,12 +56,45 @@ def main(argv: Sequence[str] | None = None, *, register_more: Register | None = 
         # The reader went away (`blazemesh ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as exc:  # the machine said no (a file, a permission, a full disk)
+        _fail(os_error_text(exc))
+    except BaseExceptionGroup as group:  # what concurrent tasks raised together
+        message = _group_message(group)
+        if message is None:
+            raise
+        _fail(message)
     sys.exit(code)
+
+
+# What a user mistake raises: each one prints as one line (`blazemesh: error: ...`).
+USER_ERRORS = (AgentError, ProtocolError)
 
 
 def _fail(message: str) -> NoReturn:
     print(f"blazemesh: error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An `OSError` as one line: what failed, on which file."""
+    what = exc.strerror or str(exc)
+    return what if exc.filename is None else f"{exc.filename}: {what}"
+
+
+def _group_message(group: BaseExceptionGroup[BaseException]) -> str | None:
+    """The line to print for tasks that failed together, if every one of them failed by
+    a user mistake (`USER_ERRORS`); None if any failed otherwise (a bug: its traceback
+    is what helps)."""
+    leaves, pending = [], list(group.exceptions)
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif isinstance(exc, USER_ERRORS):
+            leaves.append(str(exc))
+        else:
+            return None
+    return "; ".join(dict.fromkeys(leaves)) or None
 
 
 def build_parser(register_more: Register | None = None) -> argparse.ArgumentParser:
@@ -138,7 +172,20 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    """The data directory the command names; `ConfigError` if that path cannot be one
+    (a file, or under a file): every command says so before anything else."""
+    path = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        is_dir = stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        return path  # `init` creates it; other commands say to run `init`
+    except NotADirectoryError:
+        raise ConfigError(f"the data directory {path} cannot exist: a parent is a file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot use the data directory {path}: {exc.strerror}") from None
+    if not is_dir:
+        raise ConfigError(f"the data directory {path} is a file, not a directory")
+    return path
 
 
 def _session(
@@ -178,7 +225,12 @@ def _committed(result: dict[str, Any]) -> None:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    request = {"collection": args.collection, "key": args.key, "fields": _fields(args)}
+    fields = _fields(args)
+    # Checked here as the replica checks it, so that a value no agent would take (an
+    # integer past 64 bits, text that is not UTF-8) is refused in the same words whether
+    # or not an agent runs, and before it is sent.
+    validate_op(Put(collection=args.collection, key=args.key, fields=fields))
+    request = {"collection": args.collection, "key": args.key, "fields": fields}
 
     async def body(session: Session) -> int:
         _committed(await session.call("put", request))
@@ -306,6 +358,7 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
 
 async def _follow_log(data_dir: Path, collection: str | None, since: int | None) -> int:
     """Without an agent: print log entries as they commit, by whichever process writes."""
+    from blazemesh.agent.storage.merging import corrupt_log_entry
     from blazemesh.agent.storage.sqlite import LogReader
     from blazemesh.protocol.codec import decode_change
 
@@ -317,7 +370,11 @@ async def _follow_log(data_dir: Path, collection: str | None, since: int | None)
         while True:
             rows = reader.since(lsn, WATCH_PAGE)
             for lsn, blob in rows:
-                event = change_event(lsn, decode_change(blob), collection)
+                try:
+                    change = decode_change(blob)
+                except RemoteProtocolError as exc:
+                    raise corrupt_log_entry(lsn, str(data_dir / DB_FILE), exc) from None
+                event = change_event(lsn, change, collection)
                 if event["ops"]:
                     _print_event(event)
             if rows:

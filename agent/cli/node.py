@@ -8,7 +8,9 @@ without the rest (docs/performance.md, "Start-up").
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.network import DEFAULT_PORT, Address, parse_address
 from blazemesh.protocol.errors import LocalProtocolError
 from blazemesh.protocol.ids import parse_node_id
+
+log = logging.getLogger(__name__)
 
 DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -56,8 +60,9 @@ def register(
     p.add_argument(
         "--discovery",
         choices=["mdns", "none"],
-        default="mdns",
-        help="find peers on the LAN by mDNS (default), or only use --peer",
+        default=None,
+        help="find peers on the LAN by mDNS, or only use --peer (default: mDNS if this host "
+        "has a network interface besides loopback, else none, with a warning)",
     )
     p.add_argument(
         "--interface",
@@ -144,27 +149,101 @@ def _node_id(text: str) -> bytes:
         raise ConfigError(f"--hub: {exc}") from None
 
 
+def check_topology(mode: str, max_links: int | None, hub: str | None) -> None:
+    """Refuse options the topology ``mode`` would ignore, or a bound of no links."""
+    if max_links is not None and max_links < 1:
+        raise ConfigError(f"--max-links must be at least 1, got {max_links}")
+    if max_links is not None and mode == "star":
+        raise ConfigError(
+            "--max-links bounds the links of a mesh; in a star each spoke links to its hub "
+            "alone: drop --max-links, or choose mesh"
+        )
+    if hub is not None and mode != "star":
+        raise ConfigError(f"--hub names the hub of a star, and this is a {mode}: choose star")
+
+
+def mdns_interfaces(asked: str | None, given: list[str], host: list[str]) -> list[str] | None:
+    """The addresses mDNS runs on, or None for no mDNS.
+
+    ``asked`` is ``--discovery`` (None if not given), ``given`` the ``--interface``
+    addresses, ``host`` this host's IPv4 addresses. Without ``--interface``, mDNS runs on
+    every address but loopback; if there is none (an offline laptop, a bare container)
+    it is off with a warning, unless ``--discovery mdns`` asked for it: then the agent
+    refuses to start (docs/operations.md, "Discovery and topologies").
+    """
+    from blazemesh.agent.service import lan_addresses
+
+    if asked == "none":
+        if given:
+            raise ConfigError("--interface says where mDNS runs, and --discovery none turns it off")
+        return None
+    for address in given:
+        if not _local_ipv4(address):
+            raise ConfigError(
+                f"--interface {address} is not an IPv4 address of this host "
+                f"(its addresses: {', '.join(host) or 'none'})"
+            )
+    interfaces = given or lan_addresses(host)
+    if interfaces:
+        return interfaces
+    if asked == "mdns":
+        raise ConfigError(
+            "--discovery mdns: this host has no network interface with an IPv4 address "
+            "besides loopback: pass --interface ADDR, or --discovery none with --peer"
+        )
+    log.warning(
+        "this host has no network interface with an IPv4 address besides loopback: "
+        "discovery by mDNS is off; this agent links to its --peer addresses and to peers "
+        "that dial it"
+    )
+    return None
+
+
+def _local_ipv4(address: str) -> bool:
+    """Whether ``address`` is an IPv4 address of this host: one a socket can bind
+    (127.0.0.0/8 entire, which interface lists show as 127.0.0.1 alone)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:  # EADDRNOTAVAIL: another host's
+            return False
+    return True
+
+
 def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
-    from blazemesh.agent.service import DEFAULT_LISTEN, AgentConfig, run_agent
+    from blazemesh.agent.service import (
+        DEFAULT_LISTEN,
+        AgentConfig,
+        host_ipv4_addresses,
+        run_agent,
+    )
     from blazemesh.agent.storage.store import Durability
     from blazemesh.protocol.topology import TopologyConfig
 
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    check_topology(args.topology, args.max_links, args.hub)
+    listen = _addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN]
+    peers = _addresses(args.peer, "--peer")
+    hub = None if args.hub is None else _node_id(args.hub)
+    max_peers = _max_peers(args.max_peers)
+    interfaces = mdns_interfaces(args.discovery, args.interface, host_ipv4_addresses())
     config = AgentConfig(
         data_dir=data_dir,
-        listen=_addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN],
-        peers=_addresses(args.peer, "--peer"),
+        listen=listen,
+        peers=peers,
         durability=Durability(args.durability),
-        mdns=args.discovery == "mdns",
-        interfaces=args.interface,
-        topology=TopologyConfig(
-            mode=args.topology,
-            max_links=args.max_links,
-            hub=None if args.hub is None else _node_id(args.hub),
-        ),
+        mdns=interfaces is not None,
+        interfaces=interfaces or [],
+        topology=TopologyConfig(mode=args.topology, max_links=args.max_links, hub=hub),
         hub_eligible=args.hub_eligible,
-        max_peers=_max_peers(args.max_peers),
+        max_peers=max_peers,
     )
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     trio.run(run_agent, config)
     return 0
 
@@ -179,6 +258,7 @@ def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
 
 
 def cmd_topology_set(data_dir: Path, args: argparse.Namespace) -> int:
+    check_topology(args.mode, args.max_links, args.hub)
     request = {"mode": args.mode, "max_links": args.max_links, "hub": args.hub}
 
     async def run() -> Any:
@@ -230,13 +310,17 @@ def cmd_topology(data_dir: Path, args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from blazemesh.agent.cli.demo import Demo
+    from blazemesh.agent.cli.interrupt import INTERRUPTED, until_interrupted
 
+    check_topology(args.topology, args.max_links, None)
     extra = ["--topology", args.topology, "--log-level", "warning"]
 
     if args.max_links is not None:
         extra += ["--max-links", str(args.max_links)]
     hubs = 2 if args.topology == "star" else 0  # node0 and node1 may be the hub
-    return trio.run(Demo(args.nodes, extra, hub_eligible=hubs).run)
+    demo = Demo(args.nodes, extra, hub_eligible=hubs)
+    code = trio.run(until_interrupted, demo.run, lambda: demo.say("interrupted"))
+    return INTERRUPTED if code is None else code
 
 
 def _rows(data_dir: Path, op: str, args: argparse.Namespace, empty: str) -> list[dict[str, Any]]:

@@ -56,6 +56,32 @@ LogRow = tuple[int, bytes, int, int, bytes]
 WRITE_FAILED = "write to {where} failed: {error}"
 READ_FAILED = "could not read {where}: {error}"
 RESTAMP_FAILED = "re-stamping in {where} failed: {error}"
+# What decoding stored bytes that are not what was stored (damage on disk) raises.
+DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException)
+
+
+def stored_document(doc: bytes, collection: str, key: str, where: str) -> dict[str, Value]:
+    """Decode the stored document of ``collection/key``; `StorageError` naming the record
+    and the store ``where`` if its bytes are damaged."""
+    try:
+        return decode_document(doc)
+    except DECODE_ERRORS as exc:
+        raise StorageError(_corrupt_record(collection, key, where, exc)) from None
+
+
+def _corrupt_record(collection: str, key: str, where: str, exc: Exception) -> str:
+    return (
+        f"record {collection}/{key} in {where} is corrupt ({type(exc).__name__}: {exc}): "
+        "the database is damaged; restore it from a backup"
+    )
+
+
+def corrupt_log_entry(lsn: int, where: str, exc: Exception) -> StorageError:
+    """The error for log entry ``lsn`` of ``where`` that does not decode."""
+    return StorageError(
+        f"log entry {lsn} in {where} is corrupt ({exc}): the database is damaged; "
+        "restore it from a backup"
+    )
 
 
 def last_stamp(change: Change) -> int:
@@ -343,10 +369,8 @@ class MergingStore(ABC):
     ) -> RecordState:
         try:
             return decode_meta(meta, None if doc is None else decode_document(doc))
-        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
-            raise StorageError(
-                f"record {collection}/{key} in {self._where()} is corrupt: {exc}"
-            ) from None
+        except DECODE_ERRORS as exc:
+            raise StorageError(_corrupt_record(collection, key, self._where(), exc)) from None
 
     def _save_states(
         self, states: dict[RecordKey, RecordState], keys: Iterable[RecordKey], *, sizes: bool
@@ -429,7 +453,7 @@ class MergingStore(ABC):
         """`Store.get`."""
         with self._failing(READ_FAILED):
             doc = self._read_document(collection, key)
-        return None if doc is None else decode_document(doc)
+        return None if doc is None else stored_document(doc, collection, key, self._where())
 
     @abstractmethod
     def _read_document(self, collection: str, key: str) -> bytes | None:

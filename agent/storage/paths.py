@@ -92,14 +92,36 @@ def open_secret_file(data_dir: Path, name: str, *, holds: str, missing: str) -> 
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise ConfigError(missing) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}, which holds {holds}: {exc.strerror}{_owner_hint(path)}"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a file: it should hold {holds}")
     with os.fdopen(fd) as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        mode = stat.S_IMODE(info.st_mode)
         if mode & OTHERS_ACCESS:
             raise ConfigError(
                 f"{path} is readable by others (mode {mode:04o}) and holds {holds}: "
                 f"if it was not exposed, run `chmod 600 {path}`"
             )
         yield f
+
+
+def _owner_hint(path: Path) -> str:
+    """Why a file may be unreadable: it belongs to another user (named by uid)."""
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return ""
+    if owner == os.geteuid():
+        return ""
+    return (
+        f" (it belongs to uid {owner}: run blazemesh as that user, or give it a data "
+        "directory of your own with --data-dir)"
+    )
 
 
 def private_database(path: Path) -> None:

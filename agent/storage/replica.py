@@ -39,6 +39,7 @@ import msgpack
 import trio
 
 from blazemesh.agent.errors import ClockAheadError, ReplicaClosedError, StorageError
+from blazemesh.agent.storage.merging import corrupt_log_entry, stored_document
 from blazemesh.agent.storage.observe import (
     DEFAULT_OBSERVER_BYTES,
     DEFAULT_OBSERVER_CAPACITY,
@@ -64,7 +65,7 @@ from blazemesh.agent.storage.store import (
     Store,
 )
 from blazemesh.agent.trust.identity import Identity, create_identity, load_identity
-from blazemesh.protocol.codec import decode_change, decode_document
+from blazemesh.protocol.codec import decode_change
 from blazemesh.protocol.errors import RemoteProtocolError, ValidationError
 from blazemesh.protocol.hlc import DEFAULT_MAX_SKEW_MS
 from blazemesh.protocol.model import (
@@ -181,6 +182,8 @@ class Replica:
         self._store = store
         self.identity = identity
         self.data_dir = data_dir
+        # How messages name the store: its database file, or its kind.
+        self._where = "the store" if data_dir is None else str(data_dir / DB_FILE)
         self._max_batch_ops = max_batch_ops
         self._threads = threads
         # Since open: changes received from peers, and how many were already held.
@@ -524,7 +527,7 @@ class Replica:
                 for key, doc in rows:
                     if not key.startswith(prefix):
                         return out
-                    fields = decode_document(doc)
+                    fields = stored_document(doc, collection, key, self._where)
                     if all(_comparable(fields.get(f, _ABSENT)) == want for f, want in conditions):
                         out.append(Record(collection=collection, key=key, fields=fields))
                         if limit is not None and len(out) >= limit:
@@ -545,7 +548,7 @@ class Replica:
             try:
                 out.append((position, decode_change(blob)))
             except RemoteProtocolError as exc:
-                raise StorageError(f"log entry {position} is corrupt: {exc}") from None
+                raise corrupt_log_entry(position, self._where, exc) from None
         return out
 
     def changes_in(self, origin: bytes, first: int, last: int) -> list[tuple[int, bytes]]:

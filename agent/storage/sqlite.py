@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_CHANGES = 4_096  # bounds the log tail replayed when the store opens
 LOAD_CHUNK_KEYS = 250  # records fetched per SELECT when a batch touches many
 INLINE_MAX_OPS = 128  # commits on the trio thread: ~2.5 ms, under the GIL's 5 ms switch
+QUICK_CHECK_MAX_ERRORS = 10  # problems listed when a database is damaged: the first is shown
 
 
 class SqliteStore(MergingStore):
@@ -70,6 +71,7 @@ class SqliteStore(MergingStore):
                 undo.callback(self._writer.close)
                 self._reader = self._connect()
                 undo.callback(self._reader.close)
+                self._check_pages()
                 migrate(self._writer)
                 self._check_owner(node_id)
                 vv, clock, last_lsn = self._recover()
@@ -102,6 +104,27 @@ class SqliteStore(MergingStore):
         # Checkpoints run off the trio thread (`checkpoint`), never inside a commit.
         db.execute("PRAGMA wal_autocheckpoint = 0")
         return db
+
+    def _check_pages(self) -> None:
+        """Refuse a database whose pages are damaged (bytes flipped on disk), before
+        anything reads them: ``PRAGMA quick_check`` reads every page once, 0.17 s for a
+        340 MB database in the page cache, 0.6 s from disk (docs/operations.md). On a
+        connection of its own, so that the pages it read stay out of the others' caches
+        (they read from the file, as later damage would show)."""
+        with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+            rows = db.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})").fetchall()
+        if rows == [("ok",)]:
+            return
+        problems = [
+            line
+            for (text,) in rows
+            for line in str(text).splitlines()
+            if line and not line.startswith("***")
+        ]
+        raise StorageError(
+            f"{self.path} is damaged ({problems[0] if problems else rows}; PRAGMA quick_check "
+            f"lists {len(problems)} problems): restore it from a backup"
+        )
 
     def _check_owner(self, node_id: bytes) -> None:
         owner = self._meta("node_id", None)

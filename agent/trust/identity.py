@@ -87,9 +87,12 @@ def load_identity(data_dir: Path) -> Identity:
     """Read the key pair of ``data_dir``, refusing a key file or a data directory that
     others can read."""
     missing = f"no identity in {data_dir}: run `blazemesh init --data-dir {data_dir}` first"
-    with open_secret_file(data_dir, KEY_FILE, holds="the node's private key", missing=missing) as f:
-        lines = f.read(MAX_KEY_FILE_CHARS).split()
     path = data_dir / KEY_FILE
+    with open_secret_file(data_dir, KEY_FILE, holds="the node's private key", missing=missing) as f:
+        try:
+            lines = f.read(MAX_KEY_FILE_CHARS).split()
+        except UnicodeDecodeError:  # binary junk: no key file
+            lines = []
     if len(lines) != 2 or lines[0] != _HEADER:
         raise ConfigError(f"{path} is not a blazemesh key file")
     try:

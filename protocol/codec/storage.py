@@ -17,8 +17,10 @@ def encode_document(document: dict[str, Value]) -> bytes:
 
 
 def decode_document(data: bytes) -> dict[str, Value]:
+    """A stored document; `ValueError` (or msgpack's own errors) if the bytes are not one."""
     document = msgpack.unpackb(data, raw=False)
-    assert isinstance(document, dict)
+    if not isinstance(document, dict):
+        raise ValueError(f"a document is a map, not {type(document).__name__}")
     return document
 
 

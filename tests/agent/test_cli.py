@@ -21,12 +21,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BLAZEMESH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def test_init_then_put_get_query_delete(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     code, out, _ = run(capsys, "init")
     assert code == 0
@@ -139,7 +133,8 @@ def test_a_data_dir_that_cannot_be_made_is_a_clear_error(
     (tmp_path / "file").touch()
     code, _, err = run(capsys, "init", "--data-dir", str(tmp_path / "file" / "node"))
     assert code == 1
-    assert err.startswith("blazemesh: error: cannot create the data directory")
+    assert err.startswith("blazemesh: error: the data directory")
+    assert "a parent is a file" in err
     assert len(err.strip().splitlines()) == 1
 
 

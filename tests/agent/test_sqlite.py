@@ -171,11 +171,28 @@ def corrupt_table(path: Path, table: str) -> None:
         f.write(b"\xee" * page_size)
 
 
+async def test_a_database_with_damaged_pages_is_refused_at_open(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, create=True) as replica:
+        for i in range(200):
+            await replica.put("c", f"k{i}", {"text": "x" * 100})
+    path = tmp_path / DB_FILE
+    db = sqlite3.connect(path)
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.close()
+    with path.open("r+b") as f:  # bytes flipped inside a page, its header left alone
+        f.seek((pages - 2) * page_size + 20)
+        f.write(b"\xff\x00\x13" * 30)
+    with pytest.raises(StorageError, match=rf"{path} is damaged \(.*PRAGMA quick_check"):
+        async with open_replica(tmp_path):
+            pass
+
+
 async def test_a_failing_read_is_a_storage_error_not_a_raw_sqlite_one(tmp_path: Path) -> None:
     async with open_replica(tmp_path, create=True) as replica:
         await replica.put("c", "k", {"a": 1})
-    corrupt_table(tmp_path / DB_FILE, "records")
     async with open_replica(tmp_path) as replica:
+        corrupt_table(tmp_path / DB_FILE, "records")  # damaged once open, checked
         malformed = f"could not read {tmp_path / DB_FILE}: database disk image is malformed"
         with pytest.raises(StorageError, match=malformed):
             await replica.get("c", "k")
@@ -248,8 +265,8 @@ async def test_a_repair_of_the_clock_that_fails_leaves_the_clock_as_it_was(
         await replica.put("c", "k", {"a": 1})
         ahead = replica.read_clock().stamp
     now_ms[0] -= 3_600_000  # ... and set right
-    corrupt_table(tmp_path / DB_FILE, "records")  # the merge's writes fail
     async with open_replica(tmp_path, wall_ms=lambda: now_ms[0]) as replica:
+        corrupt_table(tmp_path / DB_FILE, "records")  # the merge's writes fail
         with pytest.raises(StorageError, match="malformed"):
             await replica.repair_clock()
         assert replica.read_clock().stamp == ahead
