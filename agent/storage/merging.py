@@ -52,6 +52,10 @@ StoredRecord = tuple[str, bytes | None, bytes]  # a record of a known collection
 # A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change).
 LogRow = tuple[int, bytes, int, int, bytes]
 
+# How far a restored copy's own seqs jump (`MergingStore.mark_restored`): past every change
+# the node can have made after the copy (4 billion), with room for 2 billion restores.
+SEQ_EPOCH = 1 << 32
+
 # What a failure of the storage says (`MergingStore._failing`).
 WRITE_FAILED = "write to {where} failed: {error}"
 READ_FAILED = "could not read {where}: {error}"
@@ -128,9 +132,11 @@ class MergingStore(ABC):
         vv: VersionVector,
         last_lsn: int,
         taken: Sequence[tuple[int, int]],
+        lost: tuple[int, int] | None = None,
     ) -> None:
         """Start from what the subclass recovered: the clock and the vector of the
-        changes held, the last log position, and the runs of this node's seqs taken."""
+        changes held, the last log position, the runs of this node's seqs taken, and
+        the seqs an earlier copy of this node may have issued (`mark_restored`)."""
         self.node_id = node_id
         self.wall_ms = wall_ms  # the HLC's wall clock
         self.clock = clock
@@ -140,7 +146,8 @@ class MergingStore(ABC):
         # made (`OwnOriginError`): its own writes skip them, so that a forged change does
         # not shadow a real one. Bounded like gaps.
         self._taken = VersionVector.from_parts({}, {node_id: list(taken)})
-        self._next_seq = vv.max_seq(node_id) + 1
+        self._lost = lost
+        self._next_seq = max(vv.max_seq(node_id), lost[1] if lost else 0) + 1
         self.commits = 0  # transactions committed since opening: group commit shows here
 
     @property
@@ -176,6 +183,10 @@ class MergingStore(ABC):
     @abstractmethod
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         """Keep, in the transaction, the runs of this node's seqs taken (`_take`)."""
+
+    @abstractmethod
+    def _save_lost(self, lost: tuple[int, int]) -> None:
+        """Keep, in the transaction, the seqs an earlier copy may have issued."""
 
     @abstractmethod
     def _own_ahead(self, stamp: int) -> list[tuple[int, bytes]]:
@@ -231,7 +242,7 @@ class MergingStore(ABC):
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes]] = []
         added: dict[bytes, set[int]] = {}
-        admission = Admission(self.node_id, self.vv)
+        admission = Admission(self.node_id, self.vv, own_lost=self._lost)
         for i, job in enumerate(jobs):
             try:
                 change, blob = self._admit(job, added, admission)
@@ -313,6 +324,29 @@ class MergingStore(ABC):
         admission.admit(job)
         self.clock.receive(last_stamp(job), self.wall_ms())
         return job, encode_change(job)
+
+    @property
+    def lost(self) -> tuple[int, int] | None:
+        """The seqs of this node's id that an earlier copy of its data may have issued
+        after the copy was made: taken back from peers, never issued again."""
+        return self._lost
+
+    def mark_restored(self) -> tuple[int, int]:
+        """This store holds an earlier copy of the node's data (restored from a backup,
+        copied to a new device, recreated empty): changes the node made after the copy
+        may be on its peers, under the seqs that follow the last it holds. From now on
+        its own writes take seqs `SEQ_EPOCH` further on, and remote changes under its id
+        with seqs in between are taken back as its own (docs/design.md, "Restores").
+        Return the window of such seqs."""
+        first = self.vv.max_seq(self.node_id) + 1
+        lost = (first, first + SEQ_EPOCH - 1)
+        if self._lost is not None:
+            lost = (min(self._lost[0], first), max(self._lost[1], lost[1]))
+        with self._failing(WRITE_FAILED), self._transaction():
+            self._save_lost(lost)
+        self._lost = lost
+        self._next_seq = max(self._next_seq, lost[1] + 1)
+        return lost
 
     def _take(self, seq: int) -> None:
         """Remember, in this batch's transaction, that peers hold a change under this
