@@ -348,6 +348,21 @@ class MergingStore(ABC):
         self._next_seq = max(self._next_seq, lost[1] + 1)
         return lost
 
+    def take_back(self, claimed: int) -> tuple[int, int] | None:
+        """A peer holds changes under this node's id up to seq ``claimed``, past the last
+        this store holds: it is an earlier copy that nothing at open revealed (a disk
+        snapshot put back, a device imaged from another). Mark it restored and return
+        the window of seqs taken back; None if ``claimed`` needs nothing (already held
+        or taken back) or is more than any copy of this node can have made
+        (`SEQ_EPOCH` past what it holds: a claim to ignore)."""
+        held = self.vv.max_seq(self.node_id)
+        lost = self._lost
+        if claimed <= held or (lost is not None and claimed <= lost[1]):
+            return None
+        if claimed - held >= SEQ_EPOCH:
+            return None
+        return self.mark_restored()
+
     def _take(self, seq: int) -> None:
         """Remember, in this batch's transaction, that peers hold a change under this
         node's id and ``seq`` that it never made, unless that would pass the gap bound."""

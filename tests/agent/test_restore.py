@@ -72,3 +72,29 @@ async def test_a_node_opened_twice_on_its_own_database_is_not_taken_for_a_copy(
         async with open_replica(tmp_path, create=True) as replica:
             change = await replica.put("c", "k", {})
     assert change.seq == 3  # no jump: the same file each time
+
+
+async def test_a_copy_nothing_reveals_at_open_learns_it_from_its_peers(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk snapshot put back: the database file is the same file, with the old bytes,
+    and the record beside it agrees. The first peer to say hello holds changes under the
+    node's id past the last it holds: the node takes them back and writes on past them."""
+    a = tmp_path / "n0"
+    await write(tmp_path, 0, {"k1": 1})
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(a, snapshot)
+    await write(tmp_path, 0, {"k2": 2, "k3": 3})
+    for name in (DB_FILE, DB_FILE + ".id"):  # back in place: the same files, old bytes
+        shutil.copyfile(snapshot / name, a / name)
+    for name in (DB_FILE + "-wal", DB_FILE + "-shm"):
+        (a / name).unlink(missing_ok=True)
+    async with cluster(tmp_path, 2, PAIR) as c:
+        ra, rb = c.replicas
+        await trio.sleep(1)  # virtual: the link comes up, B's hello tells A
+        assert "its data directory is an earlier copy" in caplog.text
+        await ra.put("c", "k4", {"v": 4})
+        await c.until_converged()
+        assert ra.digest() == rb.digest()
+        assert await ra.get("c", "k3") == {"v": 3}
+        assert await rb.get("c", "k4") == {"v": 4}
