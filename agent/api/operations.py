@@ -10,6 +10,7 @@ their base32 text.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -115,6 +116,7 @@ class Operations:
             "topology.set": self.set_topology,
             "mesh.reload": self.reload_mesh,
             "clock.repair": self.repair_clock,
+            "backup": self.backup,
         }
         self.streams: dict[str, Stream] = {"watch": self.watch}
 
@@ -405,6 +407,17 @@ class Operations:
             raise RequestError(str(exc)) from None
         put = Put(collection=SETTINGS_COLLECTION, key=TOPOLOGY_KEY, fields=setting.record())
         return _change(await self.replica.commit([put], system=True))
+
+    async def backup(self, args: Args) -> Value:
+        """Copy the database (one consistent snapshot, while writes go on), the key and the
+        membership into ``to``, a new directory; the names of the files written."""
+        from blazemesh.agent.storage.backup import backup
+
+        target = Path(arg(args, "to", str))
+        if not target.is_absolute():
+            raise RequestError(f"a backup goes to an absolute path, not {str(target)!r}")
+        written: list[Value] = list(await trio.to_thread.run_sync(backup, self.data_dir, target))
+        return {"to": str(target), "files": written}
 
     async def repair_clock(self, args: Args) -> Value:
         """Re-stamp the changes made while this device's clock ran ahead; without an agent

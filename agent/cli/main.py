@@ -21,7 +21,7 @@ import trio
 
 from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
-from blazemesh.agent.cli import jsonio, membership, node
+from blazemesh.agent.cli import backup, jsonio, membership, node
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
@@ -86,6 +86,7 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
 
     membership.register(sub, common, _data_dir)
     node.register(sub, common, writes, _data_dir)
+    backup.register(sub, common, _data_dir)
     if register_more is not None:
         register_more(sub)
 
