@@ -239,7 +239,7 @@ async def no_agent_holds(data_dir: Path) -> None:
 
 def _held_too_long(exc: DataDirLockedError, waited_s: float) -> str:
     return (
-        f"{exc}; it has not served its control socket in {waited_s:.0f} s: an agent that "
+        f"{exc}; it has not served its control socket in {waited_s:g} s: an agent that "
         "is still starting (its log says why; `blazemesh wait-ready --timeout SECONDS` "
         "waits longer), or a command still running"
     )

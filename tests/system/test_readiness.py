@@ -40,7 +40,7 @@ pytestmark = pytest.mark.system
 
 UNIT = Path(__file__).resolve().parents[2] / "docs" / "blazemesh.service"
 TIMEOUT_S = 10.0  # for what takes milliseconds to a couple of seconds
-RACES = 10  # runs of `put` right after `agent &`: before the fix, half of them failed
+RACES = 20  # runs of `put` right after `agent &`: before the fix, one in five or so failed
 HOST = "127.0.0.1"
 
 
@@ -109,7 +109,7 @@ async def test_a_command_gives_up_on_a_holder_that_never_serves_and_names_it(
                     pass
     message = str(raised.value)
     assert f"is in use by another blazemesh process (pid {os.getpid()})" in message
-    assert "has not served its control socket in 0 s" in message
+    assert "has not served its control socket in 0.3 s" in message
     assert "blazemesh wait-ready" in message
 
 
