@@ -21,7 +21,7 @@ import trio
 
 from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
-from blazemesh.agent.cli import backup, jsonio, membership, node
+from blazemesh.agent.cli import backup, jsonio, membership, node, ready
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
@@ -135,6 +135,8 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
         "--digest", action="store_true", help="also hash every record (equal on replicas in sync)"
     )
     p.set_defaults(run=cmd_info)
+
+    ready.register(sub, common, _data_dir)
     return parser
 
 
