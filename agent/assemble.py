@@ -66,6 +66,7 @@ async def run_node(
     config: NodeConfig | None = None,
     discovering: Discovering | None = None,
     control_socket: Path | None = None,
+    ready: trio.Event | None = None,
     rng: random.Random | None = None,
     random_bytes: Callable[[int], bytes] = os.urandom,
     task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
@@ -74,7 +75,8 @@ async def run_node(
     cancelled, with peering if ``discovering`` is given and the local API on
     ``control_socket`` if that is. Each starts once the one before it is up (the node
     listening, then peering advertising what it bound); `Services` is reported once all
-    are. ``rng`` and ``random_bytes`` are the node's (`Node`).
+    are. The local API holds its requests until ``ready`` is set, if it is given
+    (`Operations`). ``rng`` and ``random_bytes`` are the node's (`Node`).
     """
     node = Node(
         replica=replica,
@@ -99,6 +101,6 @@ async def run_node(
             await nursery.start(peering.run)
         operations = None
         if control_socket is not None:
-            operations = Operations(replica, node=node, peering=peering)
+            operations = Operations(replica, node=node, peering=peering, ready=ready)
             await nursery.start(control.serve, control_socket, operations)
         task_status.started(Services(node=node, peering=peering, operations=operations))

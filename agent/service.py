@@ -4,6 +4,12 @@ The agent owns the data directory: it opens the replica, listens for peers, dial
 static ones, and serves the local control socket (`agent.api.control`) through which the other
 commands reach it. A bad configuration (no identity, no mesh, a port in use) stops it
 before anything starts, with one line saying what to do.
+
+The agent is ready once its node listens, its control socket is up and each static peer
+is linked and in sync, or `READY_PEERS_WAIT_S` has passed: until then the control socket
+holds every request but ``health`` (`agent.api.control`), so a command run while the
+agent starts sees what its static peers held. Then it logs ``ready: ...`` and tells a
+service manager (``READY=1``, `agent.sdnotify`); ``STOPPING=1`` when it begins to stop.
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import ifaddr
 import trio
 
 from blazemesh.agent.api import control
+from blazemesh.agent.api.client import not_in_sync
+from blazemesh.agent.api.operations import static_peers
 from blazemesh.agent.assemble import Discovering, Services, run_node
 from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS, ZeroconfDiscovery
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.limits import connection_limits, raise_file_limit
 from blazemesh.agent.links.network import DEFAULT_PORT, Address, TcpNetwork, format_address
 from blazemesh.agent.links.node import Node, NodeConfig
+from blazemesh.agent.sdnotify import Notifier
 from blazemesh.agent.storage.paths import CONTROL_SOCKET
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.store import Durability
@@ -39,6 +48,13 @@ DEFAULT_LISTEN: Address = ("0.0.0.0", DEFAULT_PORT)
 # A command that found no agent holds the directory for a moment; an agent (re)started
 # by a supervisor in that moment waits for it rather than failing.
 LOCK_WAIT_S = 5.0
+# The agent is ready once every static peer is linked and in sync, or after this long:
+# a peer starting alongside is reached within a few redials (backoff from 0.2 s), and
+# one that is down holds up the commands run meanwhile no longer than this.
+READY_PEERS_WAIT_S = 2.0
+# The node has no event for "in sync": while it starts the agent looks this often, a
+# small part of what a command takes to start.
+READY_CHECK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,12 +113,16 @@ async def _run_agent(
             f"no data directory at {data_dir}: run `blazemesh init --data-dir {data_dir}`"
         )
     identity = load_identity(data_dir)
-    mesh = load_mesh(data_dir)
+    load_mesh(data_dir)  # fail before waiting for the lock
     was, files = raise_file_limit()
     limits = connection_limits(files, control_clients=control.MAX_CLIENTS)
+    notifier = Notifier()
     async with open_replica(
         data_dir, durability=config.durability, lock_wait_s=LOCK_WAIT_S
     ) as replica:
+        # Read again under the lock: a membership command that changed it meanwhile found
+        # no agent to tell, and this one must not run on what it read before.
+        mesh = load_mesh(data_dir)
         log.info(
             "node %s (%s) in mesh %r, data in %s",
             identity.text,
@@ -118,6 +138,7 @@ async def _run_agent(
             limits.links,
         )
         started = False
+        ready = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
                 discovering = None
@@ -142,15 +163,18 @@ async def _run_agent(
                     ),
                     discovering=discovering,
                     control_socket=data_dir / CONTROL_SOCKET,
+                    ready=ready,
                 )
                 services: Services = await nursery.start(run)
                 started = True
                 for peer in config.peers:
                     log.info("static peer %s", format_address(peer))
+                nursery.start_soon(_become_ready, services.node, ready, notifier)
                 task_status.started(services.node)
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
                     break
+                notifier.notify(stopping="1", status="stopping")
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             error = None if started else _startup_error(group, config.listen)
@@ -158,6 +182,21 @@ async def _run_agent(
                 raise
             raise error from None
     log.info("stopped; links closed, database closed")
+
+
+async def _become_ready(node: Node, ready: trio.Event, notifier: Notifier) -> None:
+    """Set ``ready`` once the static peers are caught up with (or `READY_PEERS_WAIT_S`
+    has passed), log it and tell the service manager (`agent.sdnotify`)."""
+    with trio.move_on_after(READY_PEERS_WAIT_S):
+        while not all(peer.in_sync for peer in static_peers(node)):  # noqa: ASYNC110
+            await trio.sleep(READY_CHECK_S)
+    ready.set()
+    status = f"ready: listening on {', '.join(format_address(a) for a in node.bound)}"
+    behind = not_in_sync([peer.record() for peer in static_peers(node)])
+    if behind:
+        status += f"; not yet in sync with {behind}"
+    log.info("%s", status)
+    notifier.notify(ready="1", status=status)
 
 
 def _startup_error(

@@ -4,7 +4,9 @@ A node refuses a remote change, and tells the peer why, when taking it would
 
 - put words in its own mouth: only the node makes changes under its own id, so a remote
   change under that id that it does not hold was forged by a member, or was made by a
-  copy of this node's data directory (`OwnOriginError`);
+  copy of this node's data directory (`OwnOriginError`) -- unless the node knows it runs
+  on a restored copy and the seq is one the copy may have issued (``own_lost``): then it
+  is the node's own change, lost with the copy, and taken back;
 - leave an origin with more gaps than `MAX_RUNS_HELD` (all origins together, more than
   `MAX_TOTAL_RUNS_HELD`), or hold changes of more origins than `MAX_ORIGINS_HELD`: a
   node's version vector is sent whole in every HELLO and SUMMARY, so what it holds must
@@ -44,6 +46,7 @@ class Admission:
         "_node_id",
         "_open_first",
         "_open_last",
+        "_own_lost",
         "_taken",
         "_vv",
     )
@@ -56,8 +59,10 @@ class Admission:
         max_runs: int = MAX_RUNS_HELD,
         max_total_runs: int = MAX_TOTAL_RUNS_HELD,
         max_origins: int = MAX_ORIGINS_HELD,
+        own_lost: tuple[int, int] | None = None,
     ) -> None:
         self._node_id = node_id
+        self._own_lost = own_lost  # own seqs an earlier copy may have issued: taken back
         self._vv = vv
         self._max_runs = max_runs
         self._max_total_runs = max_total_runs
@@ -86,7 +91,8 @@ class Admission:
 
     def _check(self, origin: bytes, seq: int) -> None:
         vv = self._vv
-        if origin == self._node_id:
+        lost = self._own_lost
+        if origin == self._node_id and not (lost is not None and lost[0] <= seq <= lost[1]):
             raise OwnOriginError(
                 f"change {seq} under this node's own id is not one it holds: forged by a "
                 "member, or made by a copy of this node's data directory"

@@ -474,6 +474,11 @@ class SyncLink:
         before = self._refused_in.changes if self._refused_in is not None else 0
         self._refused_in = Refusals(changes=before + len(dots), reason=reason, last_at=self._now)
 
+    def peer_holds_own(self) -> int:
+        """The greatest seq of this node's own changes the peer said it holds: past the
+        last this node holds, it runs on an earlier copy of its data."""
+        return self._peer_told.max_seq(self._node_id)
+
     def pushes(self, origins: Iterable[bytes]) -> bool:
         """Whether this side pushes changes of any of ``origins`` to the peer: whether a
         commit of such changes may give the link something to send."""

@@ -47,7 +47,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("blazemesh.agent.discovery",),  # finding peers, and choosing whom to link to
     ("blazemesh.agent.api",),  # the local API: operations, control socket, client
     ("blazemesh.agent.assemble",),  # the one place a node and its services are put together
-    ("blazemesh.agent.service",),  # `blazemesh agent`: runs a node on a data directory
+    # `blazemesh agent`: runs a node on a data directory, and tells a service manager
+    ("blazemesh.agent.service", "blazemesh.agent.sdnotify"),
     ("blazemesh.agent.cli",),  # the agent's commands
     ("blazemesh.simulations",),  # the agent on a virtual network
     ("blazemesh.cli",),  # the `blazemesh` command: the agent's commands and `sim`

@@ -4,6 +4,12 @@
 agent serves the data directory, and otherwise opens the replica itself, behind the same
 two methods. `AgentClient` is a small sequential client of the control socket for Python
 programs on the device (docs/api.md, "The control socket").
+
+An agent holds the data directory before it serves its socket (it opens the replica,
+listens, then serves). A command that finds the directory held and no socket answering
+waits for the holder to serve or to let go (`reach_agent`, at most `AGENT_START_WAIT_S`),
+rather than failing on an agent that is starting; `wait_ready` waits for an agent to
+start and be ready (`blazemesh wait-ready`).
 """
 
 from __future__ import annotations
@@ -11,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from blazemesh.agent.errors import AgentError
+from blazemesh.agent.errors import AgentError, DataDirLockedError
 from blazemesh.agent.links.network import RECEIVE_BYTES
-from blazemesh.agent.storage.paths import CONTROL_SOCKET
+from blazemesh.agent.storage.paths import CONTROL_SOCKET, check_data_dir, lock_data_dir
 from blazemesh.agent.storage.store import Durability
 from blazemesh.protocol.codec.control import (
     CONTROL_VERSION,
@@ -37,6 +43,22 @@ if TYPE_CHECKING:
     from blazemesh.agent.api.operations import Operations
 
 _NO_AGENT = (errno.ENOENT, errno.ECONNREFUSED)
+# How long a command waits for the process holding the data directory to serve its
+# control socket or let go: an agent starts in well under a second, and is ready at most
+# `agent.service.READY_PEERS_WAIT_S` later.
+AGENT_START_WAIT_S = 10.0
+# Nothing tells another process that a socket appeared or a lock was let go: look this
+# often, a small part of what a command takes to start.
+AGENT_POLL_S = 0.05
+LAST_LOOK_S = 1.0  # `wait_ready`, timed out, asks the agent (if one answers) what holds it
+
+T = TypeVar("T")
+
+
+class AgentNotReadyError(AgentError):
+    """Raised when no agent became ready in time: the message says what was found."""
+
+    code = "not-ready"
 
 
 class AgentCallError(AgentError):
@@ -166,21 +188,118 @@ class LocalSession:
 async def open_session(
     data_dir: Path, *, durability: Durability = Durability.NORMAL
 ) -> AsyncIterator[Session]:
-    """The running agent of ``data_dir`` if there is one, else the replica opened here.
+    """The running agent of ``data_dir`` if there is one (waiting for one that is
+    starting, `reach_agent`), else the replica opened here.
 
     ``durability`` applies only to a replica opened here; an agent writes with its own.
     """
-    client = await AgentClient.connect(data_dir, client="blazemesh-cli")
-    if client is not None:
-        try:
-            yield client
-        finally:
-            await client.aclose()
-        return
-    # Loaded only now: a command that reaches the agent never needs the replica and the
-    # node's operations, and starts in half the time without them (docs/performance.md).
-    from blazemesh.agent.api.operations import Operations
-    from blazemesh.agent.storage.replica import open_replica
+    async with contextlib.AsyncExitStack() as stack:
 
-    async with open_replica(data_dir, durability=durability) as replica:
-        yield LocalSession(Operations(replica))
+        async def here() -> LocalSession:
+            # Loaded only now: a command that reaches the agent never needs the replica
+            # and the node's operations, and starts in half the time without them
+            # (docs/performance.md).
+            from blazemesh.agent.api.operations import Operations
+            from blazemesh.agent.storage.replica import open_replica
+
+            replica = await stack.enter_async_context(open_replica(data_dir, durability=durability))
+            return LocalSession(Operations(replica))
+
+        session = await reach_agent(data_dir, here)
+        if isinstance(session, AgentClient):
+            stack.push_async_callback(session.aclose)
+        yield session
+
+
+async def reach_agent(data_dir: Path, no_agent: Callable[[], Awaitable[T]]) -> AgentClient | T:
+    """A client of the agent that serves ``data_dir``, or ``await no_agent()`` if none does.
+
+    ``no_agent`` raises `DataDirLockedError` when another process holds the directory
+    (`no_agent_holds` does only that). That process may be an agent that is starting:
+    this waits for it to serve or let go, and raises `AgentNotReadyError`, naming it, if
+    it has done neither within `AGENT_START_WAIT_S`.
+    """
+    deadline = trio.current_time() + AGENT_START_WAIT_S
+    while True:
+        client = await AgentClient.connect(data_dir, client="blazemesh-cli")
+        if client is not None:
+            return client
+        try:
+            return await no_agent()
+        except DataDirLockedError as exc:
+            if trio.current_time() >= deadline:
+                raise AgentNotReadyError(_held_too_long(exc, AGENT_START_WAIT_S)) from None
+        await trio.sleep(AGENT_POLL_S)
+
+
+async def no_agent_holds(data_dir: Path) -> None:
+    """Return if no process holds ``data_dir``; else raise `DataDirLockedError`."""
+
+    def probe() -> None:
+        with lock_data_dir(data_dir):
+            pass
+
+    await trio.to_thread.run_sync(probe)
+
+
+def _held_too_long(exc: DataDirLockedError, waited_s: float) -> str:
+    return (
+        f"{exc}; it has not served its control socket in {waited_s:g} s: an agent that "
+        "is still starting (its log says why; `blazemesh wait-ready --timeout SECONDS` "
+        "waits longer), or a command still running"
+    )
+
+
+async def wait_ready(data_dir: Path, *, timeout_s: float) -> dict[str, Any]:
+    """The ``health`` of the agent of ``data_dir`` once it is ready, waiting up to
+    ``timeout_s`` for one to start and be ready; else `AgentNotReadyError`, saying what
+    it found. A missing or unusable data directory is a `ConfigError` at once."""
+    await trio.to_thread.run_sync(check_data_dir, data_dir)
+    with trio.move_on_after(timeout_s):
+        while (health := await _health(data_dir, wait=True)) is None:  # noqa: ASYNC110
+            await trio.sleep(AGENT_POLL_S)
+        return health
+    with trio.move_on_after(LAST_LOOK_S):
+        health = await _health(data_dir, wait=False)
+    if health is not None and health["ready"]:
+        return health
+    raise AgentNotReadyError(await _not_ready(data_dir, timeout_s, health))
+
+
+async def _health(data_dir: Path, *, wait: bool) -> dict[str, Any] | None:
+    """The agent's ``health`` (once it is ready, with ``wait``); None if no agent serves."""
+    client = await AgentClient.connect(data_dir, client="blazemesh-cli")
+    if client is None:
+        return None
+    try:
+        health: dict[str, Any] = await client.call("health", {"wait": wait})
+        return health
+    finally:
+        await client.aclose()
+
+
+async def _not_ready(data_dir: Path, waited_s: float, health: dict[str, Any] | None) -> str:
+    """Why no agent of ``data_dir`` was ready after ``waited_s``, given its last ``health``."""
+    if health is not None:
+        behind = not_in_sync(health["static_peers"]) or "its static peers"
+        return (
+            f"the agent of {data_dir} is not ready after {waited_s:g} s: "
+            f"not yet in sync with {behind}"
+        )
+    try:
+        await no_agent_holds(data_dir)
+    except DataDirLockedError as exc:
+        return _held_too_long(exc, waited_s)
+    return (
+        f"no agent runs on {data_dir} (waited {waited_s:g} s): start one with "
+        f"`blazemesh agent --data-dir {data_dir}`"
+    )
+
+
+def not_in_sync(static_peers: list[dict[str, Any]]) -> str:
+    """The static peers (as ``health`` gives them) not in sync, each with why; "" if none."""
+    return ", ".join(
+        f"{peer['address']} ({peer['last_error'] or 'catching up'})"
+        for peer in static_peers
+        if not peer["in_sync"]
+    )

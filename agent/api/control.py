@@ -12,6 +12,11 @@ and is disconnected. Nothing a client sends can stop the agent: whatever ends a 
 At most `MAX_CLIENTS` sessions run at once. A new client beyond that displaces the one
 idle longest (no request running), so idle connections never keep the CLI out; if every
 session has a request running, the new client is told ``busy``.
+
+The socket is served as soon as the node is up, but until the agent is ready
+(`Operations.ready`: its static peers caught up with, `agent.service`) it answers
+``hello``, ``health`` and ``cancel`` alone and holds every other request: a client that
+connects to a starting agent is served once it is ready, never before.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ HELLO_TIMEOUT_S = 10.0  # a client that says nothing is closed after this long
 # `watch` reader stalled this long, a client gone quiet) and would hold it for good.
 SEND_TIMEOUT_S = 30.0
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, including the final NUL
+# Answered while the agent starts; every other request waits until it is ready
+# (`Operations.ready`), so that a command never sees a node that has not caught up yet.
+ANSWERED_WHILE_STARTING = frozenset({"health"})
 
 
 class _ClientGoneError(Exception):
@@ -271,10 +279,14 @@ class _Connection:
                 if scope is not None:
                     scope.cancel()
                 reply: Reply = Result(id=request.id, value=scope is not None)
-            elif request.op in self._ops.streams:
-                reply = await self._run_stream(request)
             else:
-                reply = Result(id=request.id, value=await self._ops.call(request.op, request.args))
+                if request.op not in ANSWERED_WHILE_STARTING:
+                    await self._ops.ready.wait()
+                if request.op in self._ops.streams:
+                    reply = await self._run_stream(request)
+                else:
+                    value = await self._ops.call(request.op, request.args)
+                    reply = Result(id=request.id, value=value)
         except _ClientGoneError:
             raise  # a stream's client went away: that ends the session, not just the request
         except Exception as exc:  # every failure of one request is that request's reply

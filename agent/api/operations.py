@@ -10,13 +10,15 @@ their base32 text.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import trio
 
 from blazemesh.agent.discovery.peering import Peering
 from blazemesh.agent.errors import AgentError, ClockAheadError, ConfigError
-from blazemesh.agent.links.network import format_address
+from blazemesh.agent.links.network import Address, format_address
 from blazemesh.agent.links.node import Node
 from blazemesh.agent.storage.observe import Overflow
 from blazemesh.agent.storage.replica import Replica
@@ -90,11 +92,59 @@ def _change(change: Change) -> Value:
     return {"origin": node_id_text(change.origin), "seq": change.seq, "hlc": change.hlc}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticPeer:
+    """A static peer (``--peer``) as the agent's readiness and ``health`` see it."""
+
+    address: Address
+    linked: bool
+    in_sync: bool
+    last_error: str | None  # while not linked: why the last attempt failed
+
+    def record(self) -> dict[str, Value]:
+        return {
+            "address": format_address(self.address),
+            "linked": self.linked,
+            "in_sync": self.in_sync,
+            "last_error": self.last_error,
+        }
+
+
+def static_peers(node: Node) -> list[StaticPeer]:
+    """Each static peer of ``node``: whether a link to it is up and in sync."""
+    dialled = {peer.address: peer for peer in node.peers() if peer.initiated}
+    out: list[StaticPeer] = []
+    for address in node.config.peers:
+        dial = node.dial_state(address)
+        link = dialled.get(address)
+        if link is not None:
+            linked, in_sync = True, link.sync.in_sync
+        elif dial is not None and dial.peer is not None and node.linked(dial.peer):
+            # the peer's own link to this node won over this node's (`Node._hello`)
+            linked, in_sync = True, node.in_sync(dial.peer)
+        else:
+            linked = in_sync = False
+        last_error = None if linked or dial is None else dial.last_error
+        out.append(
+            StaticPeer(address=address, linked=linked, in_sync=in_sync, last_error=last_error)
+        )
+    return out
+
+
 class Operations:
-    """The API over one replica, and over the node around it when an agent runs it."""
+    """The API over one replica, and over the node around it when an agent runs it.
+
+    ``ready``: set once the agent is ready (`agent.service`); until then the control
+    socket answers ``health`` alone and holds the other requests. None: ready at once.
+    """
 
     def __init__(
-        self, replica: Replica, *, node: Node | None = None, peering: Peering | None = None
+        self,
+        replica: Replica,
+        *,
+        node: Node | None = None,
+        peering: Peering | None = None,
+        ready: trio.Event | None = None,
     ) -> None:
         if replica.data_dir is None:
             raise ValueError("the local API serves a replica opened on a data directory")
@@ -102,8 +152,13 @@ class Operations:
         self.data_dir = replica.data_dir  # mesh.json, which the mesh commands read, is here
         self.node = node
         self.peering = peering
+        if ready is None:
+            ready = trio.Event()
+            ready.set()
+        self.ready = ready
         self.calls: dict[str, Call] = {
             "info": self.info,
+            "health": self.health,
             "get": self.get,
             "put": self.put,
             "delete": self.delete,
@@ -115,6 +170,7 @@ class Operations:
             "topology.set": self.set_topology,
             "mesh.reload": self.reload_mesh,
             "clock.repair": self.repair_clock,
+            "backup": self.backup,
         }
         self.streams: dict[str, Stream] = {"watch": self.watch}
 
@@ -232,6 +288,24 @@ class Operations:
         if arg(args, "digest", bool, False):
             result["digest"] = self.replica.digest()
         return result
+
+    async def health(self, args: Args) -> Value:
+        """Whether the agent is ready, and what it waits for: answered at once, or with
+        ``wait``, once it is ready."""
+        node = self._node()
+        if arg(args, "wait", bool, False):
+            await self.ready.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return {
+            "ready": self.ready.is_set(),
+            "node_id": node_id_text(node.node_id),
+            "short_id": node_id_short(node.node_id),
+            "listen": [format_address(a) for a in node.bound],
+            "links": len(node.linked_peers()),
+            "discovery": self.peering is not None,
+            "static_peers": [peer.record() for peer in static_peers(node)],
+        }
 
     def _clock(self) -> Value:
         """The replica's clock, and whether local writes are refused for it now."""
@@ -405,6 +479,17 @@ class Operations:
             raise RequestError(str(exc)) from None
         put = Put(collection=SETTINGS_COLLECTION, key=TOPOLOGY_KEY, fields=setting.record())
         return _change(await self.replica.commit([put], system=True))
+
+    async def backup(self, args: Args) -> Value:
+        """Copy the database (one consistent snapshot, while writes go on), the key and the
+        membership into ``to``, a new directory; the names of the files written."""
+        from blazemesh.agent.storage.backup import backup
+
+        target = Path(arg(args, "to", str))
+        if not target.is_absolute():
+            raise RequestError(f"a backup goes to an absolute path, not {str(target)!r}")
+        written: list[Value] = list(await trio.to_thread.run_sync(backup, self.data_dir, target))
+        return {"to": str(target), "files": written}
 
     async def repair_clock(self, args: Args) -> Value:
         """Re-stamp the changes made while this device's clock ran ahead; without an agent

@@ -22,7 +22,7 @@ import trio
 
 from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
-from blazemesh.agent.cli import jsonio, membership, node
+from blazemesh.agent.cli import backup, jsonio, membership, node, ready
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
@@ -120,6 +120,7 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
 
     membership.register(sub, common, _data_dir)
     node.register(sub, common, writes, _data_dir)
+    backup.register(sub, common, _data_dir)
     if register_more is not None:
         register_more(sub)
 
@@ -168,6 +169,8 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
         "--digest", action="store_true", help="also hash every record (equal on replicas in sync)"
     )
     p.set_defaults(run=cmd_info)
+
+    ready.register(sub, common, _data_dir)
     return parser
 
 

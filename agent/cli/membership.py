@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from blazemesh.agent.api.client import AgentClient
+from blazemesh.agent.api.client import no_agent_holds, reach_agent
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.storage.paths import KEY_FILE, make_data_dir
 from blazemesh.agent.trust.membership import (
@@ -143,7 +144,9 @@ def _save(data_dir: Path, mesh: Mesh) -> None:
     save_mesh(data_dir, mesh)
 
     async def tell_agent() -> bool:
-        client = await AgentClient.connect(data_dir, client="blazemesh-cli")
+        # An agent that is starting is waited for: it may have read the file before this
+        # command changed it.
+        client = await reach_agent(data_dir, functools.partial(no_agent_holds, data_dir))
         if client is None:
             return False
         try:

@@ -23,7 +23,7 @@ exceed the number of blazemesh nodes on the LAN (docs/operations.md).
 Threading (STYLE.md practice 6): zeroconf runs its own asyncio loop in its own thread and
 calls browser handlers from another. A handler only hands ``(name, gone)`` to trio with
 `TrioToken.run_sync_soon` and never raises; every blocking zeroconf call (construct,
-browse, register, resolve, unregister, close) runs in a trio worker thread, and resolves
+browse, register, update, resolve, unregister, close) runs in a trio worker thread, and resolves
 at most `MAX_RESOLVING` at a time.
 """
 
@@ -33,7 +33,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn, Protocol
@@ -67,6 +67,7 @@ __all__ = [
     "MemoryDiscovery",
     "PeerGone",
     "PeerSeen",
+    "Readvertise",
     "ZeroconfDiscovery",
 ]
 
@@ -112,6 +113,8 @@ class PeerGone:
 
 
 DiscoveryEvent = PeerSeen | PeerGone
+# Replaces what a running `Discovery` advertises (see `Discovery.run`).
+Readvertise = Callable[[Advert], Awaitable[None]]
 
 
 class Discovery(Protocol):
@@ -122,17 +125,19 @@ class Discovery(Protocol):
         advert: Advert,
         events: trio.MemorySendChannel[DiscoveryEvent],
         *,
-        task_status: trio.TaskStatus[None],
+        task_status: trio.TaskStatus[Readvertise],
     ) -> None:
         """Advertise ``advert`` and send what is seen to ``events`` until cancelled; then
         withdraw the advert. Reports started once browsing is live (the advert itself
-        may still be being announced).
+        may still be being announced), with a `Readvertise` function: it replaces the
+        advert (same node id) by a new one, which the others are then told of as a
+        change (a new mesh tag after the membership changed, say).
 
         ``events`` gets a `PeerSeen` for every advert of another node, again whenever
         what it says changes, and a `PeerGone` once it is withdrawn or expires; never
         an advert with this node's id. Raises `LocalProtocolError` at once for an
-        advert that cannot be announced, and `trio.BrokenResourceError` if the
-        receiving end of ``events`` is closed.
+        advert that cannot be announced (and `Readvertise` does for a new one), and
+        `trio.BrokenResourceError` if the receiving end of ``events`` is closed.
         """
 
 
@@ -151,6 +156,13 @@ def _advert_info(advert: Advert) -> AdvertInfo:
     )
     encode_txt(info)  # raises for what no peer would accept
     return info
+
+
+def _check_replacement(advert: Advert, new: Advert) -> None:
+    """Raise `LocalProtocolError` unless ``new`` may replace ``advert``."""
+    if new.node_id != advert.node_id:
+        raise LocalProtocolError("a new advert must keep the node id of the one it replaces")
+    _advert_info(new)
 
 
 def _seen(name: str, advert: Advert) -> PeerSeen:
@@ -283,7 +295,7 @@ class MemoryDiscovery:
         advert: Advert,
         events: trio.MemorySendChannel[DiscoveryEvent],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[Readvertise] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         _advert_info(advert)
         label = instance_label(advert.node_id)
@@ -297,8 +309,20 @@ class MemoryDiscovery:
             tracker.seen(other)
             other_tracker.seen(me)
         self._nodes[name] = (me, tracker)
+
+        async def readvertise(new: Advert) -> None:
+            _check_replacement(advert, new)
+            await trio.lowlevel.checkpoint()
+            if self._nodes.get(name, (None, None))[1] is not tracker:
+                return  # stopped: nothing is advertised any more
+            seen = _seen(name, new)
+            self._nodes[name] = (seen, tracker)
+            for other_name, (_, other_tracker) in self._nodes.items():
+                if other_name != name:
+                    other_tracker.seen(seen)
+
         try:
-            task_status.started()
+            task_status.started(readvertise)
             await tracker.pump(events)
         finally:
             del self._nodes[name]
@@ -340,69 +364,115 @@ class ZeroconfDiscovery:
         advert: Advert,
         events: trio.MemorySendChannel[DiscoveryEvent],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[Readvertise] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from zeroconf import ServiceBrowser, ServiceInfo, Zeroconf
+        from zeroconf import ServiceBrowser, Zeroconf
 
-        txt = encode_txt(_advert_info(advert))
-        hosts = [host for host, _ in advert.addresses]
-        try:
-            parse_endpoints(hosts, advert.addresses[0][1])
-        except InvalidRemoteDataError as exc:
-            raise LocalProtocolError(f"this node's advert: {exc}") from None
-        info = ServiceInfo(
-            SERVICE_TYPE,
-            f"{instance_label(advert.node_id)}.{SERVICE_TYPE}",
-            port=advert.addresses[0][1],
-            properties=txt,
-            # A host name of our own: if the instance name is taken and we are renamed,
-            # our address records still do not mix with the other host's.
-            server=f"{host_label(advert.node_id)}.local.",
-            parsed_addresses=hosts,
-        )
+        info = _service_info(advert)
         browse = _Browse(advert.node_id, max_peers=self.max_peers)
         handler = _BrowseHandler(trio.lowlevel.current_trio_token(), browse.changed)
         zc: Zeroconf | None = None
         browser: ServiceBrowser | None = None
-        registered: list[ServiceInfo] = []  # filled once the name is ours: say goodbye
+        advertiser: _Advertiser | None = None
         try:
             zc = await trio.to_thread.run_sync(partial(Zeroconf, interfaces=self.interfaces))
+            advertiser = _Advertiser(zc, info, self.interfaces)
             # Browse before registering: our first queries then go out while our own
             # name is still being probed (about a second, RFC 6762 §8.1), not after.
             browser = await trio.to_thread.run_sync(
                 partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[handler])
             )
+
+            async def readvertise(new: Advert) -> None:
+                _check_replacement(advert, new)
+                assert advertiser is not None
+                await advertiser.update(new)
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(browse.tracker.pump, events)
                 for _ in range(MAX_RESOLVING):
                     nursery.start_soon(browse.resolve_forever, zc)
-                nursery.start_soon(self._register, zc, info, browse, registered)
-                task_status.started()
+                nursery.start_soon(advertiser.register)
+                task_status.started(readvertise)
         finally:
             with trio.CancelScope(shield=True):
+                registered = None if advertiser is None else advertiser.registered
                 await trio.to_thread.run_sync(_shutdown, zc, browser, registered)
 
-    async def _register(
-        self, zc: Zeroconf, info: ServiceInfo, browse: _Browse, registered: list[ServiceInfo]
-    ) -> None:
+
+def _service_info(advert: Advert, name: str | None = None) -> ServiceInfo:
+    """The DNS-SD records of ``advert`` (under ``name``, a name taken before, if given);
+    `LocalProtocolError` if it cannot be announced."""
+    from zeroconf import ServiceInfo
+
+    txt = encode_txt(_advert_info(advert))
+    hosts = [host for host, _ in advert.addresses]
+    try:
+        parse_endpoints(hosts, advert.addresses[0][1])
+    except InvalidRemoteDataError as exc:
+        raise LocalProtocolError(f"this node's advert: {exc}") from None
+    return ServiceInfo(
+        SERVICE_TYPE,
+        name or f"{instance_label(advert.node_id)}.{SERVICE_TYPE}",
+        port=advert.addresses[0][1],
+        properties=txt,
+        # A host name of our own: if the instance name is taken and we are renamed,
+        # our address records still do not mix with the other host's.
+        server=f"{host_label(advert.node_id)}.local.",
+        parsed_addresses=hosts,
+    )
+
+
+class _Advertiser:
+    """This node's advert on ``zc``: registered once, then updated in place (trio thread
+    only; one zeroconf call at a time, each in a worker thread)."""
+
+    def __init__(self, zc: Zeroconf, info: ServiceInfo, interfaces: Sequence[str]) -> None:
+        self._zc = zc
+        self._info = info
+        self._interfaces = interfaces
+        self._lock = trio.Lock()
+        self.registered: ServiceInfo | None = None  # once the name is ours: say goodbye
+
+    async def register(self) -> None:
         from zeroconf import Error as ZeroconfError
 
-        try:
-            # A name another host holds is renamed (-2, -3, ...) rather than fought over.
-            await trio.to_thread.run_sync(
-                partial(zc.register_service, info, allow_name_change=True)
-            )
-        except ZeroconfError as exc:
-            log.error(
-                "cannot advertise on %s (%s: %s): this node still finds the others, "
-                "but they do not find it",
-                ", ".join(self.interfaces),
-                type(exc).__name__,
-                exc,
-            )
-            return
-        registered.append(info)
-        log.info("advertising %s on %s", info.name, ", ".join(self.interfaces))
+        async with self._lock:
+            info = self._info
+            try:
+                # A name another host holds is renamed (-2, -3, ...) rather than fought over.
+                await trio.to_thread.run_sync(
+                    partial(self._zc.register_service, info, allow_name_change=True)
+                )
+            except ZeroconfError as exc:
+                log.error(
+                    "cannot advertise on %s (%s: %s): this node still finds the others, "
+                    "but they do not find it",
+                    ", ".join(self._interfaces),
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            self.registered = info
+        log.info("advertising %s on %s", info.name, ", ".join(self._interfaces))
+
+    async def update(self, advert: Advert) -> None:
+        """Announce ``advert`` instead, under the name taken (RFC 6762 §8.4: a changed
+        record is announced again); before registration ends, it is what registers."""
+        from zeroconf import Error as ZeroconfError
+
+        async with self._lock:
+            info = _service_info(advert, self._info.name)
+            self._info = info
+            if self.registered is None:
+                return
+            try:
+                await trio.to_thread.run_sync(self._zc.update_service, info)
+            except ZeroconfError as exc:
+                log.warning("could not update advert %s: %s", info.name, exc)
+                return
+            self.registered = info
+        log.info("advert %s updated", info.name)
 
 
 class _BrowseHandler:
@@ -530,7 +600,7 @@ def _resolve(zc: Zeroconf, name: str) -> _Records | str | None:
 
 
 def _shutdown(
-    zc: Zeroconf | None, browser: ServiceBrowser | None, registered: list[ServiceInfo]
+    zc: Zeroconf | None, browser: ServiceBrowser | None, registered: ServiceInfo | None
 ) -> None:
     """On a worker thread: stop browsing, withdraw the advert (goodbye packets, RFC 6762
     §10.1) and stop zeroconf, joining its threads."""
@@ -541,10 +611,10 @@ def _shutdown(
     try:
         if browser is not None:
             browser.cancel()
-        for info in registered:
+        if registered is not None:
             try:
-                zc.unregister_service(info)
+                zc.unregister_service(registered)
             except ZeroconfError as exc:  # the network may already be gone
-                log.warning("could not withdraw advert %s: %s", info.name, exc)
+                log.warning("could not withdraw advert %s: %s", registered.name, exc)
     finally:
         zc.close()

@@ -4,9 +4,11 @@
 into members of this node's mesh and the rest (another mesh, an incompatible version,
 not on the allowlist), and dials the members the topology rules pick
 (`protocol.topology`). It re-plans whenever an advert comes or goes and when the
-membership changes. Adverts only say who might be there: a crashed node's advert can
-linger in mDNS caches for minutes, and its dialler then simply keeps retrying with
-backoff; links, not adverts, tell who is alive.
+membership changes; a change of the mesh secret also changes this node's advert (its
+mesh tag), which discovery then announces again, so that the members see it at once.
+Adverts only say who might be there: a crashed node's advert can linger in mDNS caches
+for minutes, and its dialler then simply keeps retrying with backoff; links, not
+adverts, tell who is alive.
 
 Of two members that should be linked, the topology says which one dials. If that one has
 not linked within `DIAL_GRACE_S` (it may not see us, or cannot reach us), the other dials
@@ -21,7 +23,14 @@ from typing import assert_never
 
 import trio
 
-from blazemesh.agent.discovery.adverts import Advert, Discovery, DiscoveryEvent, PeerGone, PeerSeen
+from blazemesh.agent.discovery.adverts import (
+    Advert,
+    Discovery,
+    DiscoveryEvent,
+    PeerGone,
+    PeerSeen,
+    Readvertise,
+)
 from blazemesh.agent.links.network import Address, format_address
 from blazemesh.agent.links.node import Node
 from blazemesh.agent.storage.store import Applied
@@ -80,16 +89,12 @@ class Peering:
         self._dialling: dict[bytes, tuple[Address, trio.CancelScope]] = {}
         self._covering: set[bytes] = set()  # theirs to dial, dialled by us after the grace
         self._tag: tuple[bytes, str] | None = None  # (secret, its mesh tag): `_mesh_tag`
+        self._advert_changed = trio.Event()  # the membership changed: `_readvertiser`
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Advertise, browse and keep the planned links until cancelled."""
         node = self.node
-        advert = Advert(
-            node_id=node.node_id,
-            addresses=self.advertise,
-            mesh_tag=self._mesh_tag(),
-            hub_eligible=self.hub_eligible,
-        )
+        advert = self._advert()
         self._started = trio.current_time()
         send, receive = trio.open_memory_channel[DiscoveryEvent](MAX_EVENTS_QUEUED)
         stop = node.mesh.on_change(self._membership_changed)
@@ -97,7 +102,8 @@ class Peering:
         self._load_setting()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.discovery.run, advert, send)
+                readvertise = await nursery.start(self.discovery.run, advert, send)
+                nursery.start_soon(self._readvertiser, advert, readvertise)
                 nursery.start_soon(self._planner)
                 task_status.started()
                 async for event in receive:
@@ -114,6 +120,25 @@ class Peering:
             stop_following()
             for _, scope in self._dialling.values():
                 scope.cancel()
+
+    def _advert(self) -> Advert:
+        return Advert(
+            node_id=self.node.node_id,
+            addresses=self.advertise,
+            mesh_tag=self._mesh_tag(),
+            hub_eligible=self.hub_eligible,
+        )
+
+    async def _readvertiser(self, advert: Advert, readvertise: Readvertise) -> None:
+        """Announce this node's advert again whenever the membership changes what it says."""
+        while True:
+            await self._advert_changed.wait()
+            self._advert_changed = trio.Event()
+            new = self._advert()
+            if new != advert:
+                log.info("the mesh secret changed: advertising the new mesh tag")
+                await readvertise(new)
+                advert = new
 
     async def _planner(self) -> None:
         """Plan when asked (news) and every `REPLAN_EVERY_S` (grace periods expire), at
@@ -201,6 +226,7 @@ class Peering:
     def _membership_changed(self) -> None:
         for sighting in self.sightings.values():
             sighting.refused = self._refusal(sighting.seen)
+        self._advert_changed.set()
         self._replan.set()
 
     def _members(self) -> dict[bytes, Sighting]:

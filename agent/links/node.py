@@ -45,7 +45,7 @@ from blazemesh.agent.storage.store import Applied, Outcome
 from blazemesh.agent.trust.identity import Identity
 from blazemesh.agent.trust.membership import Mesh
 from blazemesh.protocol.codec import decode_change
-from blazemesh.protocol.errors import ProtocolError
+from blazemesh.protocol.errors import OwnOriginError, ProtocolError
 from blazemesh.protocol.forwarding import (
     Arrival,
     AskFor,
@@ -162,6 +162,7 @@ class Node:
         self._scopes = LinkScopes(mesh)
         self._handshakes = HandshakeSlots(self.config.max_handshakes)
         self._nursery: trio.Nursery | None = None
+        self._own_claimed = 0  # the greatest seq of its own a peer was seen to hold
         self.bound: list[Address] = []
 
     @property
@@ -351,6 +352,7 @@ class Node:
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
         self._carry_out(self._forwarding.link_up(peer))
+        self._check_own_history(link, link.sync.peer_holds_own())
 
     def feed_by_ring(self, on: bool) -> None:
         """Take each origin's changes from the link nearest to it on the ring, or else
@@ -398,6 +400,13 @@ class Node:
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
         """Tell the forwarding tree what became of the changes ``link`` brought."""
+        refused_own = [
+            change.seq
+            for change, outcome in zip(changes, outcomes, strict=True)
+            if isinstance(outcome, OwnOriginError)
+        ]
+        if refused_own:
+            self._check_own_history(link, max(refused_own))
         peer = link.peer_id
         if peer is None or self._links.get(peer) is not link:
             return  # a link being replaced: the one that replaced it speaks for the peer
@@ -407,6 +416,35 @@ class Node:
             for change, outcome in zip(changes, outcomes, strict=True)
         )
         self._carry_out(self._forwarding.applied(peer, arrivals))
+
+    def _check_own_history(self, link: Link, claimed: int) -> None:
+        """``link``'s peer holds this node's own changes up to seq ``claimed``: past what
+        the replica holds, the replica is an earlier copy of the node's data (a snapshot
+        put back, a device imaged from another) that nothing revealed at open. It takes
+        them back (`Replica.take_back_own`); writes it made since it started may share
+        seqs with them, which a log line says."""
+        if claimed <= max(self.replica.vv.max_seq(self.node_id), self._own_claimed):
+            return
+        self._own_claimed = claimed
+        assert self._nursery is not None
+        self._nursery.start_soon(self._take_back_own, link.name, claimed)
+
+    async def _take_back_own(self, peer: str, claimed: int) -> None:
+        window = await self.replica.take_back_own(claimed)
+        if window is not None:
+            first, last = window
+            log.error(
+                "%s holds changes under this node's id up to seq %d, past the last this node "
+                "holds: its data directory is an earlier copy (a snapshot or backup put back, "
+                "or a device imaged from another). It takes them back (seqs %d to %d) and "
+                "writes on from %d; changes it wrote since it started, before it knew, may "
+                'share seqs with them (docs/operations.md, "Backups and restores")',
+                peer,
+                claimed,
+                first,
+                last,
+                last + 1,
+            )
 
     def _cache_changes(self, applied: list[Applied]) -> None:
         """Keep the newest changes, within `NodeConfig.cache_changes` and `cache_bytes`."""

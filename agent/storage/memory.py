@@ -46,6 +46,7 @@ class MemoryData:
     seqs: dict[bytes, list[int]] = field(default_factory=dict)  # origin -> its seqs, sorted
     lsns: dict[tuple[bytes, int], int] = field(default_factory=dict)  # dot -> its lsn
     taken: list[tuple[int, int]] = field(default_factory=list)  # `MergingStore._take`
+    lost: tuple[int, int] | None = None  # `MergingStore.mark_restored`
 
     def held_bytes(self) -> int:
         """The bytes of the encoded changes and records held (the file size's analogue)."""
@@ -95,6 +96,7 @@ class MemoryStore(MergingStore):
             vv=vv,
             last_lsn=last_lsn,
             taken=data.taken,
+            lost=data.lost,
         )
         self._undo: list[Callable[[], object]] | None = None  # while a transaction runs
 
@@ -167,6 +169,10 @@ class MemoryStore(MergingStore):
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         was, self.data.taken = self.data.taken, runs
         self._note(functools.partial(setattr, self.data, "taken", was))
+
+    def _save_lost(self, lost: tuple[int, int]) -> None:
+        was, self.data.lost = self.data.lost, lost
+        self._note(functools.partial(setattr, self.data, "lost", was))
 
     def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
         """No snapshot to save: opening replays the whole log."""

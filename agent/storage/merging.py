@@ -52,6 +52,10 @@ StoredRecord = tuple[str, bytes | None, bytes]  # a record of a known collection
 # A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change).
 LogRow = tuple[int, bytes, int, int, bytes]
 
+# How far a restored copy's own seqs jump (`MergingStore.mark_restored`): past every change
+# the node can have made after the copy (4 billion), with room for 2 billion restores.
+SEQ_EPOCH = 1 << 32
+
 # What a failure of the storage says (`MergingStore._failing`).
 WRITE_FAILED = "write to {where} failed: {error}"
 READ_FAILED = "could not read {where}: {error}"
@@ -154,9 +158,11 @@ class MergingStore(ABC):
         vv: VersionVector,
         last_lsn: int,
         taken: Sequence[tuple[int, int]],
+        lost: tuple[int, int] | None = None,
     ) -> None:
         """Start from what the subclass recovered: the clock and the vector of the
-        changes held, the last log position, and the runs of this node's seqs taken."""
+        changes held, the last log position, the runs of this node's seqs taken, and
+        the seqs an earlier copy of this node may have issued (`mark_restored`)."""
         self.node_id = node_id
         self.wall_ms = wall_ms  # the HLC's wall clock
         self.clock = clock
@@ -166,7 +172,8 @@ class MergingStore(ABC):
         # made (`OwnOriginError`): its own writes skip them, so that a forged change does
         # not shadow a real one. Bounded like gaps.
         self._taken = VersionVector.from_parts({}, {node_id: list(taken)})
-        self._next_seq = vv.max_seq(node_id) + 1
+        self._lost = lost
+        self._next_seq = max(vv.max_seq(node_id), lost[1] if lost else 0) + 1
         self.commits = 0  # transactions committed since opening: group commit shows here
 
     @property
@@ -202,6 +209,10 @@ class MergingStore(ABC):
     @abstractmethod
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         """Keep, in the transaction, the runs of this node's seqs taken (`_take`)."""
+
+    @abstractmethod
+    def _save_lost(self, lost: tuple[int, int]) -> None:
+        """Keep, in the transaction, the seqs an earlier copy may have issued."""
 
     @abstractmethod
     def _own_ahead(self, stamp: int) -> list[tuple[int, bytes]]:
@@ -257,7 +268,7 @@ class MergingStore(ABC):
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes]] = []
         added: dict[bytes, set[int]] = {}
-        admission = Admission(self.node_id, self.vv)
+        admission = Admission(self.node_id, self.vv, own_lost=self._lost)
         for i, job in enumerate(jobs):
             try:
                 change, blob = self._admit(job, added, admission)
@@ -339,6 +350,44 @@ class MergingStore(ABC):
         admission.admit(job)
         self.clock.receive(last_stamp(job), self.wall_ms())
         return job, encode_change(job)
+
+    @property
+    def lost(self) -> tuple[int, int] | None:
+        """The seqs of this node's id that an earlier copy of its data may have issued
+        after the copy was made: taken back from peers, never issued again."""
+        return self._lost
+
+    def mark_restored(self) -> tuple[int, int]:
+        """This store holds an earlier copy of the node's data (restored from a backup,
+        copied to a new device, recreated empty): changes the node made after the copy
+        may be on its peers, under the seqs that follow the last it holds. From now on
+        its own writes take seqs `SEQ_EPOCH` further on, and remote changes under its id
+        with seqs in between are taken back as its own (docs/design.md, "Restores").
+        Return the window of such seqs."""
+        first = self.vv.max_seq(self.node_id) + 1
+        lost = (first, first + SEQ_EPOCH - 1)
+        if self._lost is not None:
+            lost = (min(self._lost[0], first), max(self._lost[1], lost[1]))
+        with self._failing(WRITE_FAILED), self._transaction():
+            self._save_lost(lost)
+        self._lost = lost
+        self._next_seq = max(self._next_seq, lost[1] + 1)
+        return lost
+
+    def take_back(self, claimed: int) -> tuple[int, int] | None:
+        """A peer holds changes under this node's id up to seq ``claimed``, past the last
+        this store holds: it is an earlier copy that nothing at open revealed (a disk
+        snapshot put back, a device imaged from another). Mark it restored and return
+        the window of seqs taken back; None if ``claimed`` needs nothing (already held
+        or taken back) or is more than any copy of this node can have made
+        (`SEQ_EPOCH` past what it holds: a claim to ignore)."""
+        held = self.vv.max_seq(self.node_id)
+        lost = self._lost
+        if claimed <= held or (lost is not None and claimed <= lost[1]):
+            return None
+        if claimed - held >= SEQ_EPOCH:
+            return None
+        return self.mark_restored()
 
     def _take(self, seq: int) -> None:
         """Remember, in this batch's transaction, that peers hold a change under this

@@ -431,6 +431,16 @@ class Replica:
                 p.done.set()
             await trio.lowlevel.checkpoint()
 
+    async def take_back_own(self, claimed: int) -> tuple[int, int] | None:
+        """A peer holds changes under this node's id up to seq ``claimed``, past the last
+        this replica holds: this replica is an earlier copy of the node's data. Take
+        those changes back as its own and write on past them (`Store.take_back`); the
+        window of seqs taken back, or None if nothing was to do. Waits for writes in
+        progress, so that none takes a seq meanwhile."""
+        self._check_open()
+        await self._idle.wait()
+        return self._store.take_back(claimed)
+
     async def repair_clock(self) -> int:
         """Re-stamp this node's changes made while its clock ran ahead, once the clock is
         right again, and set the replica's clock back (`Store.restamp_ahead`); return

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -65,6 +67,7 @@ class SqliteStore(MergingStore):
     ) -> None:
         self.path = path
         self.durability = durability
+        recorded = _recorded_file(path)
         with contextlib.ExitStack() as undo:
             try:
                 self._writer = self._connect()
@@ -76,6 +79,7 @@ class SqliteStore(MergingStore):
                 self._check_owner(node_id)
                 vv, clock, last_lsn = self._recover()
                 taken = self._meta_runs("taken")
+                lost_runs = self._meta_runs("lost")
             except sqlite3.DatabaseError as exc:
                 raise StorageError(f"cannot open {path}: {exc}") from None
             except (
@@ -94,7 +98,23 @@ class SqliteStore(MergingStore):
             vv=vv,
             last_lsn=last_lsn,
             taken=taken,
+            lost=lost_runs[0] if lost_runs else None,
         )
+        current = f"{_file_id(path)}:{self._meta('db_id', '')}"
+        if recorded is not None and recorded != current:
+            first, last = self.mark_restored()
+            log.warning(
+                "%s is not the database this node last opened (restored from a backup, "
+                "copied from another device, or recreated): changes it made after that copy "
+                "may be on its peers, so it takes them back (seqs %d to %d) and writes on "
+                "from seq %d",
+                path,
+                first,
+                last,
+                last + 1,
+            )
+        if recorded != current:
+            _record_file(path, current)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -132,6 +152,7 @@ class SqliteStore(MergingStore):
             with self._transaction():
                 self._set_meta("node_id", node_id)
                 self._set_meta("codec_version", CODEC_VERSION)
+                self._set_meta("db_id", secrets.token_hex(16))
         elif owner != node_id:
             raise StorageError(f"{self.path} belongs to another node identity")
 
@@ -215,6 +236,9 @@ class SqliteStore(MergingStore):
 
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         self._set_meta("taken", msgpack.packb(runs))
+
+    def _save_lost(self, lost: tuple[int, int]) -> None:
+        self._set_meta("lost", msgpack.packb([lost]))
 
     def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
@@ -344,6 +368,50 @@ class SqliteStore(MergingStore):
 
     def _set_meta(self, name: str, value: object) -> None:
         self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+
+# Beside the database, which database it is (the file's device and inode as this node last
+# opened it, and the random id the database got when it was created): a database that is
+# not that one was put there from a copy, or created anew (`SqliteStore`, "Restores").
+FILE_ID_SUFFIX = ".id"
+RESTORED = "restored"  # what `blazemesh restore` records: no file is that one
+
+
+def _file_id(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_dev}:{info.st_ino}"
+
+
+def _recorded_file(path: Path) -> str | None:
+    """The file identity recorded beside ``path``, or None if none is (a new data
+    directory, or one from before the record existed)."""
+    try:
+        return path.with_name(path.name + FILE_ID_SUFFIX).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}{FILE_ID_SUFFIX}: {exc.strerror}") from None
+
+
+def _record_file(path: Path, file_id: str) -> None:
+    """Record ``file_id`` beside ``path`` (written whole, mode 0600)."""
+    target = path.with_name(path.name + FILE_ID_SUFFIX)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(file_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+
+
+def mark_restored(path: Path) -> None:
+    """Record that the database at ``path`` was put there from a backup: the next open
+    treats it as a restored copy (`MergingStore.mark_restored`)."""
+    _record_file(path, RESTORED)
 
 
 def _snapshot_runs(items: list[Any]) -> list[tuple[int, int]]:

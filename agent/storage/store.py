@@ -170,6 +170,12 @@ class Store(ChangeLog, Protocol):
         back; return how many were re-stamped (docs/operations.md, "Clocks")."""
         ...
 
+    def take_back(self, claimed: int) -> tuple[int, int] | None:
+        """A peer holds this node's own changes up to seq ``claimed``, past what this store
+        holds: take the missing ones back as the node's own, and issue no seq they may
+        use (docs/design.md, "Restores"); the window of such seqs, or None."""
+        ...
+
     def get(self, collection: str, key: str) -> dict[str, Value] | None:
         """The committed document of a record, or None if it is absent or deleted."""
         ...

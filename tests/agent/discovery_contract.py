@@ -17,11 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
+import pytest
 import trio
 
-from blazemesh.agent.discovery.adverts import Advert, Discovery, DiscoveryEvent, PeerGone, PeerSeen
+from blazemesh.agent.discovery.adverts import (
+    Advert,
+    Discovery,
+    DiscoveryEvent,
+    PeerGone,
+    PeerSeen,
+    Readvertise,
+)
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.discovery import mesh_tag
+from blazemesh.protocol.errors import LocalProtocolError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,12 +47,23 @@ class Node:
 
     def __init__(self, advert: Advert) -> None:
         self.advert = advert
-        self.view: dict[str, PeerSeen] = {}  # adverts of this mesh, by name
-        self.names: set[str] = set()  # every name reported seen and not gone, any mesh
+        self.seen: dict[str, PeerSeen] = {}  # every advert reported and not gone, any mesh
         self.changed = trio.Condition()
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.reading = trio.Event()
+        self._readvertise: Readvertise | None = None
+
+    async def readvertise(self, advert: Advert) -> None:
+        """Advertise ``advert`` instead, and follow its mesh from now on."""
+        assert self._readvertise is not None, "the node is not running"
+        self.advert = advert
+        await self._readvertise(advert)
+
+    @property
+    def view(self) -> dict[str, PeerSeen]:
+        """The adverts of this node's mesh (as it is now), by name."""
+        return {n: s for n, s in self.seen.items() if s.mesh_tag == self.advert.mesh_tag}
 
     def ids(self) -> set[bytes]:
         return {seen.node_id for seen in self.view.values()}
@@ -52,16 +72,11 @@ class Node:
         await self.reading.wait()
         async for event in events:
             if isinstance(event, PeerGone):
-                assert event.name in self.names, f"{event} without a PeerSeen before"
-                self.names.discard(event.name)
-                self.view.pop(event.name, None)
+                assert event.name in self.seen, f"{event} without a PeerSeen before"
+                del self.seen[event.name]
             else:
                 assert event.node_id != self.advert.node_id, f"a node was shown itself: {event}"
-                self.names.add(event.name)
-                if event.mesh_tag == self.advert.mesh_tag:
-                    self.view[event.name] = event
-                else:
-                    self.view.pop(event.name, None)
+                self.seen[event.name] = event
             async with self.changed:
                 self.changed.notify_all()
 
@@ -87,7 +102,7 @@ class Node:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.follow, receive)
-                    await nursery.start(discovery.run, self.advert, send)
+                    self._readvertise = await nursery.start(discovery.run, self.advert, send)
                     task_status.started()
         finally:
             self.stopped.set()
@@ -207,10 +222,41 @@ async def a_node_that_does_not_read_holds_up_no_one(harness: Harness) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def a_changed_advert_is_seen_by_the_others(harness: Harness) -> None:
+    # The mesh secret is rotated and every node joins the new one, one after the other;
+    # node 1 changes its advert before its name is even taken.
+    nodes = new_nodes(harness, 3)
+    tag = mesh_tag(secrets.token_bytes(32))
+    with trio.fail_after(harness.timeout_s):
+        async with trio.open_nursery() as nursery:
+            for i, node in enumerate(nodes):
+                await nursery.start(node.run, harness.make(i))
+            await nodes[1].readvertise(replace(nodes[1].advert, hub_eligible=True))
+            for node in nodes:
+                await node.until(sees_the_others(node, nodes))
+            for node in nodes:
+                await node.readvertise(replace(node.advert, mesh_tag=tag))
+            for node in nodes:
+                await node.until(sees_the_others(node, nodes))
+            nursery.cancel_scope.cancel()
+
+
+async def a_new_advert_keeps_the_node_id(harness: Harness) -> None:
+    (node, other) = new_nodes(harness, 2)
+    with trio.fail_after(harness.timeout_s):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run, harness.make(0))
+            with pytest.raises(LocalProtocolError, match="node id"):
+                await node.readvertise(replace(node.advert, node_id=other.advert.node_id))
+            nursery.cancel_scope.cancel()
+
+
 CONTRACT = [
     nodes_see_each_other_with_what_they_advertise,
     a_node_that_stops_is_reported_gone,
     a_node_started_later_is_seen,
     two_adverts_wanting_one_name_are_both_seen,
     a_node_that_does_not_read_holds_up_no_one,
+    a_changed_advert_is_seen_by_the_others,
+    a_new_advert_keeps_the_node_id,
 ]

@@ -12,7 +12,6 @@ import random
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +57,6 @@ class Agent:
     @property
     def socket(self) -> Path:
         return self.data_dir / CONTROL_SOCKET
-
-
-@pytest.fixture
-def data_dir() -> AsyncIterator[Path]:
-    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="bm-") as top:
-        yield Path(top) / "node"
 
 
 @contextlib.asynccontextmanager

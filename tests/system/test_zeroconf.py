@@ -173,7 +173,7 @@ async def test_hostile_adverts_are_ignored_and_browsing_goes_on() -> None:
                 for event in refusals.events.values():
                     await event.wait()
                 assert set(node.view) == {good.name}
-                assert not (node.names & {junk.name, stray})
+                assert not (node.seen.keys() & {junk.name, stray})
                 assert not node.stopped.is_set()
                 nursery.cancel_scope.cancel()
     finally:

@@ -1,0 +1,57 @@
+"""``blazemesh wait-ready``: wait until the data directory's agent is ready, for scripts.
+
+Ready means what `agent.service` says: serving its control socket, listening, and caught
+up with its static peers (or done waiting for them). Exit 0 once it is, with one line
+saying where it listens; exit 1 with one line saying what was found if it is not within
+``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from blazemesh.agent.api.client import wait_ready
+from blazemesh.agent.errors import ConfigError
+
+DataDir = Callable[[argparse.Namespace], Path]
+DEFAULT_TIMEOUT_S = 30.0  # a service manager's start-up timeout is of this order
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    data_dir: DataDir,
+) -> None:
+    """Add ``wait-ready`` to the ``blazemesh`` parser."""
+    p = sub.add_parser(
+        "wait-ready",
+        parents=[common],
+        help="wait until the agent serves and has caught up with its static peers",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up after this long, with exit status 1 (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.set_defaults(run=lambda args: cmd_wait_ready(data_dir(args), args))
+
+
+def cmd_wait_ready(data_dir: Path, args: argparse.Namespace) -> int:
+    timeout_s = args.timeout
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout_s}")
+    health = trio.run(functools.partial(wait_ready, data_dir, timeout_s=timeout_s))
+    links = health["links"]
+    print(
+        f"agent {health['short_id']} ready: listening on {', '.join(health['listen'])}, "
+        f"{links} link{'' if links == 1 else 's'} up"
+    )
+    return 0
