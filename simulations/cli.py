@@ -6,7 +6,6 @@ import argparse
 import difflib
 import functools
 import json
-import math
 import os
 import random
 import signal
@@ -18,7 +17,9 @@ from pathlib import Path
 import trio
 from trio.testing import MockClock
 
+from blazemesh.agent.cli.arguments import finite, path
 from blazemesh.agent.cli.interrupt import INTERRUPTED
+from blazemesh.agent.cli.lines import say
 from blazemesh.agent.errors import ConfigError
 from blazemesh.simulations.epidemic import MODELS, Rule, summarize
 from blazemesh.simulations.epidemic import simulate as simulate_epidemic
@@ -30,17 +31,7 @@ from blazemesh.simulations.scenario import BUILTIN, Fault, Scenario, load
 CHECKS_FAILED = 3  # the exit status of a run whose checks failed (1: a bad scenario)
 MAX_SITES = 1_000_000  # epidemic: each cycle loops over every site in Python; minutes here
 MAX_RUNS = 100_000  # epidemic: runs are averaged; far more than any spread needs
-
-
-def finite(text: str) -> float:
-    """An argparse type: a finite number (``nan`` and ``inf`` would pass `float`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
+MAX_K = 1_000  # epidemic: a site spreads for about k cycles; the paper's tables stop at 5
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, help: str) -> None:
@@ -72,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, help: 
     r.add_argument("--storm", type=finite, metavar="AT_S", help="drop every connection then")
     r.add_argument("--secure", action="store_true", help="keep the Noise channel (slower)")
     r.add_argument("--seed", type=int)
-    r.add_argument("--out", type=Path, metavar="DIR",
+    r.add_argument("--out", type=path, metavar="DIR",
                    help="write report.json, summary.txt, trace.txt and plots there")  # fmt: skip
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(run=cmd_run)
@@ -91,8 +82,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, help: 
         "--blind", dest="feedback", action="store_false", help="rumor: on every contact"
     )
     when = e.add_mutually_exclusive_group()
-    when.add_argument("--counter", type=int, metavar="K", help="rumor: after K such contacts")
-    when.add_argument("--coin", type=int, metavar="K", help="rumor: with probability 1/K each")
+    when.add_argument("--counter", type=int, metavar="K",
+                      help="rumor: after K such cycles in a row (default: K=1)")  # fmt: skip
+    when.add_argument("--coin", type=int, metavar="K",
+                      help="rumor: with probability 1/K at each such cycle")  # fmt: skip
     e.add_argument("--sites", type=int, default=1000)
     e.add_argument("--runs", type=int, default=50)
     e.add_argument("--seed", type=int, default=0, help="runs are seeded seed, seed+1, ...")
@@ -186,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = functools.partial(simulate, scenario, keep_trace=args.out is not None, progress=show)
     abandon = signal.signal(signal.SIGINT, _abandon)
     try:
+        if show is not None:  # setting up a large mesh takes a while before converging starts
+            show.starting(scenario.nodes)
         report = trio.run(run, clock=MockClock(autojump_threshold=0))
     finally:
         signal.signal(signal.SIGINT, abandon)
@@ -214,7 +209,7 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
     try:
         written += write_plots(data, out)
     except RuntimeError as exc:  # matplotlib is not installed
-        print(f"no plots: {exc}", file=sys.stderr)
+        say("warning", f"no plots: {exc}")
     return written
 
 
@@ -232,6 +227,9 @@ class Progress:
         bar = "#" * int(share * 40)
         print(f"\r  converging [{bar:<40}] {share:6.1%}", end="", file=sys.stderr, flush=True)
 
+    def starting(self, nodes: int) -> None:
+        print(f"\r  starting {nodes} nodes", end="", file=sys.stderr, flush=True)
+
     def done(self) -> None:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
 
@@ -241,7 +239,8 @@ def _abandon(signum: int, frame: object) -> None:
     nothing outside this process, and cancelling its tasks in order would take seconds
     (11.6 s for a mesh of 500 nodes dialling), with trio's own handler seconds more to
     reach the scheduler between batches of tasks."""
-    print("\rinterrupted" + " " * 60, file=sys.stderr, flush=True)
+    print("\r" + " " * 60 + "\r", end="", file=sys.stderr)  # the progress bar, if drawn
+    say("error", "interrupted")
     sys.stdout.flush()
     os._exit(INTERRUPTED)
 
@@ -275,7 +274,7 @@ def cmd_epidemic(args: argparse.Namespace) -> int:
         )
     for option, value in (("--counter", args.counter), ("--coin", args.coin)):
         if value is not None:
-            _within(option, value, 1, None)
+            _within(option, value, 1, MAX_K)
     try:
         k = args.coin if args.coin is not None else (args.counter or 1)
         feedback = True if args.feedback is None else args.feedback

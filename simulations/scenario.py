@@ -48,6 +48,9 @@ ACTIONS = {
     "storm": "break every connection of the network at once: a reconnect storm",
 }
 MAX_NODES = 5_000  # one trio run holds every node; beyond this, memory decides
+# Far past the 60 s a peer's clock may lead before it is refused (protocol.hlc); clocks
+# must stay within the 48 bits of milliseconds a stamp holds.
+MAX_SKEW_MS = 86_400_000  # a day
 MAX_WRITES = 10_000_000  # each is held by every node and traced: memory decides long before
 
 
@@ -118,8 +121,8 @@ class Scenario:
             raise ValueError("deletes is a share in [0, 1) and needs hot_keys")
         if self.hot_keys is not None and self.hot_keys < 1:
             raise ValueError(f"hot_keys must be at least 1, got {self.hot_keys}")
-        if self.skew_ms < 0:
-            raise ValueError(f"skew_ms must not be negative, got {self.skew_ms}")
+        if not 0 <= self.skew_ms <= MAX_SKEW_MS:
+            raise ValueError(f"skew_ms must be 0 to {MAX_SKEW_MS:,}, got {self.skew_ms:g}")
         numbered = [n for f in self.faults for n in f.nodes if n != "hub"]
         numbered += [n for f in self.faults for g in f.groups for n in g] + list(self.absent)
         if any(not 0 <= int(n) < self.nodes for n in numbered):

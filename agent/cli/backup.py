@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from blazemesh.agent.api.client import Session, open_session
+from blazemesh.agent.cli.arguments import path
 
 DataDir = Callable[[argparse.Namespace], Path]
 
@@ -24,7 +25,7 @@ def register(
         parents=[common],
         help="copy this node (database, key, membership) into a new directory, while it runs",
     )
-    p.add_argument("to", type=Path, metavar="DIR", help="a new (or empty) directory")
+    p.add_argument("to", type=path, metavar="DIR", help="a new (or empty) directory")
     p.set_defaults(run=lambda args: cmd_backup(data_dir(args), args.to))
     p = sub.add_parser(
         "restore",
@@ -32,7 +33,7 @@ def register(
         help="put a backup back as this node's data (agent stopped); it then takes back "
         "from its peers what it wrote after the backup",
     )
-    p.add_argument("source", type=Path, metavar="DIR", help="a directory `backup` wrote")
+    p.add_argument("source", type=path, metavar="DIR", help="a directory `backup` wrote")
     p.set_defaults(run=lambda args: cmd_restore(data_dir(args), args.source))
 
 

@@ -16,13 +16,14 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import trio
 
 from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
-from blazemesh.agent.cli import backup, jsonio, membership, node, ready
+from blazemesh.agent.cli import arguments, backup, jsonio, lines, membership, node, ready
+from blazemesh.agent.cli.interrupt import INTERRUPTED
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
@@ -44,14 +45,16 @@ def main(argv: Sequence[str] | None = None, *, register_more: Register | None = 
     (`blazemesh.cli`: the simulator's)."""
     parser = build_parser(register_more)
     args = parser.parse_args(argv)
+    lines.show_log_warnings()
     try:
+        check_text(args)
         code = args.run(args)
     except USER_ERRORS as exc:
         _fail(str(exc))
     except sqlite3.Error as exc:
         _fail(f"database error: {exc}")
     except KeyboardInterrupt:
-        code = 130
+        code = INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`blazemesh ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -71,8 +74,23 @@ USER_ERRORS = (AgentError, ProtocolError)
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"blazemesh: error: {message}", file=sys.stderr)
+    lines.say("error", message)
     sys.exit(1)
+
+
+def check_text(args: argparse.Namespace) -> None:
+    """Refuse an argument that is not UTF-8 (Python hands a command the bytes it cannot
+    decode as lone surrogates, which every encoder refuses later with a traceback).
+    Paths are exempt: a file name may be any bytes."""
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise ConfigError(
+                        f"{dest.replace('_', '-')}: {text[:80]!r} is not valid UTF-8"
+                    ) from None
 
 
 def os_error_text(exc: OSError) -> str:
@@ -97,15 +115,25 @@ def _group_message(group: BaseExceptionGroup[BaseException]) -> str | None:
     return "; ".join(dict.fromkeys(leaves)) or None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors end in a line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.split()[1:]  # "blazemesh trust add": the words after blazemesh
+        lines.say("error", f"{' '.join(command)}: {message}" if command else message)
+        sys.exit(2)
+
+
 def build_parser(register_more: Register | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blazemesh", description="Peer-to-peer sync agent: a local replica that syncs."
     )
     parser.add_argument("--version", action="version", version=f"blazemesh {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
-        type=Path,
+        type=arguments.path,
         default=None,
         help="the node's data directory (default: $BLAZEMESH_HOME or the user data dir)",
     )
@@ -116,7 +144,11 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
         default=Durability.NORMAL.value,
         help="normal: survives a process crash; full: also power loss (default: normal)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command's parser is a `_Parser` too (argparse makes them of the top one's class).
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
 
     membership.register(sub, common, _data_dir)
     node.register(sub, common, writes, _data_dir)
@@ -146,12 +178,14 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
     p.add_argument("where", nargs="*", metavar="FIELD=VALUE", help="equality filters")
     p.add_argument("--prefix", default="", help="only keys starting with this")
     p.add_argument("--after", default=None, help="only keys after this one (paging)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=arguments.int64, default=None)
     p.set_defaults(run=cmd_query)
 
     p = sub.add_parser("watch", parents=[common], help="print changes as they commit")
     p.add_argument("collection", nargs="?", default=None)
-    p.add_argument("--since", type=int, default=None, help="start after this log position")
+    p.add_argument(
+        "--since", type=arguments.int64, default=None, help="start after this log position"
+    )
     p.add_argument("--no-follow", dest="follow", action="store_false", help="exit at the end")
     p.set_defaults(run=cmd_watch)
 
@@ -254,7 +288,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     async def body(session: Session) -> int:
         document = await session.call("get", {"collection": args.collection, "key": args.key})
         if document is None:
-            print(f"blazemesh: {args.collection}/{args.key} not found", file=sys.stderr)
+            lines.say("error", f"{args.collection}/{args.key} not found")
             return 1
         print(jsonio.dumps(document))
         return 0

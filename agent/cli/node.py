@@ -19,6 +19,7 @@ import trio
 
 from blazemesh.agent.api.client import open_session
 from blazemesh.agent.cli import jsonio
+from blazemesh.agent.cli.lines import hide_log_warnings
 from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.network import DEFAULT_PORT, Address, parse_address
@@ -128,9 +129,26 @@ def register(
 
 def _addresses(texts: list[str], option: str) -> list[Address]:
     try:
-        return [parse_address(text, DEFAULT_PORT) for text in texts]
+        return [_address(text) for text in texts]
     except ValueError as exc:
         raise ConfigError(f"{option}: {exc}") from None
+
+
+def _address(text: str) -> Address:
+    """`parse_address`, in words for people: a port that is not a number (int() would
+    say "invalid literal for int() with base 10"), a host name the resolver refuses
+    (text that is not UTF-8, a label past 63 characters)."""
+    try:
+        host, port = parse_address(text, DEFAULT_PORT)
+    except ValueError as exc:
+        if str(exc).startswith("invalid literal"):
+            raise ValueError(f"the port of {text!r} is not a number") from None
+        raise
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{host[:80]!r} is not a host name or an IP address") from None
+    return host, port
 
 
 def _max_peers(n: int) -> int:
@@ -226,6 +244,7 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
     from blazemesh.agent.storage.store import Durability
     from blazemesh.protocol.topology import TopologyConfig
 
+    hide_log_warnings()  # the agent's log lines carry a time and a level instead
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     check_topology(args.topology, args.max_links, args.hub)
     listen = _addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN]

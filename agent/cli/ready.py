@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from blazemesh.agent.api.client import wait_ready
+from blazemesh.agent.cli.arguments import finite
 from blazemesh.agent.errors import ConfigError
 
 DataDir = Callable[[argparse.Namespace], Path]
@@ -36,7 +36,7 @@ def register(
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=finite,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help=f"give up after this long, with exit status 1 (default: {DEFAULT_TIMEOUT_S:g})",
@@ -46,7 +46,7 @@ def register(
 
 def cmd_wait_ready(data_dir: Path, args: argparse.Namespace) -> int:
     timeout_s = args.timeout
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
+    if timeout_s <= 0:
         raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout_s}")
     health = trio.run(functools.partial(wait_ready, data_dir, timeout_s=timeout_s))
     links = health["links"]

@@ -77,8 +77,6 @@ def parse_address(text: str, default_port: int) -> Address:
         host, port_text = text, ""
     if not host:
         raise ValueError(f"no host in address {text!r}")
-    if port_text and not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError(f"the port of {text!r} is not a number: {port_text!r}")
     port = int(port_text) if port_text else default_port
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range")

@@ -16,6 +16,7 @@ import pytest
 from blazemesh.agent.cli import jsonio, node
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, KEY_FILE
+from blazemesh.cli import main
 from tests.agent.test_cli import run
 
 
@@ -150,6 +151,8 @@ def test_a_data_dir_that_is_a_file_is_one_line(
     ("options", "message"),
     [
         (["--peer", "127.0.0.1:abc"], "--peer: the port of '127.0.0.1:abc' is not a number"),
+        (["--peer", "x" * 70], "is not a host name or an IP address"),  # a label > 63
+        (["--listen", "\udcff\udcfe"], "listen: '\\udcff\\udcfe' is not valid UTF-8"),
         (["--interface", "192.0.2.77"], "--interface 192.0.2.77 is not an IPv4 address of this"),
         (["--interface", "localhost"], "--interface localhost is not an IPv4 address of this"),
         (["--max-links", "0"], "--max-links must be at least 1, got 0"),
@@ -255,3 +258,42 @@ def test_a_database_with_damaged_pages_is_one_line(
     code, _, err = run(capsys, "query", "c")
     assert code == 1
     assert f"{path} is damaged (" in one_line(err)
+
+
+def test_warnings_and_errors_start_with_blazemesh(
+    capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    """What the library logs while a command runs is a ``blazemesh: warning:`` line, like
+    the command's own errors, not a bare line."""
+    run(capsys, "init")
+    run(capsys, "put", "c", "k", "n=1")
+    (home / DB_FILE).chmod(0o644)
+    code, _, err = run(capsys, "get", "c", "k")
+    assert code == 0
+    assert err == (
+        f"blazemesh: warning: {home / DB_FILE} was open to other users (mode 0644): made it 0600\n"
+    )
+    code, _, err = run(capsys, "get", "c", "nothing")
+    assert (code, err) == (1, "blazemesh: error: c/nothing not found\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "--data-dir", ""],
+        ["backup", ""],
+        ["restore", ""],
+        ["sim", "run", "--out", ""],
+        ["wait-ready", "--timeout", "inf"],
+    ],
+)
+def test_an_empty_path_or_an_infinite_number_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], home: Path, argv: list[str]
+) -> None:
+    """``Path("")`` is the current directory: an empty ``--out`` wrote a report there."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"blazemesh: error: {argv[0]}")  # as every error line does
+    assert "an empty path" in last or "not a finite number" in last

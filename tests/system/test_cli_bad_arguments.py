@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from blazemesh.agent.cli import arguments
 from blazemesh.agent.cli.main import build_parser
 from blazemesh.simulations import cli as sim_cli
 from tests.system.agents import BLAZEMESH, Agent, new_mesh, ok, running
@@ -43,6 +45,7 @@ HUGE = "99999999999999999999"  # past 64 bits
 DEEP = "[" * 10_000 + "]" * 10_000
 
 Arg = str | bytes
+AGENT_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|DEBUG|WARNING) ")
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,9 @@ def bad_values(action: argparse.Action, files: Path) -> list[Arg]:
     kind = action.type
     if kind is int:
         return ["abc", "-1", "0", HUGE, "1.5"]
-    if kind in (float, sim_cli.finite):
+    if kind in (float, arguments.finite):
         return ["abc", "-1", "0", "nan", "inf", "1e400", "1e300"]
-    if kind is Path or action.dest in ("data_dir", "out"):
+    if kind in (Path, arguments.path):
         return [str(files / "a-file"), str(files / "a-file" / "below"), ""]
     values: list[Arg] = ["", BAD_UTF8, "x" * 5_000, "-"]
     if action.option_strings == [] and action.nargs == "*":  # FIELD=VALUE lists
@@ -194,9 +197,14 @@ class Outcome:
     err: str
 
 
-def run_case(argv: tuple[Arg, ...]) -> Outcome:
+def run_case(argv: tuple[Arg, ...], scratch: Path) -> Outcome:
+    """Run ``blazemesh ARGV`` in the directory ``scratch``, which is also its default
+    data directory: a value that names the current directory (``--out .``), or a
+    command given no ``--data-dir``, writes there and nowhere else."""
     with subprocess.Popen(
         [BLAZEMESH, *argv],
+        cwd=scratch,
+        env={**os.environ, "BLAZEMESH_HOME": str(scratch / "home")},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -216,7 +224,11 @@ def problem(outcome: Outcome) -> str | None:
     text = outcome.out + outcome.err
     if "Traceback" in text or "Exception Group" in text:
         return "a traceback"
-    lines = [line for line in outcome.err.splitlines() if line.strip()]
+    lines = [
+        line
+        for line in outcome.err.splitlines()
+        if line.strip() and not AGENT_LOG_LINE.match(line)  # an agent logs as it starts
+    ]
     if outcome.code is None or outcome.code in (0, 3):  # ran (3: a simulation's checks)
         return None
     if outcome.code == 2:  # a usage error: argparse's usage, then its one line
@@ -229,42 +241,51 @@ def problem(outcome: Outcome) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[Path]]]:
-    """A data directory with an agent running on it, and `WORKERS` without one."""
+def setting(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, list[tuple[Path, Path]]]]:
+    """A data directory with an agent running on it, and for each of `WORKERS` a data
+    directory without one and an empty directory to run commands in."""
     top = tmp_path_factory.mktemp("bad-arguments")
     template = top / "template"
     new_mesh([template])
     ok("put", "--data-dir", str(template), "c", "k", "n=1")
     (top / "files").mkdir()
     (top / "files" / "a-file").write_text("not a directory\n")
-    idle = []
+    workers = []
     for i in range(WORKERS):
         shutil.copytree(template, top / f"idle{i}")
-        idle.append(top / f"idle{i}")
+        (top / f"scratch{i}").mkdir()
+        workers.append((top / f"idle{i}", top / f"scratch{i}"))
     served = top / "served"
     shutil.copytree(template, served)
     with running([Agent(served, ["--listen", "127.0.0.1:0", "--discovery", "none"])]):
-        yield served, idle
+        yield served, workers
 
 
 Where = Path | str  # a data directory, or IDLE (a worker's own), or NONE (the command takes none)
 IDLE, NONE = "idle", "none"
 
 
-def run_all(cases: list[tuple[str, tuple[Arg, ...], Where]], idle: list[Path]) -> list[str]:
-    """Run every case (label, argv, where), `WORKERS` at a time; return what went wrong,
-    one entry per case."""
+def run_all(
+    cases: list[tuple[str, tuple[Arg, ...], Where]], workers: list[tuple[Path, Path]]
+) -> list[str]:
+    """Run every case (label, argv, where), `WORKERS` at a time, each worker with its
+    (data directory, scratch directory); return what went wrong, one entry per case. A
+    case that names ``--data-dir`` itself keeps it."""
     local = threading.local()
-    free = list(idle)
+    free = list(workers)
     lock = threading.Lock()
 
     def one(label: str, argv: tuple[Arg, ...], where: Where) -> str | None:
+        if not hasattr(local, "dirs"):
+            with lock:
+                local.dirs = free.pop()
         if where == IDLE:
-            if not hasattr(local, "dir"):
-                with lock:
-                    local.dir = free.pop()
-            where = local.dir
-        outcome = run_case(argv if where == NONE else (*argv, "--data-dir", str(where)))
+            where = local.dirs[0]
+        if where != NONE and "--data-dir" not in argv:
+            argv = (*argv, "--data-dir", str(where))
+        outcome = run_case(argv, local.dirs[1])
         what = problem(outcome)
         if what is None:
             return None
@@ -276,9 +297,9 @@ def run_all(cases: list[tuple[str, tuple[Arg, ...], Where]], idle: list[Path]) -
 
 
 def test_no_command_answers_bad_arguments_with_a_traceback(
-    setting: tuple[Path, list[Path]],
+    setting: tuple[Path, list[tuple[Path, Path]]],
 ) -> None:
-    served, idle = setting
+    served, workers = setting
     files = served.parent / "files"
     code = next(
         word for word in ok("invite", "--data-dir", str(served)).split() if word.startswith("bm1-")
@@ -295,5 +316,5 @@ def test_no_command_answers_bad_arguments_with_a_traceback(
         batch.append((f"[no agent] {argv!r:.80}", argv, IDLE))
         batch.append((f"[agent] {argv!r:.80}", argv, served))
     batch += [(f"{argv!r:.80}", argv, NONE) for argv in WITHOUT_DATA_DIR]
-    failures = run_all(batch, idle)
+    failures = run_all(batch, workers)
     assert not failures, f"{len(failures)} of {len(batch)} cases:\n" + "\n".join(failures)
