@@ -12,13 +12,15 @@ import base64
 import binascii
 import json
 import math
+import sys
 from typing import Any
 
 from blazemesh.protocol.errors import ValidationError
-from blazemesh.protocol.model import MAX_VALUE_DEPTH, Value
+from blazemesh.protocol.model import MAX_CHANGE_BYTES, MAX_VALUE_DEPTH, Value
 
 # The text forms of the floats JSON has no number for, tagged as {"$float": text}.
 _SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+MAX_INPUT_BYTES = MAX_CHANGE_BYTES  # a file or stdin read for a put: more cannot be stored
 INT64_DIGITS = 19  # decimal digits of the largest 64-bit integer, 9223372036854775807
 
 
@@ -122,13 +124,51 @@ def loads(text: str) -> Value:
 
 
 def parse_assignment(arg: str) -> tuple[str, Value]:
-    """``field=value``: the value is JSON if it parses as JSON, else the string as given."""
+    """``field=value``: the value is JSON if it parses as JSON, else the string as given.
+    ``field=@PATH`` takes the value from the file PATH (``@-``: standard input), read by
+    the same rule, or as bytes if it is not UTF-8 (`value_of_file`); ``field=@@text`` is
+    the text ``@text``."""
     name, sep, text = arg.partition("=")
     if not sep:
         raise ValidationError(f"expected field=value, got {arg!r}")
     try:
-        return name, loads(text)
-    except json.JSONDecodeError:
-        return name, text
+        if text.startswith("@") and not text.startswith("@@"):
+            return name, value_of_file(read_input(text[1:]))
+        return name, _value_of_text(text.removeprefix("@"))
     except ValidationError as exc:
         raise ValidationError(f"field {name}: {exc}") from None
+
+
+def _value_of_text(text: str) -> Value:
+    try:
+        return loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def value_of_file(data: bytes) -> Value:
+    """A value given as a file's contents: as typed text would be (JSON if it parses, else
+    the text, trailing newline and all), or the bytes themselves if they are not UTF-8."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return data
+    return _value_of_text(text)
+
+
+def read_input(source: str) -> bytes:
+    """The contents of the file ``source``, or of standard input if it is ``-``;
+    `ValidationError` past `MAX_INPUT_BYTES` (`OSError` if the file cannot be read)."""
+    if not source:
+        raise ValidationError("@ names no file (@PATH, or @- for standard input)")
+    if source == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        with open(source, "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        where = "standard input" if source == "-" else source
+        raise ValidationError(
+            f"{where} holds more than the {MAX_INPUT_BYTES >> 20} MiB one change may hold"
+        )
+    return data

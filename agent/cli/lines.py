@@ -1,6 +1,6 @@
-"""How the ``blazemesh`` commands speak on stderr: every error and warning is one line
-that starts with ``blazemesh: `` (``blazemesh: error: ...``, ``blazemesh: warning: ...``),
-whichever part of the code it comes from.
+"""How the ``blazemesh`` commands speak: counts in words (`count`); and on stderr, every
+error and warning is one line that starts with ``blazemesh: `` (``blazemesh: error: ...``,
+``blazemesh: warning: ...``), whichever part of the code it comes from.
 
 The library logs through `logging` and configures nothing; a command other than ``agent``
 (which logs with timestamps: `agent.cli.node.LOG_FORMAT`) turns what it logs at WARNING
@@ -43,3 +43,8 @@ def show_log_warnings() -> None:
 def hide_log_warnings() -> None:
     """Undo `show_log_warnings`, for a command that configures logging of its own."""
     logging.getLogger().removeHandler(LOG_LINES)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: "1 record", "2 records", "0 records"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

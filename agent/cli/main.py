@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
 from blazemesh.agent.cli import arguments, backup, jsonio, lines, membership, node, ready
 from blazemesh.agent.cli.interrupt import INTERRUPTED
+from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.paths import DB_FILE, check_data_dir, default_data_dir
 from blazemesh.agent.storage.store import Durability
@@ -32,9 +34,12 @@ from blazemesh.protocol.errors import ProtocolError, RemoteProtocolError
 from blazemesh.protocol.hlc import millis
 from blazemesh.protocol.ids import node_id_short, parse_node_id
 from blazemesh.protocol.model import Put, Value, validate_op
+from blazemesh.protocol.topology import SETTINGS_COLLECTION
 
 WATCH_POLL_S = 0.2  # without an agent, how often `watch` asks SQLite whether the log grew
 WATCH_PAGE = 500  # log entries printed per read
+# The collection of mesh-wide settings (the topology): listed only with --all.
+INTERNAL = SETTINGS_COLLECTION
 
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -159,8 +164,18 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
     p = sub.add_parser("put", parents=[common, writes], help="set fields on a record")
     p.add_argument("collection")
     p.add_argument("key")
-    p.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="VALUE is JSON, else text")
-    p.add_argument("--json", dest="json_fields", metavar="OBJECT", help="all fields as JSON")
+    p.add_argument(
+        "fields",
+        nargs="*",
+        metavar="FIELD=VALUE",
+        help="VALUE is JSON, else text; @PATH: the file's contents (@-: stdin); @@: a leading @",
+    )
+    p.add_argument(
+        "--json",
+        dest="json_fields",
+        metavar="OBJECT",
+        help="all fields as a JSON object; - reads it from stdin, @PATH from a file",
+    )
     p.set_defaults(run=cmd_put)
 
     p = sub.add_parser("get", parents=[common], help="print a record as JSON")
@@ -187,6 +202,7 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
         "--since", type=arguments.int64, default=None, help="start after this log position"
     )
     p.add_argument("--no-follow", dest="follow", action="store_false", help="exit at the end")
+    p.add_argument("--all", action="store_true", help=f"also the internal {INTERNAL!r} collection")
     p.set_defaults(run=cmd_watch)
 
     p = sub.add_parser(
@@ -202,6 +218,7 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
     p.add_argument(
         "--digest", action="store_true", help="also hash every record (equal on replicas in sync)"
     )
+    p.add_argument("--all", action="store_true", help=f"also the internal {INTERNAL!r} collection")
     p.set_defaults(run=cmd_info)
 
     ready.register(sub, common, _data_dir)
@@ -245,9 +262,19 @@ def _durability(args: argparse.Namespace) -> Durability:
 
 def _fields(args: argparse.Namespace) -> dict[str, Value]:
     fields: dict[str, Value] = {}
+    stdin_readers = [args.json_fields == "-"] + [a.partition("=")[2] == "@-" for a in args.fields]
+    if sum(stdin_readers) > 1:
+        raise ConfigError("standard input (-, @-) can give one value or --json, not several")
     if args.json_fields is not None:
+        text = args.json_fields
+        if text == "-" or text.startswith("@"):
+            data = jsonio.read_input(text.removeprefix("@"))
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"--json {args.json_fields}: not UTF-8 ({exc})") from None
         try:
-            obj = jsonio.loads(args.json_fields)
+            obj = jsonio.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--json is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -333,19 +360,26 @@ def cmd_info(args: argparse.Namespace) -> int:
             print("mesh       none: `blazemesh init --mesh NAME` or `blazemesh join CODE`")
         else:
             listed = summary["allowlist"]
-            admits = "every holder of the secret" if listed is None else f"{listed} listed nodes"
+            admits = (
+                "every holder of the secret" if listed is None else count(listed, "listed node")
+            )
             print(f"mesh       {summary['mesh']!r}, admitting {admits}")
         if summary["agent"]:
             listen = ", ".join(summary["listen"])
-            print(f"agent      running, listening on {listen}, {summary['links']} links up")
+            print(
+                f"agent      running, listening on {listen}, {count(summary['links'], 'link')} up"
+            )
         else:
             print("agent      not running")
         print(f"changes    {summary['changes_held']} held, log position {summary['last_lsn']}")
         refused = summary["clock"]["writes_refused"]
         print(f"clock      {'ok' if refused is None else 'writes refused: ' + refused}")
         for name, counts in summary["collections"].items():
+            if name == INTERNAL and not args.all:
+                continue
             print(
-                f"collection {name}: {counts['records']} records, {counts['tombstones']} tombstones"
+                f"collection {name}: {count(counts['records'], 'record')}, "
+                f"{count(counts['tombstones'], 'tombstone')}"
             )
         if "digest" in summary:
             print(f"digest     {summary['digest']}")
@@ -373,14 +407,23 @@ def cmd_repair_clock(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    return trio.run(_watch, _data_dir(args), args.collection, args.since, args.follow)
+    hidden = () if args.all or args.collection is not None else (INTERNAL,)
+    watch = functools.partial(_watch, _data_dir(args), args.collection, args.since, hidden=hidden)
+    return trio.run(watch, args.follow)
 
 
-async def _watch(data_dir: Path, collection: str | None, since: int | None, follow: bool) -> int:
+async def _watch(
+    data_dir: Path,
+    collection: str | None,
+    since: int | None,
+    follow: bool,
+    *,
+    hidden: tuple[str, ...],
+) -> int:
     request: dict[str, Value] = {"collection": collection, "since": since, "follow": follow}
     client = await AgentClient.connect(data_dir, client="blazemesh-cli")
     if client is None and follow:
-        return await _follow_log(data_dir, collection, since)
+        return await _follow_log(data_dir, collection, since, hidden)
     async with contextlib.AsyncExitStack() as stack:
         session: Session
         if client is None:
@@ -389,11 +432,13 @@ async def _watch(data_dir: Path, collection: str | None, since: int | None, foll
             stack.push_async_callback(client.aclose)
             session = client
         async for event in session.stream("watch", request):
-            _print_event(event)
+            _print_event(event, hidden)
     return 0
 
 
-async def _follow_log(data_dir: Path, collection: str | None, since: int | None) -> int:
+async def _follow_log(
+    data_dir: Path, collection: str | None, since: int | None, hidden: tuple[str, ...]
+) -> int:
     """Without an agent: print log entries as they commit, by whichever process writes."""
     from blazemesh.agent.storage.merging import corrupt_log_entry
     from blazemesh.agent.storage.sqlite import LogReader
@@ -412,8 +457,7 @@ async def _follow_log(data_dir: Path, collection: str | None, since: int | None)
                 except RemoteProtocolError as exc:
                     raise corrupt_log_entry(lsn, str(data_dir / DB_FILE), exc) from None
                 event = change_event(lsn, change, collection)
-                if event["ops"]:
-                    _print_event(event)
+                _print_event(event, hidden)
             if rows:
                 continue
             # SQLite offers no cross-process notification, so without an agent this polls
@@ -424,8 +468,10 @@ async def _follow_log(data_dir: Path, collection: str | None, since: int | None)
         reader.close()
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    """One JSON line per op of a `watch` event."""
+def _print_event(event: dict[str, Any], hidden: tuple[str, ...]) -> None:
+    """One JSON line per op of a `watch` event, but those on the ``hidden`` collections."""
     for op in event["ops"]:
+        if op["collection"] in hidden:
+            continue
         line = {"lsn": event["lsn"], "origin": event["origin"], "seq": event["seq"], **op}
         print(jsonio.dumps(line), flush=True)

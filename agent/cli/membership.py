@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from blazemesh.agent.api.client import no_agent_holds, reach_agent
+from blazemesh.agent.cli.ids import resolve_node_ids
+from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.storage.paths import KEY_FILE, make_data_dir
 from blazemesh.agent.trust.membership import (
@@ -21,8 +23,7 @@ from blazemesh.agent.trust.membership import (
     new_mesh,
     save_mesh,
 )
-from blazemesh.protocol.errors import LocalProtocolError
-from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
+from blazemesh.protocol.ids import node_id_short, node_id_text
 
 if TYPE_CHECKING:
     from blazemesh.agent.trust.identity import Identity
@@ -47,6 +48,12 @@ def register(
     p.set_defaults(run=bind(cmd_init))
 
     p = sub.add_parser("invite", parents=[common], help="print a join code for this mesh")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print the code alone: CODE=$(blazemesh invite -q)",
+    )
     p.set_defaults(run=bind(cmd_invite))
 
     p = sub.add_parser("join", parents=[common], help="join the mesh of a join code")
@@ -116,6 +123,9 @@ def cmd_init(data_dir: Path, args: argparse.Namespace) -> int:
 def cmd_invite(data_dir: Path, args: argparse.Namespace) -> int:
     identity = _identity(data_dir, create=False)
     mesh = load_mesh(data_dir)
+    if args.quiet:
+        print(mesh.invite(identity.node_id))
+        return 0
     print(f"join code for mesh {mesh.name!r}:")
     _print_code(mesh, identity)
     return 0
@@ -159,21 +169,14 @@ def _save(data_dir: Path, mesh: Mesh) -> None:
         print("the running agent applied the change; links it no longer admits are closed")
 
 
-def _node_ids(texts: list[str]) -> list[bytes]:
-    try:
-        return [parse_node_id(text) for text in texts]
-    except LocalProtocolError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def cmd_trust_add(data_dir: Path, args: argparse.Namespace) -> int:
     mesh = load_mesh(data_dir)
     was_open = mesh.allowlist is None
-    mesh.trust(_node_ids(args.node_ids))
+    mesh.trust(resolve_node_ids(data_dir, args.node_ids, "NODE_ID"))
     _save(data_dir, mesh)
     if was_open:
         print("allowlist mode is on: only listed nodes can connect to this node")
-    print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
+    print(f"{count(len(mesh.allowlist or ()), 'node')} on the allowlist")
     return 0
 
 
@@ -181,13 +184,15 @@ def cmd_trust_remove(data_dir: Path, args: argparse.Namespace) -> int:
     mesh = load_mesh(data_dir)
     missing = [
         text
-        for text, n in zip(args.node_ids, _node_ids(args.node_ids), strict=True)
+        for text, n in zip(
+            args.node_ids, resolve_node_ids(data_dir, args.node_ids, "NODE_ID"), strict=True
+        )
         if not mesh.revoke(n)
     ]
     _save(data_dir, mesh)
     if missing:
         raise ConfigError(f"not on the allowlist: {', '.join(missing)}")
-    print(f"{len(mesh.allowlist or ())} nodes on the allowlist")
+    print(f"{count(len(mesh.allowlist or ()), 'node')} on the allowlist")
     return 0
 
 

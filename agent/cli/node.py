@@ -19,12 +19,13 @@ import trio
 
 from blazemesh.agent.api.client import open_session
 from blazemesh.agent.cli import jsonio
+from blazemesh.agent.cli.ids import resolve_node_ids
 from blazemesh.agent.cli.lines import hide_log_warnings
 from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS
 from blazemesh.agent.errors import ConfigError
 from blazemesh.agent.links.network import DEFAULT_PORT, Address, parse_address
 from blazemesh.protocol.errors import LocalProtocolError
-from blazemesh.protocol.ids import parse_node_id
+from blazemesh.protocol.ids import node_id_text
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,6 @@ def _max_peers(n: int) -> int:
         raise ConfigError(f"--max-peers must be at least 1, got {n}") from None
 
 
-def _node_id(text: str) -> bytes:
-    try:
-        return parse_node_id(text)
-    except LocalProtocolError as exc:
-        raise ConfigError(f"--hub: {exc}") from None
-
-
 def check_topology(mode: str, max_links: int | None, hub: str | None) -> None:
     """Refuse options the topology ``mode`` would ignore, or a bound of no links."""
     if max_links is not None and max_links < 1:
@@ -249,7 +243,7 @@ def cmd_agent(data_dir: Path, args: argparse.Namespace) -> int:
     check_topology(args.topology, args.max_links, args.hub)
     listen = _addresses(args.listen, "--listen") if args.listen else [DEFAULT_LISTEN]
     peers = _addresses(args.peer, "--peer")
-    hub = None if args.hub is None else _node_id(args.hub)
+    hub = None if args.hub is None else resolve_node_ids(data_dir, [args.hub], "--hub")[0]
     max_peers = _max_peers(args.max_peers)
     interfaces = mdns_interfaces(args.discovery, args.interface, host_ipv4_addresses())
     config = AgentConfig(
@@ -278,7 +272,12 @@ def _ask(data_dir: Path, op: str) -> list[dict[str, Any]]:
 
 def cmd_topology_set(data_dir: Path, args: argparse.Namespace) -> int:
     check_topology(args.mode, args.max_links, args.hub)
-    request = {"mode": args.mode, "max_links": args.max_links, "hub": args.hub}
+    hub = None if args.hub is None else resolve_node_ids(data_dir, [args.hub], "--hub")[0]
+    request = {
+        "mode": args.mode,
+        "max_links": args.max_links,
+        "hub": None if hub is None else node_id_text(hub),
+    }
 
     async def run() -> Any:
         async with open_session(data_dir) as session:

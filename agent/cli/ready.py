@@ -17,6 +17,7 @@ import trio
 
 from blazemesh.agent.api.client import wait_ready
 from blazemesh.agent.cli.arguments import finite
+from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import ConfigError
 
 DataDir = Callable[[argparse.Namespace], Path]
@@ -49,9 +50,8 @@ def cmd_wait_ready(data_dir: Path, args: argparse.Namespace) -> int:
     if timeout_s <= 0:
         raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout_s}")
     health = trio.run(functools.partial(wait_ready, data_dir, timeout_s=timeout_s))
-    links = health["links"]
     print(
         f"agent {health['short_id']} ready: listening on {', '.join(health['listen'])}, "
-        f"{links} link{'' if links == 1 else 's'} up"
+        f"{count(health['links'], 'link')} up"
     )
     return 0
