@@ -23,7 +23,16 @@ import trio
 
 from blazemesh import __version__
 from blazemesh.agent.api.client import AgentClient, Session, open_session
-from blazemesh.agent.cli import arguments, backup, jsonio, lines, membership, node, ready
+from blazemesh.agent.cli import (
+    arguments,
+    backup,
+    jsonio,
+    lines,
+    membership,
+    node,
+    ready,
+    transfer,
+)
 from blazemesh.agent.cli.interrupt import INTERRUPTED
 from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import AgentError, ConfigError
@@ -158,6 +167,7 @@ def build_parser(register_more: Register | None = None) -> argparse.ArgumentPars
     membership.register(sub, common, _data_dir)
     node.register(sub, common, writes, _data_dir)
     backup.register(sub, common, _data_dir)
+    transfer.register(sub, common, writes, _data_dir)
     if register_more is not None:
         register_more(sub)
 
