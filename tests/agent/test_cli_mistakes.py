@@ -288,9 +288,15 @@ def test_warnings_and_errors_start_with_blazemesh(
     ],
 )
 def test_an_empty_path_or_an_infinite_number_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str], home: Path, argv: list[str]
+    capsys: pytest.CaptureFixture[str],
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
 ) -> None:
-    """``Path("")`` is the current directory: an empty ``--out`` wrote a report there."""
+    """``Path("")`` is the current directory: an empty ``--out`` wrote a report there (in
+    ``tmp_path`` here, should the refusal fail)."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
