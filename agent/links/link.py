@@ -28,7 +28,15 @@ from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from blazemesh.protocol.ids import node_id_short
 from blazemesh.protocol.model import Change
-from blazemesh.protocol.sync import Incoming, LinkStatus, PeerHello, PeerRefused, Range, SyncLink
+from blazemesh.protocol.sync import (
+    Compared,
+    Incoming,
+    LinkStatus,
+    PeerHello,
+    PeerRefused,
+    Range,
+    SyncLink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +181,8 @@ class Link:
                         self._on_hello(self)
                     case PeerRefused():
                         self._peer_refused(event)
+                    case Compared():
+                        self._compared(event)
                     case Incoming():
                         self._incoming_held += event.held_bytes
                         self._incoming_send.send_nowait(event)
@@ -195,6 +205,23 @@ class Link:
             side = "ahead of" if offset > 0 else "behind"
             why += f" (its clock is {duration_text(abs(offset))} {side} this node's)"
         log.warning("%s refused %d of this node's changes: %s", self.name, event.changes, why)
+
+    def _compared(self, event: Compared) -> None:
+        if event.differ:
+            log.warning(
+                "%s holds the same seqs as this node of %d origins (%s) but other contents: "
+                "an origin issued one seq twice (restored from a copy, or cloned); the two "
+                "sides exchange the versions they lack (docs/protocol.md 8.5)",
+                self.name,
+                len(event.differ),
+                ", ".join(node_id_short(o) for o in event.differ),
+            )
+        if event.agree:
+            log.info(
+                "%s and this node hold the same contents again of %s",
+                self.name,
+                ", ".join(node_id_short(o) for o in event.agree),
+            )
 
     async def _applier(self) -> None:
         async for first in self._incoming:

@@ -287,6 +287,7 @@ class Node:
             sync=SyncLink(
                 node_id=self.node_id,
                 have=self.replica.vv,
+                holdings=self.replica.store,
                 now=trio.current_time(),
                 wall_ms=self.replica.wall_ms,
                 config=self.config.sync,
@@ -450,6 +451,10 @@ class Node:
         """Keep the newest changes, within `NodeConfig.cache_changes` and `cache_bytes`."""
         cache, config = self._cache, self.config
         for item in applied:
+            if item.another_version:  # a dot of several versions: the log serves them all
+                if (held := cache.pop(item.change.dot, None)) is not None:
+                    self._cache_bytes -= held[1]
+                continue
             cache[item.change.dot] = (item.change, item.change_bytes)
             self._cache_bytes += item.change_bytes
         while cache and (

@@ -13,6 +13,7 @@ from blazemesh.agent.links.link import Link
 from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
+from blazemesh.protocol.fingerprints import FingerprintIndex
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put, change_objects, held_bytes
 from blazemesh.protocol.sync import SyncLink
@@ -44,7 +45,11 @@ def scripted_link(stream: trio.abc.Stream, replica: RecordingReplica) -> Link:
     return Link(
         stream=stream,
         sync=SyncLink(
-            node_id=B, have=VersionVector(), now=trio.current_time(), wall_ms=lambda: 1_000
+            node_id=B,
+            have=VersionVector(),
+            holdings=FingerprintIndex(),
+            now=trio.current_time(),
+            wall_ms=lambda: 1_000,
         ),
         replica=replica,  # type: ignore[arg-type]
         fetch=lambda ranges: [],
