@@ -465,9 +465,7 @@ class SyncLink:
         side holds; ask about those that differ (docs/protocol.md 8.5)."""
         have, holdings = self._have, self._holdings
         alike = [
-            o
-            for o in vv.origins()
-            if vv.base(o) == have.base(o) and vv.runs(o) == have.runs(o) and have.base(o)
+            o for o in vv.origins() if vv.base(o) == have.base(o) and vv.runs(o) == have.runs(o)
         ]
         differ = {o for o in alike if fingerprints[o] != holdings.fingerprint(o)}
         self._verified = not differ
@@ -484,7 +482,7 @@ class SyncLink:
         narrowed = narrow(message.entries, answer=message.answer, holdings=self._holdings)
         self._asks_due = (self._asks_due + narrowed.ask)[:MAX_FINGERPRINT_ENTRIES]
         self._tells_due = (self._tells_due + narrowed.tell)[:MAX_FINGERPRINT_ENTRIES]
-        self._resend = (self._resend + narrowed.resend)[:MAX_FINGERPRINT_ENTRIES]
+        self.resend(narrowed.resend)
 
     def _lacking(self) -> list[Range]:
         """What the peer stated it holds that this node lacks and has not refused
@@ -528,6 +526,12 @@ class SyncLink:
         _check_bounded(self._refused, "the peer's changes this node refused")
         before = self._refused_in.changes if self._refused_in is not None else 0
         self._refused_in = Refusals(changes=before + len(dots), reason=reason, last_at=self._now)
+
+    def resend(self, ranges: Iterable[Range]) -> None:
+        """Send every version held in ``ranges`` again, whatever the peer holds: the
+        node took another version of a change held (docs/protocol.md 8.5), which the
+        peer, holding the dot, would otherwise get only by comparing fingerprints."""
+        self._resend = (self._resend + list(ranges))[:MAX_FINGERPRINT_ENTRIES]
 
     def peer_holds_own(self) -> int:
         """The greatest seq of this node's own changes the peer said it holds: past the

@@ -209,18 +209,17 @@ class Link:
     def _compared(self, event: Compared) -> None:
         if event.differ:
             log.warning(
-                "%s holds the same seqs as this node of %d origins (%s) but other contents: "
-                "an origin issued one seq twice (restored from a copy, or cloned); the two "
-                "sides exchange the versions they lack (docs/protocol.md 8.5)",
+                "%s holds the same seqs as this node of %s but other contents: that origin "
+                "issued seqs twice (its data restored from a copy, or cloned onto another "
+                "device); the two sides exchange the versions they lack (docs/protocol.md 8.5)",
                 self.name,
-                len(event.differ),
-                ", ".join(node_id_short(o) for o in event.differ),
+                ", ".join(map(node_id_short, event.differ)),
             )
         if event.agree:
             log.info(
-                "%s and this node hold the same contents again of %s",
+                "%s and this node hold the same contents of %s again",
                 self.name,
-                ", ".join(node_id_short(o) for o in event.agree),
+                ", ".join(map(node_id_short, event.agree)),
             )
 
     async def _applier(self) -> None:

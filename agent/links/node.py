@@ -395,8 +395,13 @@ class Node:
     def _committed(self, applied: list[Applied]) -> None:
         self._cache_changes(applied)
         origins = {item.change.origin for item in applied}
+        versions = [
+            (i.change.origin, (i.change.seq, i.change.seq)) for i in applied if i.another_version
+        ]
         for link in self._links.values():
-            if link.sync.pushes(origins):  # the others have nothing new to send
+            if versions:
+                link.sync.resend(versions)
+            if versions or link.sync.pushes(origins):  # the others have nothing new to send
                 link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:

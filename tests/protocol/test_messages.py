@@ -269,3 +269,25 @@ def test_a_message_of_no_known_type_and_length_is_refused(item: list[object]) ->
 def test_a_known_type_with_the_wrong_body_is_refused(item: list[object], error: str) -> None:
     with pytest.raises(DecodeError, match=error):
         decode_one(msgpack.packb(item))
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], []], "one fingerprint"),  # one short
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [1, 2]], "one fingerprint"),  # one over
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [-1]], "one fingerprint"),
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [1.5]], "one fingerprint"),
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], None], "one fingerprint"),
+        ([Kind.FINGERPRINTS.value, 1, []], "true or false"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2]], "fingerprint"),  # three of four
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 0, 2, 5]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 3, 2, 5]], "fingerprint entry"),  # backwards
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN[:15], 1, 2, 5]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, "5"]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, 5] * 1_025], "at most"),
+    ],
+)
+def test_hostile_fingerprints_are_refused(item: list[object], match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
+        decode_one(msgpack.packb(item))
