@@ -27,7 +27,7 @@ from blazemesh.protocol.codec.control import change_event, parse_op
 from blazemesh.protocol.errors import DecodeError, LocalProtocolError
 from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
 from blazemesh.protocol.model import Change, Put, Value
-from blazemesh.protocol.sync import Refusals
+from blazemesh.protocol.sync import LinkStatus, Refusals
 from blazemesh.protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
@@ -108,6 +108,14 @@ class StaticPeer:
             "in_sync": self.in_sync,
             "last_error": self.last_error,
         }
+
+
+def _contents(status: LinkStatus) -> str:
+    """What the fingerprints said of the origins both sides hold alike (docs/protocol.md
+    8.5): the same contents, other contents, or nothing yet (no SUMMARY compared)."""
+    if status.differ:
+        return "differ"
+    return "verified" if status.verified else "unchecked"
 
 
 def static_peers(node: Node) -> list[StaticPeer]:
@@ -345,6 +353,8 @@ class Operations:
                 s.refused_out is not None and now - s.refused_out.last_at < REFUSALS_RECENT_S
             )
             state = "in sync" if s.in_sync else ("syncing" if s.open else "closing")
+            if s.open and s.differ:
+                state = "repairing"
             out.append(
                 {
                     "node_id": node_id_text(peer.node_id),
@@ -357,6 +367,8 @@ class Operations:
                     "last_contact_s": round(now - s.last_contact, 3),
                     "behind_in": s.behind_in,
                     "behind_out": s.behind_out,
+                    "contents": _contents(s),
+                    "differ": s.differ,
                     "changes_sent": s.changes_sent,
                     "changes_received": s.changes_received,
                     "bytes_sent": s.bytes_sent,

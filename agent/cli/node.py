@@ -296,6 +296,12 @@ def _notes(link: dict[str, Any]) -> list[str]:
     from blazemesh.agent.storage.replica import duration_text
 
     notes = []
+    if link["differ"]:
+        notes.append(
+            f"it holds other contents than this node under the same seqs of {link['differ']} "
+            "origin(s): a node whose data was restored from a copy or cloned issued seqs "
+            "twice; the two exchange the versions they lack (the log names the origins)"
+        )
     offset = link["clock_offset_ms"]
     if offset is not None and abs(offset) >= CLOCK_NOTE_MS:
         side = "ahead of" if offset > 0 else "behind"

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from blazemesh.agent.api.operations import Operations
 from blazemesh.agent.storage.paths import DB_FILE
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.sqlite import mark_restored
@@ -135,3 +136,8 @@ async def test_writes_a_snapshot_made_before_any_peer_told_it_are_kept_and_conve
         (peer,) = c.nodes[0].peers()
         assert peer.sync.in_sync
         assert peer.sync.verified
+        shown = await Operations(ra, node=c.nodes[0]).peers({})
+        assert isinstance(shown, list)
+        assert [(s["state"], s["contents"], s["differ"]) for s in shown] == [
+            ("in sync", "verified", 0)
+        ]
