@@ -38,7 +38,7 @@ MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
 MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 MAX_REFUSED_RANGES = 1_024  # ranges in one REFUSED message: enough to say what and how many
 MAX_REASON_BYTES = 32  # a refusal's reason is a short name
-REFUSAL_REASONS = ("clock", "own-origin", "gaps", "origins", "invalid")  # this version's
+REFUSAL_REASONS = ("clock", "own-origin", "gaps", "origins", "invalid", "clone")  # this version's
 
 
 class Kind(enum.IntEnum):

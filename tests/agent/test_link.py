@@ -50,6 +50,7 @@ def scripted_link(stream: trio.abc.Stream, replica: RecordingReplica) -> Link:
         fetch=lambda ranges: [],
         on_hello=lambda link: None,
         on_applied=lambda link, changes, outcomes: None,
+        on_cloned=lambda link: None,
         address=("peer", 1),
         initiated=False,
     )
