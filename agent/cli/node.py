@@ -268,8 +268,11 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
         "CHANGES sent/recv  BYTES sent/recv"
     )
     for link in links:
-        who = f"{link['short_id'] or '?'} ({link['direction']})".ljust(25)
+        who = f"{link['short_id'] or '?'} ({link['direction'] or 'no link'})".ljust(25)
         where = f"{link['address']:<22} {link['state']:<10} "
+        if link["state"] == "cloned":
+            print(who + where + _clone_note(link))
+            continue
         if "last_error" in link:  # an address being dialled, with no link up
             retry = link["retry_in_s"]
             when = "" if retry is None else f"retry in {retry:.1f}s, "
@@ -288,6 +291,20 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
         for note in _notes(link):
             print(f"  {note}")
     return 0
+
+
+def _clone_note(link: dict[str, Any]) -> str:
+    """What a ``cloned`` row of `peers` means (`agent.api.operations`)."""
+    if link["cloned"] == "it":
+        return (
+            f"refused for another {link['refused_for_s']:.0f}s: two running devices hold its "
+            "identity; on one of them, give the copy its own"
+        )
+    return (
+        f"refuses this node (for {link['since_s']:.0f}s): another running device holds this "
+        "node's identity; on one of the two, give the copy its own "
+        '(docs/operations.md, "Two devices with one identity")'
+    )
 
 
 def _notes(link: dict[str, Any]) -> list[str]:

@@ -40,7 +40,9 @@ MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 MAX_REFUSED_RANGES = 1_024  # ranges in one REFUSED message: enough to say what and how many
 MAX_REASON_BYTES = 32  # a refusal's reason is a short name
 FINGERPRINT_LIMIT = 1 << 64  # fingerprints are 64-bit (`protocol.fingerprints`)
-REFUSAL_REASONS = ("clock", "own-origin", "gaps", "origins", "invalid")  # this version's
+REFUSAL_REASONS = (  # this version's
+    *("clock", "own-origin", "gaps", "origins", "invalid", "versions", "clone"),
+)
 
 
 class Kind(enum.IntEnum):

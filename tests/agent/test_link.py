@@ -55,6 +55,7 @@ def scripted_link(stream: trio.abc.Stream, replica: RecordingReplica) -> Link:
         fetch=lambda ranges: [],
         on_hello=lambda link: None,
         on_applied=lambda link, changes, outcomes: None,
+        on_cloned=lambda link: None,
         address=("peer", 1),
         initiated=False,
     )
@@ -146,3 +147,10 @@ async def test_the_reader_stops_once_received_changes_hold_their_bound(
             await replica.all_in.wait()
         link.end("done")
     assert [c for batch in replica.applied for c in batch] == big
+
+
+def test_every_refusal_reason_this_version_sends_has_its_text() -> None:
+    from blazemesh.agent.links.link import REFUSAL_TEXT
+    from blazemesh.protocol.codec.messages import REFUSAL_REASONS
+
+    assert set(REFUSAL_TEXT) == set(REFUSAL_REASONS)
