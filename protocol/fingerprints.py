@@ -1,5 +1,5 @@
 """Fingerprints of what a replica holds, and how two replicas find where they differ
-(docs/protocol.md 8.5).
+(docs/protocol.md 8.6).
 
 Version vectors say which dots a replica holds, not what it holds under them. A node that
 issued one seq twice (restored from a backup, or cloned onto a second device) leaves
@@ -31,10 +31,12 @@ __all__ = [
     "FANOUT",
     "LEAF_SEQS",
     "MAX_FINGERPRINT_ENTRIES",
+    "MAX_NARROWINGS_PER_PERIOD",
     "Entry",
     "FingerprintIndex",
     "Holdings",
     "Narrowed",
+    "apart",
     "change_digest",
     "narrow",
     "split",
@@ -45,6 +47,8 @@ DIGEST_PERSON = b"blazemesh-change"
 FANOUT = 16  # parts a differing range splits into: a few rounds for any history
 LEAF_SEQS = 16  # a differing range this small is settled by sending its changes
 MAX_FINGERPRINT_ENTRIES = 1_024  # entries in one FINGERPRINTS message: bounded work per message
+MAX_NARROWINGS_PER_PERIOD = 16  # FINGERPRINTS a link answers per SUMMARY period: enough
+# rounds for any seq range (16 ** 15 parts), and a bound on the reads a peer can cause
 
 # (origin, first seq, last seq, fingerprint of every version held in [first, last])
 Entry = tuple[bytes, int, int, int]
@@ -117,6 +121,16 @@ def split(first: int, last: int) -> list[SeqRange]:
         end = start + step - 1 + (i < extra)
         out.append((start, end))
         start = end + 1
+    return out
+
+
+def apart(entries: Iterable[Entry]) -> list[Entry]:
+    """``entries`` sorted by origin and seq, less any that overlaps one before it: what
+    one FINGERPRINTS message may carry (docs/protocol.md 8.6)."""
+    out: list[Entry] = []
+    for entry in sorted(entries):
+        if not out or entry[:2] > (out[-1][0], out[-1][2]):
+            out.append(entry)
     return out
 
 

@@ -77,7 +77,14 @@ from blazemesh.protocol.codec.messages import (
     Summary,
 )
 from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
-from blazemesh.protocol.fingerprints import MAX_FINGERPRINT_ENTRIES, Entry, Holdings, narrow
+from blazemesh.protocol.fingerprints import (
+    MAX_FINGERPRINT_ENTRIES,
+    MAX_NARROWINGS_PER_PERIOD,
+    Entry,
+    Holdings,
+    apart,
+    narrow,
+)
 from blazemesh.protocol.model import Change, Value, held_bytes
 from blazemesh.protocol.ring import WHOLE_RING, Arc, covers, place
 from blazemesh.protocol.vv import SeqRange, VersionVector, missing
@@ -159,7 +166,7 @@ class PeerRefused:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Compared:
     """The peer's SUMMARY showed, for these origins, the same seqs as this node holds but
-    other contents (``differ``: a seq issued twice, docs/protocol.md 8.5), or the same
+    other contents (``differ``: a seq issued twice, docs/protocol.md 8.6), or the same
     contents again after they differed (``agree``)."""
 
     differ: tuple[bytes, ...]
@@ -278,6 +285,7 @@ class SyncLink:
         self._tells_due: list[Entry] = []  # ... and not to (`protocol.fingerprints.narrow`)
         self._resend: list[Range] = []  # every version held in these goes again
         self._differ: set[bytes] = set()  # see `Compared`
+        self._narrowings_left = MAX_NARROWINGS_PER_PERIOD  # FINGERPRINTS still answered
         self._verified = False
         self.peer_id: bytes | None = None
         self._peer_has = VersionVector()
@@ -462,7 +470,7 @@ class SyncLink:
 
     def _compare(self, vv: VersionVector, fingerprints: Mapping[bytes, int]) -> Compared | None:
         """Compare the fingerprints of the origins of which the peer holds the seqs this
-        side holds; ask about those that differ (docs/protocol.md 8.5)."""
+        side holds; ask about those that differ (docs/protocol.md 8.6)."""
         have, holdings = self._have, self._holdings
         alike = [
             o for o in vv.origins() if vv.base(o) == have.base(o) and vv.runs(o) == have.runs(o)
@@ -479,6 +487,9 @@ class SyncLink:
         return Compared(differ=tuple(sorted(found)), agree=tuple(sorted(agree)))
 
     def _narrow(self, message: Fingerprints) -> None:
+        if not self._narrowings_left:
+            return  # past the bound: the next SUMMARY's comparison starts again
+        self._narrowings_left -= 1
         narrowed = narrow(message.entries, answer=message.answer, holdings=self._holdings)
         self._asks_due = (self._asks_due + narrowed.ask)[:MAX_FINGERPRINT_ENTRIES]
         self._tells_due = (self._tells_due + narrowed.tell)[:MAX_FINGERPRINT_ENTRIES]
@@ -529,7 +540,7 @@ class SyncLink:
 
     def resend(self, ranges: Iterable[Range]) -> None:
         """Send every version held in ``ranges`` again, whatever the peer holds: the
-        node took another version of a change held (docs/protocol.md 8.5), which the
+        node took another version of a change held (docs/protocol.md 8.6), which the
         peer, holding the dot, would otherwise get only by comparing fingerprints."""
         self._resend = (self._resend + list(ranges))[:MAX_FINGERPRINT_ENTRIES]
 
@@ -696,7 +707,7 @@ class SyncLink:
             self._summary_due = False
         for answer, entries in ((True, self._asks_due), (False, self._tells_due)):
             if entries:
-                out.append(encode(Fingerprints(answer=answer, entries=entries)))
+                out.append(encode(Fingerprints(answer=answer, entries=apart(entries))))
         self._asks_due, self._tells_due = [], []
         for reason, dots in self._refusals_due.items():
             ranges = missing(dots, VersionVector())[:MAX_REFUSED_RANGES]
@@ -726,6 +737,7 @@ class SyncLink:
         if now - self._last_summary >= config.summary_every_s:
             self._last_summary = now
             self._summary_due = True
+            self._narrowings_left = MAX_NARROWINGS_PER_PERIOD
         if self._unacked and now - self._waiting_since >= config.stall_after_s:
             return LinkDown(
                 reason=f"the peer acknowledged nothing for {now - self._waiting_since:.1f} s "

@@ -112,7 +112,7 @@ class StaticPeer:
 
 def _contents(status: LinkStatus) -> str:
     """What the fingerprints said of the origins both sides hold alike (docs/protocol.md
-    8.5): the same contents, other contents, or nothing yet (no SUMMARY compared)."""
+    8.6): the same contents, other contents, or nothing yet (no SUMMARY compared)."""
     if status.differ:
         return "differ"
     return "verified" if status.verified else "unchecked"

@@ -234,7 +234,7 @@ class Link:
             log.warning(
                 "%s holds the same seqs as this node of %s but other contents: that origin "
                 "issued seqs twice (its data restored from a copy, or cloned onto another "
-                "device); the two sides exchange the versions they lack (docs/protocol.md 8.5)",
+                "device); the two sides exchange the versions they lack (docs/protocol.md 8.6)",
                 self.name,
                 ", ".join(map(node_id_short, event.differ)),
             )

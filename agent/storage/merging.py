@@ -58,7 +58,7 @@ RecordRow = tuple[str, str, bytes | None, bytes]
 StoredRecord = tuple[str, bytes | None, bytes]  # a record of a known collection: key, doc, stamps
 # A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change,
 # its digest). A dot has several entries when its origin issued it more than once, one per
-# version (docs/design.md, "Versions").
+# version (docs/design.md, "Versions and fingerprints").
 LogRow = tuple[int, bytes, int, int, bytes, int]
 
 # How far a restored copy's own seqs jump (`MergingStore.mark_restored`): past every change
@@ -385,8 +385,8 @@ class MergingStore(ABC):
         self, change: Change, blob: bytes, versions: dict[tuple[bytes, int], set[int]]
     ) -> Change | None:
         """``change`` if it is a version of a held dot that the log lacks, else None
-        (docs/design.md, "Versions"): its ops merge like any change's, so every replica
-        that holds the same versions holds the same records."""
+        (docs/design.md, "Versions and fingerprints"): its ops merge like any change's,
+        so every replica that holds the same versions holds the same records."""
         dot = change.dot
         held = versions.get(dot)
         if held is None:

@@ -284,7 +284,7 @@ class Replica:
         Changes a rule refuses (a clock too far ahead, say) come back as their
         `RemoteProtocolError`; the others still apply. A change whose dot is held but
         whose contents are not is another version of it, and applies (docs/design.md,
-        "Versions").
+        "Versions and fingerprints").
         """
         outcomes = await self._write(changes)
         self.received_changes += len(changes)

@@ -42,9 +42,9 @@ def unsigned(value: int) -> int:
 
 
 def _v2(db: sqlite3.Connection) -> None:
-    """Versions and fingerprints (docs/design.md, "Versions"): each log entry keeps its
-    change's digest, a dot may have several entries (one per version), and each origin
-    the fingerprint of its entries."""
+    """Versions and fingerprints (docs/design.md): each log entry keeps its change's
+    digest, a dot may have several entries (one per version), and each origin the
+    fingerprint of its entries."""
     db.execute("ALTER TABLE log ADD COLUMN digest INTEGER NOT NULL DEFAULT 0")
     fingerprints: dict[bytes, int] = {}
     rows = db.execute("SELECT lsn, origin, change FROM log").fetchall()

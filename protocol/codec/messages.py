@@ -434,7 +434,7 @@ def _fingerprints(answer: object, flat: object) -> Fingerprints:
             "fingerprints are [origin, first, last, fingerprint] * n, "
             f"at most {MAX_FINGERPRINT_ENTRIES}"
         )
-    entries = []
+    entries: list[Entry] = []
     for i in range(0, len(flat), 4):
         origin, first, last, fp = flat[i : i + 4]
         if (
@@ -450,6 +450,10 @@ def _fingerprints(answer: object, flat: object) -> Fingerprints:
                 "a fingerprint entry is a 16-byte origin, 1 <= first <= last, and an int "
                 "in [0, 2**64)"
             )
+        if entries and (origin, first) <= (entries[-1][0], entries[-1][2]):
+            # Sorted and apart, as narrowing makes them: comparing them then reads each
+            # change's digest once at most, whatever a peer sends (docs/security.md).
+            raise DecodeError("fingerprint entries are sorted by origin and seq, and apart")
         entries.append((origin, first, last, fp))
     return Fingerprints(answer=answer, entries=entries)
 

@@ -10,11 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blazemesh.protocol.codec import encode_change
+from blazemesh.protocol.codec.messages import Fingerprints, MessageDecoder, MessageEncoder
 from blazemesh.protocol.fingerprints import (
     FANOUT,
     LEAF_SEQS,
     MAX_FINGERPRINT_ENTRIES,
+    MAX_NARROWINGS_PER_PERIOD,
+    Entry,
     FingerprintIndex,
+    apart,
     change_digest,
     narrow,
     split,
@@ -187,3 +191,64 @@ def test_a_link_is_in_sync_only_once_its_fingerprints_agree() -> None:
 
 def test_the_default_config_compares_every_summary() -> None:
     assert SyncConfig().summary_every_s == SUMMARY_S
+
+
+entries = st.lists(
+    st.tuples(
+        st.sampled_from([ORIGIN, b"p".ljust(16, b"\0")]),
+        st.integers(1, 50),
+        st.integers(0, 10),
+        st.integers(0, 2**64 - 1),
+    ).map(lambda e: (e[0], e[1], e[1] + e[2], e[3])),
+    max_size=30,
+)
+
+
+@given(entries)
+def test_what_a_side_sends_is_sorted_and_apart_as_decoders_require(raw: list[Entry]) -> None:
+    sent = apart(raw)
+    assert set(sent) <= set(raw)
+    for entry in raw:  # each entry dropped overlaps one kept
+        assert entry in sent or any(
+            e[0] == entry[0] and e[1] <= entry[2] and entry[1] <= e[2] for e in sent
+        )
+    decoder = MessageDecoder()
+    decoder.feed(MessageEncoder().encode(Fingerprints(answer=True, entries=sent)))
+    assert next(decoder) == Fingerprints(answer=True, entries=sent)
+
+
+def test_a_link_answers_a_bounded_number_of_fingerprints_per_period() -> None:
+    """A peer that sends FINGERPRINTS without end makes this side read its digests a
+    bounded number of times per SUMMARY period (docs/security.md)."""
+    a, b = FakeNode("a"), FakeNode("b")
+    b.apply([version(seq, 0) for seq in range(1, 100)])
+    reads = 0
+    index = b.holdings
+
+    class Counting:
+        def fingerprint(self, origin: bytes) -> int:
+            return index.fingerprint(origin)
+
+        def range_fingerprint(self, origin: bytes, first: int, last: int) -> int:
+            nonlocal reads
+            reads += 1
+            return index.range_fingerprint(origin, first, last)
+
+    b.holdings = Counting()  # type: ignore[assignment]
+    lb = b.link(a, **CONFIG)
+    lb.receive_data(a.link(**CONFIG).data_to_send(), 0.0)
+    lb.next_event()
+    asking = MessageEncoder().encode(Fingerprints(answer=True, entries=[(ORIGIN, 1, 99, 7)]))
+    per_message = 1 + FANOUT  # the range, then its parts
+
+    def answer(messages: int) -> int:
+        nonlocal reads
+        reads = 0
+        lb.receive_data(asking * messages, 0.0)
+        assert lb.next_event() is None
+        return reads
+
+    assert answer(MAX_NARROWINGS_PER_PERIOD + 5) == MAX_NARROWINGS_PER_PERIOD * per_message
+    assert answer(1) == 0  # the budget is spent until the next period
+    lb.tick(SUMMARY_S)
+    assert answer(1) == per_message

@@ -286,6 +286,9 @@ def test_a_known_type_with_the_wrong_body_is_refused(item: list[object], error: 
         ([Kind.FINGERPRINTS.value, True, [ORIGIN[:15], 1, 2, 5]], "fingerprint entry"),
         ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, "5"]], "fingerprint entry"),
         ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, 5] * 1_025], "at most"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 9, 5, ORIGIN, 9, 12, 5]], "apart"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 5, 9, 5, ORIGIN, 1, 2, 5]], "sorted"),
+        ([Kind.FINGERPRINTS.value, True, [b"\x02" * 16, 1, 2, 5, ORIGIN, 1, 2, 5]], "sorted"),
     ],
 )
 def test_hostile_fingerprints_are_refused(item: list[object], match: str) -> None:
