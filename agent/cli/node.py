@@ -264,8 +264,8 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
     if not links:
         return 0
     print(
-        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
-        "CHANGES sent/recv  BYTES sent/recv"
+        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'CONTENTS':<9} {'RTT':>8} {'LAST':>6}  "
+        "BEHIND in/out  CHANGES sent/recv  BYTES sent/recv"
     )
     for link in links:
         who = f"{link['short_id'] or '?'} ({link['direction'] or 'no link'})".ljust(25)
@@ -283,7 +283,7 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
         print(
             who
             + where
-            + f"{rtt:>8} {link['last_contact_s']:>5.1f}s"
+            + f"{link['contents']:<9} {rtt:>8} {link['last_contact_s']:>5.1f}s"
             + f"  {link['behind_in']}/{link['behind_out']}".ljust(15)
             + f"{link['changes_sent']}/{link['changes_received']}".ljust(19)
             + f"{_size(link['bytes_sent'])}/{_size(link['bytes_received'])}"
