@@ -199,7 +199,7 @@ class MemoryStore(MergingStore):
         was, self.data.lost = self.data.lost, lost
         self._note(functools.partial(setattr, self.data, "lost", was))
 
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         """No snapshot to save: opening replays the whole log."""
 
     def _restamped(self) -> None:

@@ -15,7 +15,6 @@ every store then reads back exactly what it was given, and equal records digest 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -237,7 +236,7 @@ class MergingStore(ABC):
         """Every encoded change of the log, by lsn."""
 
     @abstractmethod
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         """Called inside each batch's transaction once its rows are written, with the
         last lsn and the dots it adds (`SqliteStore` saves a snapshot there)."""
 
@@ -284,12 +283,12 @@ class MergingStore(ABC):
     def _write_batch(self, jobs: Sequence[Job], with_updates: bool) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes, int, bool]] = []
-        added: dict[bytes, set[int]] = {}
+        added: dict[bytes, dict[int, int]] = {}  # origin -> seq -> digest, new dots only
         admission = Admission(self.node_id, self.vv, own_lost=self._lost)
-        versions: dict[tuple[bytes, int], set[int]] = {}  # of held dots, as admitted
+        versions: dict[tuple[bytes, int], set[int]] = {}  # of dots held, as admitted
         for i, job in enumerate(jobs):
             try:
-                change, blob = self._admit(job, added, admission, versions)
+                change, blob, another = self._admit(job, added, admission, versions)
             except OwnOriginError as exc:
                 outcomes[i] = exc
                 assert isinstance(job, Change)
@@ -300,11 +299,11 @@ class MergingStore(ABC):
                 continue
             if change is not None:
                 digest = change_digest(blob)
-                seqs = added.setdefault(change.origin, set())
-                another = change.dot in self.vv or change.seq in seqs
                 admitted.append((i, change, blob, digest, another))
-                seqs.add(change.seq)
-                versions.setdefault(change.dot, set()).add(digest)
+                if another:
+                    versions[change.dot].add(digest)
+                else:
+                    added.setdefault(change.origin, {})[change.seq] = digest
         if not admitted:
             return outcomes
         states = self._load_states(
@@ -312,8 +311,9 @@ class MergingStore(ABC):
         )
         dirty: set[RecordKey] = set()
         log_rows: list[LogRow] = []
+        applied: list[tuple[int, tuple[RecordUpdate, ...]]] = []  # lsn, updates
         lsn = self._last_lsn
-        for i, change, blob, digest, another in admitted:
+        for _, change, blob, digest, _ in admitted:
             touched = apply_change(change, states)
             dirty |= touched
             updates: tuple[RecordUpdate, ...] = ()
@@ -325,24 +325,22 @@ class MergingStore(ABC):
                 )
             lsn += 1
             log_rows.append((lsn, change.origin, change.seq, last_stamp(change), blob, digest))
+            applied.append((lsn, updates))
+        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
+        for (i, change, blob, digest, another), (at, updates) in zip(
+            admitted, applied, strict=True
+        ):
             outcomes[i] = Applied(
-                lsn=lsn,
+                lsn=at,
                 change=change,
                 updates=updates,
                 change_bytes=held_bytes(len(blob), change_objects(change)),
-                updates_bytes=0,  # known once every change of the batch is applied (below)
+                # A record that several changes of the batch touched counts as it ended,
+                # or as this change left it if a later one deleted it.
+                updates_bytes=sum(_document_bytes(u, doc_bytes) for u in updates),
                 digest=digest,
                 another_version=another,
             )
-        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
-        if with_updates:
-            # A record that several changes of the batch touched counts as it ended, or
-            # as this change left it if a later one deleted it.
-            for i, *_ in admitted:
-                applied = outcomes[i]
-                assert isinstance(applied, Applied)
-                held = sum(_document_bytes(u, doc_bytes) for u in applied.updates)
-                outcomes[i] = dataclasses.replace(applied, updates_bytes=held)
         self._append_log(log_rows)
         self._written(lsn, added)
         self._last_lsn = lsn
@@ -351,12 +349,12 @@ class MergingStore(ABC):
     def _admit(
         self,
         job: Job,
-        added: dict[bytes, set[int]],
+        added: dict[bytes, dict[int, int]],
         admission: Admission,
         versions: dict[tuple[bytes, int], set[int]],
-    ) -> tuple[Change | None, bytes]:
-        """Stamp a local write, or check a remote change; return it and its log encoding
-        (None for a change held)."""
+    ) -> tuple[Change | None, bytes, bool]:
+        """Stamp a local write, or check a remote change; return it (None for a change
+        held), its log encoding, and whether it is another version of a dot held."""
         if isinstance(job, LocalWrite):
             seq = self._taken.next_gap(self.node_id, self._next_seq)
             if seq > MAX_SEQ:
@@ -373,24 +371,31 @@ class MergingStore(ABC):
                     f"the transaction is {len(blob)} bytes encoded; the limit is {MAX_CHANGE_BYTES}"
                 )
             self._next_seq = seq + 1
-            return change, blob
+            return change, blob, False
         blob = encode_change(job)
-        if job.dot in self.vv or job.seq in added.get(job.origin, ()):
-            return self._another_version(job, blob, versions), blob
+        batch = added.get(job.origin, {})
+        if job.dot in self.vv or job.seq in batch:
+            return self._another_version(job, blob, versions, batch.get(job.seq)), blob, True
         admission.admit(job)
         self.clock.receive(last_stamp(job), self.wall_ms())
-        return job, blob
+        return job, blob, False
 
     def _another_version(
-        self, change: Change, blob: bytes, versions: dict[tuple[bytes, int], set[int]]
+        self,
+        change: Change,
+        blob: bytes,
+        versions: dict[tuple[bytes, int], set[int]],
+        in_batch: int | None,
     ) -> Change | None:
-        """``change`` if it is a version of a held dot that the log lacks, else None
-        (docs/design.md, "Versions and fingerprints"): its ops merge like any change's,
-        so every replica that holds the same versions holds the same records."""
+        """``change`` if it is a version of a held dot (``in_batch``: the digest of the
+        first version of a dot new in this batch) that neither the log nor the batch
+        holds, else None (docs/design.md, "Versions and fingerprints"): its ops merge
+        like any change's, so every replica that holds the same versions holds the same
+        records."""
         dot = change.dot
         held = versions.get(dot)
         if held is None:
-            held = versions[dot] = self._versions(*dot)
+            held = versions[dot] = self._versions(*dot) if in_batch is None else {in_batch}
         if change_digest(blob) in held:
             return None
         if len(held) >= MAX_VERSIONS_PER_DOT:

@@ -243,7 +243,7 @@ class SqliteStore(MergingStore):
     def _save_lost(self, lost: tuple[int, int]) -> None:
         self._set_meta("lost", msgpack.packb([lost]))
 
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
             for origin, seqs in added.items():
