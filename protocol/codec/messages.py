@@ -39,7 +39,6 @@ MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
 MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 MAX_REFUSED_RANGES = 1_024  # ranges in one REFUSED message: enough to say what and how many
 MAX_REASON_BYTES = 32  # a refusal's reason is a short name
-FINGERPRINT_LIMIT = 1 << 64  # fingerprints are 64-bit (`protocol.fingerprints`)
 REFUSAL_REASONS = (  # this version's
     *("clock", "own-origin", "gaps", "origins", "invalid", "versions", "clone"),
 )
@@ -402,16 +401,21 @@ def _refused(item: list[object]) -> Refused:
     ranges = []
     for i in range(0, len(flat), 3):
         origin, first, last = flat[i], flat[i + 1], flat[i + 2]
-        if (
-            type(origin) is not bytes
-            or len(origin) != NODE_ID_BYTES
-            or type(first) is not int
-            or type(last) is not int
-            or not 1 <= first <= last <= MAX_SEQ
-        ):
+        if not _is_range(origin, first, last):
             raise DecodeError("a refused range is a 16-byte origin and 1 <= first <= last")
         ranges.append((origin, (first, last)))
     return Refused(reason=reason, ranges=ranges, clock_ms=_clock(clock))
+
+
+def _is_range(origin: object, first: object, last: object) -> bool:
+    """Whether these are an origin and a range of its seqs."""
+    return (
+        type(origin) is bytes
+        and len(origin) == NODE_ID_BYTES
+        and type(first) is int
+        and type(last) is int
+        and 1 <= first <= last <= MAX_SEQ
+    )
 
 
 def _summary(items: object, fps: object) -> Summary:
@@ -419,7 +423,7 @@ def _summary(items: object, fps: object) -> Summary:
     if (
         not isinstance(fps, list)
         or len(fps) != vv.origin_count()
-        or any(type(fp) is not int or not 0 <= fp < FINGERPRINT_LIMIT for fp in fps)
+        or any(type(fp) is not int or fp < 0 for fp in fps)  # msgpack ints end at 2**64
     ):
         raise DecodeError("a summary has one fingerprint, an int in [0, 2**64), per origin")
     assert isinstance(items, list)
@@ -437,15 +441,7 @@ def _fingerprints(answer: object, flat: object) -> Fingerprints:
     entries: list[Entry] = []
     for i in range(0, len(flat), 4):
         origin, first, last, fp = flat[i : i + 4]
-        if (
-            type(origin) is not bytes
-            or len(origin) != NODE_ID_BYTES
-            or type(first) is not int
-            or type(last) is not int
-            or not 1 <= first <= last <= MAX_SEQ
-            or type(fp) is not int
-            or not 0 <= fp < FINGERPRINT_LIMIT
-        ):
+        if not _is_range(origin, first, last) or type(fp) is not int or fp < 0:
             raise DecodeError(
                 "a fingerprint entry is a 16-byte origin, 1 <= first <= last, and an int "
                 "in [0, 2**64)"
