@@ -65,5 +65,12 @@ class OriginLimitError(ChangeRefusedError):
     reason = "origins"
 
 
+class VersionLimitError(ChangeRefusedError):
+    """Raised for another version of a change held (the same dot, other contents) when a
+    node holds as many versions of that dot, or in all, as it keeps."""
+
+    reason = "versions"
+
+
 class HandshakeError(RemoteProtocolError):
     """Raised when a Noise handshake fails: bad key, bad PSK, tampered or out-of-turn message."""

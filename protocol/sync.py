@@ -50,6 +50,7 @@ itself when the peer's SUMMARY shows it holds changes of it that this side still
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ from blazemesh.protocol.codec.messages import (
     Ack,
     Arcs,
     Changes,
+    Fingerprints,
     Graft,
     Hello,
     MessageDecoder,
@@ -75,6 +77,14 @@ from blazemesh.protocol.codec.messages import (
     Summary,
 )
 from blazemesh.protocol.errors import LocalProtocolError, RemoteProtocolError
+from blazemesh.protocol.fingerprints import (
+    MAX_FINGERPRINT_ENTRIES,
+    MAX_NARROWINGS_PER_PERIOD,
+    Entry,
+    Holdings,
+    apart,
+    narrow,
+)
 from blazemesh.protocol.model import Change, Value, held_bytes
 from blazemesh.protocol.ring import WHOLE_RING, Arc, covers, place
 from blazemesh.protocol.vv import SeqRange, VersionVector, missing
@@ -153,7 +163,17 @@ class PeerRefused:
     clock_offset_ms: int
 
 
-SyncEvent = PeerHello | Incoming | PeerRefused
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compared:
+    """The peer's SUMMARY showed, for these origins, the same seqs as this node holds but
+    other contents (``differ``: a seq issued twice, docs/protocol.md 8.6), or the same
+    contents again after they differed (``agree``)."""
+
+    differ: tuple[bytes, ...]
+    agree: tuple[bytes, ...]
+
+
+SyncEvent = PeerHello | Incoming | PeerRefused | Compared
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,10 +203,12 @@ class LinkStatus:
     clock_offset_ms: int | None  # the peer's wall clock minus this node's, last measured
     refused_in: Refusals | None  # the peer's changes this node refused
     refused_out: Refusals | None  # this node's changes the peer refused
+    differ: int  # origins held alike by seq, but with other contents (see `Compared`)
+    verified: bool  # the last SUMMARY's fingerprints matched every origin held alike
 
     @property
     def in_sync(self) -> bool:
-        return self.open and not self.behind_in and not self.behind_out
+        return self.open and not self.behind_in and not self.behind_out and not self.differ
 
 
 @dataclass(slots=True)
@@ -229,13 +251,15 @@ class _Batch:
 
 
 class SyncLink:
-    """One side of one link. ``have`` is the node's live version vector (read, never written)."""
+    """One side of one link. ``have`` is the node's live version vector and ``holdings``
+    its fingerprints (both read, never written)."""
 
     def __init__(
         self,
         *,
         node_id: bytes,
         have: VersionVector,
+        holdings: Holdings,
         now: float,
         wall_ms: Callable[[], int],
         config: SyncConfig | None = None,
@@ -244,6 +268,7 @@ class SyncLink:
     ) -> None:
         self._node_id = node_id
         self._have = have
+        self._holdings = holdings
         self._wall_ms = wall_ms
         self._config = config or SyncConfig()
         self._expect_peer = expect_peer
@@ -256,6 +281,12 @@ class SyncLink:
         self._pong_due: int | None = None  # the token of the last PING, to answer
         self._summary_due = False
         self._refusals_due: dict[str, VersionVector] = {}  # reason -> the dots refused
+        self._asks_due: list[Entry] = []  # FINGERPRINTS to answer ...
+        self._tells_due: list[Entry] = []  # ... and not to (`protocol.fingerprints.narrow`)
+        self._resend: list[Range] = []  # every version held in these goes again
+        self._differ: set[bytes] = set()  # see `Compared`
+        self._narrowings_left = MAX_NARROWINGS_PER_PERIOD  # FINGERPRINTS still answered
+        self._verified = False
         self.peer_id: bytes | None = None
         self._peer_has = VersionVector()
         self._peer_told = VersionVector()
@@ -332,7 +363,11 @@ class SyncLink:
                 case Ack():
                     self._ack(message.batch)
                 case Summary():
-                    self._summary(message.vv)
+                    compared = self._summary(message)
+                    if compared is not None:
+                        return compared
+                case Fingerprints():
+                    self._narrow(message)
                 case Arcs():
                     self._feed_out.reset(message.arcs)
                     self._unsure = self._pushed(self._have.origins())
@@ -420,7 +455,8 @@ class SyncLink:
             self._small_unacked -= len(acked.dots) < self._config.batch_changes
         self._waiting_since = self._now
 
-    def _summary(self, vv: VersionVector) -> None:
+    def _summary(self, summary: Summary) -> Compared | None:
+        vv = summary.vv
         told = vv.copy()
         has = vv.copy()
         for sent in self._unacked:
@@ -430,6 +466,34 @@ class SyncLink:
         self._lacking_key = None  # a new vector: its stamp says nothing
         self._unsure = self._pushed(self._have.origins())
         self._check_behind()
+        return self._compare(vv, summary.fingerprints)
+
+    def _compare(self, vv: VersionVector, fingerprints: Mapping[bytes, int]) -> Compared | None:
+        """Compare the fingerprints of the origins of which the peer holds the seqs this
+        side holds; ask about those that differ (docs/protocol.md 8.6)."""
+        have, holdings = self._have, self._holdings
+        alike = [
+            o for o in vv.origins() if vv.base(o) == have.base(o) and vv.runs(o) == have.runs(o)
+        ]
+        differ = {o for o in alike if fingerprints[o] != holdings.fingerprint(o)}
+        self._verified = not differ
+        asks = [(o, 1, have.max_seq(o), holdings.fingerprint(o)) for o in sorted(differ)]
+        self._asks_due = (self._asks_due + asks)[:MAX_FINGERPRINT_ENTRIES]
+        found = differ - self._differ
+        agree = self._differ.intersection(alike) - differ
+        self._differ = (self._differ - agree) | differ
+        if not found and not agree:
+            return None
+        return Compared(differ=tuple(sorted(found)), agree=tuple(sorted(agree)))
+
+    def _narrow(self, message: Fingerprints) -> None:
+        if not self._narrowings_left:
+            return  # past the bound: the next SUMMARY's comparison starts again
+        self._narrowings_left -= 1
+        narrowed = narrow(message.entries, answer=message.answer, holdings=self._holdings)
+        self._asks_due = (self._asks_due + narrowed.ask)[:MAX_FINGERPRINT_ENTRIES]
+        self._tells_due = (self._tells_due + narrowed.tell)[:MAX_FINGERPRINT_ENTRIES]
+        self.resend(narrowed.resend)
 
     def _lacking(self) -> list[Range]:
         """What the peer stated it holds that this node lacks and has not refused
@@ -473,6 +537,12 @@ class SyncLink:
         _check_bounded(self._refused, "the peer's changes this node refused")
         before = self._refused_in.changes if self._refused_in is not None else 0
         self._refused_in = Refusals(changes=before + len(dots), reason=reason, last_at=self._now)
+
+    def resend(self, ranges: Iterable[Range]) -> None:
+        """Send every version held in ``ranges`` again, whatever the peer holds: the
+        node took another version of a change held (docs/protocol.md 8.6), which the
+        peer, holding the dot, would otherwise get only by comparing fingerprints."""
+        self._resend = (self._resend + list(ranges))[:MAX_FINGERPRINT_ENTRIES]
 
     def peer_holds_own(self) -> int:
         """The greatest seq of this node's own changes the peer said it holds: past the
@@ -533,7 +603,12 @@ class SyncLink:
 
     def _output_due(self) -> bool:
         return bool(
-            self._out or self._pong_due is not None or self._summary_due or self._refusals_due
+            self._out
+            or self._pong_due is not None
+            or self._summary_due
+            or self._refusals_due
+            or self._asks_due
+            or self._tells_due
         )
 
     def _ack_due(self) -> bool:
@@ -547,6 +622,13 @@ class SyncLink:
         config = self._config
         if self.peer_id is None or self._in_flight >= config.window_bytes:
             return []
+        if self._resend:
+            # Versions the peer may lack under seqs it holds (`_narrow`), a batch's worth
+            # at a time; what the window cuts off is found again by the next comparison.
+            seqs = itertools.accumulate(last - first + 1 for _, (first, last) in self._resend)
+            take = 1 + sum(1 for n in seqs if n < config.batch_changes)
+            again, self._resend = self._resend[:take], self._resend[take:]
+            return again
         have = self._have
         if have.stamp != self._have_stamp:
             self._unsure |= self._pushed(have.grown_since(self._have_stamp))
@@ -619,8 +701,14 @@ class SyncLink:
             out.append(encode(Pong(token=self._pong_due, clock_ms=self._wall_ms())))
             self._pong_due = None
         if self._summary_due:
-            out.append(encode(Summary(vv=self._have)))
+            holdings = self._holdings
+            fps = {o: holdings.fingerprint(o) for o in self._have.origins()}
+            out.append(encode(Summary(vv=self._have, fingerprints=fps)))
             self._summary_due = False
+        for answer, entries in ((True, self._asks_due), (False, self._tells_due)):
+            if entries:
+                out.append(encode(Fingerprints(answer=answer, entries=apart(entries))))
+        self._asks_due, self._tells_due = [], []
         for reason, dots in self._refusals_due.items():
             ranges = missing(dots, VersionVector())[:MAX_REFUSED_RANGES]
             out.append(encode(Refused(reason=reason, ranges=ranges, clock_ms=self._wall_ms())))
@@ -649,6 +737,7 @@ class SyncLink:
         if now - self._last_summary >= config.summary_every_s:
             self._last_summary = now
             self._summary_due = True
+            self._narrowings_left = MAX_NARROWINGS_PER_PERIOD
         if self._unacked and now - self._waiting_since >= config.stall_after_s:
             return LinkDown(
                 reason=f"the peer acknowledged nothing for {now - self._waiting_since:.1f} s "
@@ -683,6 +772,8 @@ class SyncLink:
             clock_offset_ms=self.clock_offset_ms,
             refused_in=self._refused_in,
             refused_out=self._refused_out,
+            differ=len(self._differ) if self.open else 0,
+            verified=self._verified,
         )
 
     def _missing_pushed(self) -> list[Range]:

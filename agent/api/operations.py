@@ -27,7 +27,7 @@ from blazemesh.protocol.codec.control import change_event, parse_op
 from blazemesh.protocol.errors import DecodeError, LocalProtocolError
 from blazemesh.protocol.ids import node_id_short, node_id_text, parse_node_id
 from blazemesh.protocol.model import Change, Put, Value
-from blazemesh.protocol.sync import Refusals
+from blazemesh.protocol.sync import LinkStatus, Refusals
 from blazemesh.protocol.topology import SETTINGS_COLLECTION, TOPOLOGY_KEY, TopologyConfig
 
 QUERY_PAGE_MAX = 1_000  # records in one query reply; more come by paging with "after"
@@ -110,6 +110,33 @@ class StaticPeer:
         }
 
 
+def _contents(status: LinkStatus) -> str:
+    """What the fingerprints said of the origins both sides hold alike (docs/protocol.md
+    8.6): the same contents, other contents, or nothing yet (no SUMMARY compared)."""
+    if status.differ:
+        return "differ"
+    return "verified" if status.verified else "unchecked"
+
+
+def identity_clashes(node: Node) -> dict[str, Value]:
+    """Two running nodes with one identity, as ``info`` and ``health`` show them:
+    ``identity_in_use``, whether peers refuse this node as one of two (who said so last,
+    where, and how long ago), and ``clones``, the peers this node refuses as such."""
+    now = trio.current_time()
+    told = node.told_cloned()
+    return {
+        "identity_in_use": None
+        if told is None
+        else {
+            "peer": node_id_short(told.peer),
+            "address": told.place,
+            "since_s": round(now - told.first_at, 3),
+            "last_s": round(now - told.last_at, 3),
+        },
+        "clones": [node_id_short(clone.node_id) for clone in node.clones()],
+    }
+
+
 def static_peers(node: Node) -> list[StaticPeer]:
     """Each static peer of ``node``: whether a link to it is up and in sync."""
     dialled = {peer.address: peer for peer in node.peers() if peer.initiated}
@@ -129,6 +156,40 @@ def static_peers(node: Node) -> list[StaticPeer]:
             StaticPeer(address=address, linked=linked, in_sync=in_sync, last_error=last_error)
         )
     return out
+
+
+def _clone_rows(node: Node, now: float) -> list[Value]:
+    """`Operations.peers`' rows for two running nodes with one identity: each peer this
+    node refuses as such (``cloned`` "it"), and the peer that last refused this node as
+    such (``cloned`` "this node")."""
+    rows: list[Value] = [
+        {
+            "node_id": node_id_text(clone.node_id),
+            "short_id": node_id_short(clone.node_id),
+            "address": ", ".join(clone.places),
+            "direction": None,
+            "state": "cloned",
+            "cloned": "it",
+            "since_s": round(now - clone.detected_at, 3),
+            "refused_for_s": round(clone.until - now, 3),
+        }
+        for clone in node.clones()
+    ]
+    told = node.told_cloned()
+    if told is not None:
+        rows.append(
+            {
+                "node_id": node_id_text(told.peer),
+                "short_id": node_id_short(told.peer),
+                "address": told.place,
+                "direction": None,
+                "state": "cloned",
+                "cloned": "this node",
+                "since_s": round(now - told.first_at, 3),
+                "last_s": round(now - told.last_at, 3),
+            }
+        )
+    return rows
 
 
 class Operations:
@@ -284,6 +345,7 @@ class Operations:
         if self.node is not None:
             result["listen"] = [format_address(a) for a in self.node.bound]
             result["links"] = len(self.node.linked_peers())
+            result.update(identity_clashes(self.node))
         result["clock"] = self._clock()
         if arg(args, "digest", bool, False):
             result["digest"] = self.replica.digest()
@@ -305,6 +367,7 @@ class Operations:
             "links": len(node.linked_peers()),
             "discovery": self.peering is not None,
             "static_peers": [peer.record() for peer in static_peers(node)],
+            **identity_clashes(node),
         }
 
     def _clock(self) -> Value:
@@ -345,6 +408,8 @@ class Operations:
                 s.refused_out is not None and now - s.refused_out.last_at < REFUSALS_RECENT_S
             )
             state = "in sync" if s.in_sync else ("syncing" if s.open else "closing")
+            if s.open and s.differ:
+                state = "repairing"
             out.append(
                 {
                     "node_id": node_id_text(peer.node_id),
@@ -357,6 +422,8 @@ class Operations:
                     "last_contact_s": round(now - s.last_contact, 3),
                     "behind_in": s.behind_in,
                     "behind_out": s.behind_out,
+                    "contents": _contents(s),
+                    "differ": s.differ,
                     "changes_sent": s.changes_sent,
                     "changes_received": s.changes_received,
                     "bytes_sent": s.bytes_sent,
@@ -382,7 +449,7 @@ class Operations:
                     "last_error": dial.last_error,
                 }
             )
-        return out
+        return out + _clone_rows(node, now)
 
     async def discover(self, args: Args) -> Value:
         """Every advert discovery sees now: who, where, and whether and why not linked."""

@@ -379,6 +379,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(
                 f"agent      running, listening on {listen}, {count(summary['links'], 'link')} up"
             )
+            _print_identity_clashes(summary)
         else:
             print("agent      not running")
         print(f"changes    {summary['changes_held']} held, log position {summary['last_lsn']}")
@@ -396,6 +397,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
 
     return _session(args, body)
+
+
+def _print_identity_clashes(summary: dict[str, Any]) -> None:
+    """`info`'s lines for two running nodes with one identity, if there are any."""
+    in_use = summary["identity_in_use"]
+    if in_use is not None:
+        print(
+            f"identity   IN USE ON ANOTHER RUNNING DEVICE: {in_use['peer']} refuses this node "
+            f"(for {in_use['since_s']:.0f}s); stop one of the two and give it its own identity "
+            '(docs/operations.md, "Two devices with one identity")'
+        )
+    if summary["clones"]:
+        print(
+            f"clones     refusing {', '.join(summary['clones'])}: each runs on two devices at once"
+        )
 
 
 def cmd_repair_clock(args: argparse.Namespace) -> int:

@@ -366,12 +366,15 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
     if not links:
         return 0
     print(
-        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'RTT':>8} {'LAST':>6}  BEHIND in/out  "
-        "CHANGES sent/recv  BYTES sent/recv"
+        f"{'PEER':<24} {'ADDRESS':<22} {'STATE':<10} {'CONTENTS':<9} {'RTT':>8} {'LAST':>6}  "
+        "BEHIND in/out  CHANGES sent/recv  BYTES sent/recv"
     )
     for link in links:
-        who = f"{link['short_id'] or '?'} ({link['direction']})".ljust(25)
+        who = f"{link['short_id'] or '?'} ({link['direction'] or 'no link'})".ljust(25)
         where = f"{link['address']:<22} {link['state']:<10} "
+        if link["state"] == "cloned":
+            print(who + where + _clone_note(link))
+            continue
         if "last_error" in link:  # an address being dialled, with no link up
             retry = link["retry_in_s"]
             when = "" if retry is None else f"retry in {retry:.1f}s, "
@@ -382,7 +385,7 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
         print(
             who
             + where
-            + f"{rtt:>8} {link['last_contact_s']:>5.1f}s"
+            + f"{link['contents']:<9} {rtt:>8} {link['last_contact_s']:>5.1f}s"
             + f"  {link['behind_in']}/{link['behind_out']}".ljust(15)
             + f"{link['changes_sent']}/{link['changes_received']}".ljust(19)
             + f"{_size(link['bytes_sent'])}/{_size(link['bytes_received'])}"
@@ -392,12 +395,32 @@ def cmd_peers(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _clone_note(link: dict[str, Any]) -> str:
+    """What a ``cloned`` row of `peers` means (`agent.api.operations`)."""
+    if link["cloned"] == "it":
+        return (
+            f"refused for another {link['refused_for_s']:.0f}s: two running devices hold its "
+            "identity; on one of them, give the copy its own"
+        )
+    return (
+        f"refuses this node (for {link['since_s']:.0f}s): another running device holds this "
+        "node's identity; on one of the two, give the copy its own "
+        '(docs/operations.md, "Two devices with one identity")'
+    )
+
+
 def _notes(link: dict[str, Any]) -> list[str]:
     """What else a link says: refusals either way, and a clock that disagrees."""
     from blazemesh.agent.links.link import REFUSAL_TEXT
     from blazemesh.agent.storage.replica import duration_text
 
     notes = []
+    if link["differ"]:
+        notes.append(
+            f"it holds other contents than this node under the same seqs of {link['differ']} "
+            "origin(s): a node whose data was restored from a copy or cloned issued seqs "
+            "twice; the two exchange the versions they lack (the log names the origins)"
+        )
     offset = link["clock_offset_ms"]
     if offset is not None and abs(offset) >= CLOCK_NOTE_MS:
         side = "ahead of" if offset > 0 else "behind"

@@ -16,7 +16,7 @@ what it has committed. Any failure ends the link with a reason, which `run` retu
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import assert_never
 
 import trio
@@ -25,10 +25,19 @@ from blazemesh.agent.errors import AgentError, StorageError
 from blazemesh.agent.links.network import RECEIVE_BYTES, Address, format_address
 from blazemesh.agent.storage.replica import Replica, duration_text
 from blazemesh.agent.storage.store import Outcome
+from blazemesh.protocol.clones import CLONE_REASON
 from blazemesh.protocol.errors import ChangeRefusedError, ProtocolError, RemoteProtocolError
 from blazemesh.protocol.ids import node_id_short
-from blazemesh.protocol.model import Change
-from blazemesh.protocol.sync import Incoming, LinkStatus, PeerHello, PeerRefused, Range, SyncLink
+from blazemesh.protocol.model import Change, Value
+from blazemesh.protocol.sync import (
+    Compared,
+    Incoming,
+    LinkStatus,
+    PeerHello,
+    PeerRefused,
+    Range,
+    SyncLink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +49,17 @@ REFUSAL_TEXT = {
     "gaps": "they leave too many gaps in their origin's changes (taken once the gaps close)",
     "origins": "it holds changes of as many origins as it keeps",
     "invalid": "they break a rule of the data model",
+    "versions": "it holds as many versions of those changes' seqs as it keeps",
+    CLONE_REASON: "another running device holds this node's identity (a copied data "
+    "directory or disk image): the peer refuses both for a while",
 }
 INCOMING_HELD_BYTES = 64 << 20  # decoded changes received and not yet applied, about: a
 # reader past this waits for the applier (the wire bound alone lets 9 MiB hold ~200 MB)
 TICK_S = 0.25  # timer resolution of a link: the node calls `Link.tick` this often
 PROGRESS_EVERY_S = 5.0  # how often a long catch-up is logged
 PROGRESS_MIN_CHANGES = 10_000  # catch-ups smaller than this are not worth a log line
+FAREWELL_TIMEOUT_S = 2.0  # a refused link's last words wait this long for a peer that
+# does not read, then the link closes without them
 
 
 class LinkEndedError(AgentError):
@@ -65,6 +79,7 @@ class Link:
         fetch: Callable[[Sequence[Range]], Iterable[Change]],
         on_hello: Callable[[Link], None],
         on_applied: Callable[[Link, Sequence[Change], Sequence[Outcome]], None],
+        on_cloned: Callable[[Link], None],
         address: Address,
         initiated: bool,
     ) -> None:
@@ -77,6 +92,9 @@ class Link:
         self._fetch = fetch
         self._on_hello = on_hello
         self._on_applied = on_applied
+        self._on_cloned = on_cloned
+        self.peer_meta: Mapping[str, Value] = {}  # the peer's HELLO meta, once it said hello
+        self._refusing = False  # `refuse` was called: the writer says so, then ends the link
         self._wake = trio.Event()
         # Bounded by `SyncConfig.receive_limit_bytes` on the wire, and by what the decoded
         # changes hold: the reader waits past `INCOMING_HELD_BYTES` (see `_reader`).
@@ -118,6 +136,15 @@ class Link:
             self.reason = reason
         if self._scope is not None:
             self._scope.cancel()
+
+    def refuse(self, why: str) -> None:
+        """Tell the peer that this node refuses it as one of two running instances of one
+        node (REFUSED "clone", docs/protocol.md 8.3), then end the link with ``why``."""
+        self.sync.refused((), CLONE_REASON)
+        if self.reason is None:
+            self.reason = why
+        self._refusing = True
+        self._wake.set()
 
     def tick(self, now: float) -> None:
         """Run the link's timers; end the link if it is dead or stalled (call every
@@ -170,9 +197,12 @@ class Link:
             while (event := sync.next_event()) is not None:
                 match event:
                     case PeerHello():
+                        self.peer_meta = event.meta
                         self._on_hello(self)
                     case PeerRefused():
                         self._peer_refused(event)
+                    case Compared():
+                        self._compared(event)
                     case Incoming():
                         self._incoming_held += event.held_bytes
                         self._incoming_send.send_nowait(event)
@@ -187,6 +217,9 @@ class Link:
                 await self._incoming_drained.wait()
 
     def _peer_refused(self, event: PeerRefused) -> None:
+        if event.reason == CLONE_REASON:
+            self._on_cloned(self)  # the node says it once, whatever the links
+            return
         why = REFUSAL_TEXT.get(
             event.reason, f"for a reason this version does not know ({event.reason!r})"
         )
@@ -195,6 +228,22 @@ class Link:
             side = "ahead of" if offset > 0 else "behind"
             why += f" (its clock is {duration_text(abs(offset))} {side} this node's)"
         log.warning("%s refused %d of this node's changes: %s", self.name, event.changes, why)
+
+    def _compared(self, event: Compared) -> None:
+        if event.differ:
+            log.warning(
+                "%s holds the same seqs as this node of %s but other contents: that origin "
+                "issued seqs twice (its data restored from a copy, or cloned onto another "
+                "device); the two sides exchange the versions they lack (docs/protocol.md 8.6)",
+                self.name,
+                ", ".join(map(node_id_short, event.differ)),
+            )
+        if event.agree:
+            log.info(
+                "%s and this node hold the same contents of %s again",
+                self.name,
+                ", ".join(map(node_id_short, event.agree)),
+            )
 
     async def _applier(self) -> None:
         async for first in self._incoming:
@@ -249,6 +298,10 @@ class Link:
     async def _writer(self) -> None:
         sync = self.sync
         while True:
+            if self._refusing:
+                with trio.move_on_after(FAREWELL_TIMEOUT_S):
+                    await self.stream.send_all(sync.data_to_send())
+                raise LinkEndedError(self.reason or "refused")
             # Plan and fetch without awaiting in between, so that nothing planned is lost.
             while ranges := sync.plan():
                 sync.send_changes(self._fetch(ranges))

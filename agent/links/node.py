@@ -44,6 +44,16 @@ from blazemesh.agent.storage.replica import Replica, duration_text
 from blazemesh.agent.storage.store import Applied, Outcome
 from blazemesh.agent.trust.identity import Identity
 from blazemesh.agent.trust.membership import Mesh
+from blazemesh.protocol.clones import (
+    CLONE_COOLDOWN_S,
+    RUN_ID_BYTES,
+    RUN_META_KEY,
+    Clone,
+    Refuse,
+    RunTracker,
+    Told,
+    run_of,
+)
 from blazemesh.protocol.codec import decode_change
 from blazemesh.protocol.errors import OwnOriginError, ProtocolError
 from blazemesh.protocol.forwarding import (
@@ -153,7 +163,11 @@ class Node:
         self._rng = rng or random.Random()
         self._random_bytes = random_bytes
         self._links: dict[bytes, Link] = {}
-        self._running: dict[Link, None] = {}  # every link, open or not, in creation order
+        # Every link, open or not, in creation order, with when this node began it if the
+        # handshake proves the peer answered after then (`RunTracker.hello`'s ``opened``).
+        self._running: dict[Link, float | None] = {}
+        self.run_id = random_bytes(RUN_ID_BYTES)  # stated in every HELLO (`protocol.clones`)
+        self._runs = RunTracker()
         self._forwarding = Forwarding(self.identity.node_id)
         self._link_gone: dict[bytes, trio.Event] = {}
         self._dials: dict[Address, Dial] = {}
@@ -268,6 +282,9 @@ class Node:
     ) -> tuple[bytes | None, str]:
         """Authenticate ``stream`` and run a link over it until it ends; return the peer's
         id (None if it never said who it is) and why the link ended."""
+        # The secure handshake's answer comes after this moment; a plain stream's hello
+        # may have been sent before it (`RunTracker.hello`).
+        opened = trio.current_time() if self.config.secure else None
         expect = None
         if self.config.secure:
             try:
@@ -287,20 +304,23 @@ class Node:
             sync=SyncLink(
                 node_id=self.node_id,
                 have=self.replica.vv,
+                holdings=self.replica.store,
                 now=trio.current_time(),
                 wall_ms=self.replica.wall_ms,
                 config=self.config.sync,
+                meta={RUN_META_KEY: self.run_id},
                 expect_peer=expect,
             ),
             replica=self.replica,
             fetch=self.fetch,
             on_hello=self._hello,
             on_applied=self._applied,
+            on_cloned=self._cloned,
             address=address,
             initiated=initiated,
         )
         reason = "closed by this node"  # if cancelled: shutdown, or its dialler was stopped
-        self._running[link] = None
+        self._running[link] = opened
         try:
             if expect is not None:
                 with self._scopes.link(expect):
@@ -338,21 +358,73 @@ class Node:
         """Register a link whose peer has said hello; end it if another link wins."""
         peer = link.peer_id
         assert peer is not None
+        run = run_of(link.peer_meta)
+        verdict = self._runs.hello(
+            peer,
+            run,
+            opened=self._running[link],
+            now=trio.current_time(),
+            place=format_address(link.address),
+        )
+        if isinstance(verdict, Refuse):
+            self._refuse_clone(link, verdict)
+            return
         existing = self._links.get(peer)
         if existing is not None:
-            if not keeps_newer_link(
+            if run is not None and run_of(existing.peer_meta) not in (None, run):
+                # Another run of the peer: it restarted, and the old link is dead (or it
+                # is a second instance, which, coming back, `RunTracker` catches).
+                existing.end("replaced by a link of the peer's next run (it restarted)")
+            elif not keeps_newer_link(
                 self.node_id,
                 peer,
                 older_dialled=existing.initiated,
                 newer_dialled=link.initiated,
             ):
                 raise LinkEndedError("a link to this peer already exists")
-            existing.end("replaced by a newer link to the same peer")
+            else:
+                existing.end("replaced by a newer link to the same peer")
         self._links[peer] = link
         self._link_gone.pop(peer, None)
         log.info("link to %s up (%s)", link.name, "dialled" if link.initiated else "accepted")
         self._carry_out(self._forwarding.link_up(peer))
         self._check_own_history(link, link.sync.peer_holds_own())
+
+    def _refuse_clone(self, link: Link, verdict: Refuse) -> None:
+        """Refuse ``link``, whose peer runs as two instances; once caught, say so once and
+        refuse the peer's link already up too."""
+        clone = verdict.clone
+        why = f"refused: {node_id_short(clone.node_id)} runs as two instances (one identity)"
+        if verdict.caught:
+            log.error(
+                "node %s runs as two instances, seen at %s: two devices hold its identity "
+                "(a data directory copied while it ran, or devices set up from one disk "
+                "image). This node refuses both for %d s and tells them; nothing is deleted. "
+                "On one of the two devices, give the copy its own identity "
+                '(docs/operations.md, "Two devices with one identity")',
+                node_id_short(clone.node_id),
+                ", ".join(clone.places),
+                CLONE_COOLDOWN_S,
+            )
+            existing = self._links.get(clone.node_id)
+            if existing is not None:
+                existing.refuse(why)
+        link.refuse(why)
+
+    def _cloned(self, link: Link) -> None:
+        """``link``'s peer refuses this node as one of two instances of one node."""
+        assert link.peer_id is not None
+        place = format_address(link.address)
+        if self._runs.told(link.peer_id, now=trio.current_time(), place=place):
+            log.error(
+                "%s refuses this node: another running device holds this node's identity "
+                "(node %s: a data directory copied while it ran, or devices set up from one "
+                "disk image), and its peers refuse both for a while. Nothing is lost: each "
+                "keeps its data. Stop the agent on one of the two devices and give it its own "
+                'identity (docs/operations.md, "Two devices with one identity")',
+                link.name,
+                self.identity.short,
+            )
 
     def feed_by_ring(self, on: bool) -> None:
         """Take each origin's changes from the link nearest to it on the ring, or else
@@ -394,8 +466,13 @@ class Node:
     def _committed(self, applied: list[Applied]) -> None:
         self._cache_changes(applied)
         origins = {item.change.origin for item in applied}
+        versions = [
+            (i.change.origin, (i.change.seq, i.change.seq)) for i in applied if i.another_version
+        ]
         for link in self._links.values():
-            if link.sync.pushes(origins):  # the others have nothing new to send
+            if versions:
+                link.sync.resend(versions)
+            if versions or link.sync.pushes(origins):  # the others have nothing new to send
                 link.wake()
 
     def _applied(self, link: Link, changes: Sequence[Change], outcomes: Sequence[Outcome]) -> None:
@@ -450,6 +527,10 @@ class Node:
         """Keep the newest changes, within `NodeConfig.cache_changes` and `cache_bytes`."""
         cache, config = self._cache, self.config
         for item in applied:
+            if item.another_version:  # a dot of several versions: the log serves them all
+                if (held := cache.pop(item.change.dot, None)) is not None:
+                    self._cache_bytes -= held[1]
+                continue
             cache[item.change.dot] = (item.change, item.change_bytes)
             self._cache_bytes += item.change_bytes
         while cache and (
@@ -509,6 +590,14 @@ class Node:
             )
             for peer, link in sorted(self._links.items())
         ]
+
+    def clones(self) -> list[Clone]:
+        """Peers this node refuses now as two running instances of one node."""
+        return self._runs.clones(trio.current_time())
+
+    def told_cloned(self) -> Told | None:
+        """Whether peers refuse this node now as one of two running instances."""
+        return self._runs.told_now(trio.current_time())
 
     def dials_down(self) -> list[Dial]:
         """Addresses this node dials that have no link up now, with the last error."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -44,7 +45,9 @@ class MemoryData:
     records: dict[str, dict[str, tuple[bytes | None, bytes]]] = field(default_factory=dict)
     log: list[LogRow] = field(default_factory=list)  # entry ``lsn`` at index ``lsn - 1``
     seqs: dict[bytes, list[int]] = field(default_factory=dict)  # origin -> its seqs, sorted
-    lsns: dict[tuple[bytes, int], int] = field(default_factory=dict)  # dot -> its lsn
+    lsns: dict[tuple[bytes, int], list[int]] = field(default_factory=dict)  # dot -> its
+    # lsns, one per version
+    fingerprints: dict[bytes, int] = field(default_factory=dict)  # origin -> fingerprint
     taken: list[tuple[int, int]] = field(default_factory=list)  # `MergingStore._take`
     lost: tuple[int, int] | None = None  # `MergingStore.mark_restored`
 
@@ -96,6 +99,7 @@ class MemoryStore(MergingStore):
             vv=vv,
             last_lsn=last_lsn,
             taken=data.taken,
+            fingerprints=dict(data.fingerprints),
             lost=data.lost,
         )
         self._undo: list[Callable[[], object]] | None = None  # while a transaction runs
@@ -154,17 +158,38 @@ class MemoryStore(MergingStore):
     def _append_log(self, rows: list[LogRow]) -> None:
         data = self.data
         for row in rows:
-            lsn, origin, seq, _, _ = row
+            lsn, origin, seq, *_ = row
             data.log.append(row)
-            bisect.insort(data.seqs.setdefault(origin, []), seq)
-            data.lsns[origin, seq] = lsn
+            lsns = data.lsns.setdefault((origin, seq), [])
+            if not lsns:
+                bisect.insort(data.seqs.setdefault(origin, []), seq)
+            lsns.append(lsn)
             self._note(functools.partial(self._drop_last, origin, seq))
 
     def _drop_last(self, origin: bytes, seq: int) -> None:
         data = self.data
         data.log.pop()
-        data.seqs[origin].remove(seq)
-        del data.lsns[origin, seq]
+        lsns = data.lsns[origin, seq]
+        lsns.pop()
+        if not lsns:
+            data.seqs[origin].remove(seq)
+            del data.lsns[origin, seq]
+
+    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
+        fps = self.data.fingerprints
+        was = dict(fps)
+        fps.update(fingerprints)
+        self._note(functools.partial(setattr, self.data, "fingerprints", was))
+
+    def _versions(self, origin: bytes, seq: int) -> set[int]:
+        data = self.data
+        return {data.log[lsn - 1][5] for lsn in data.lsns.get((origin, seq), ())}
+
+    def _digests(self, origin: bytes, first: int, last: int) -> Iterable[int]:
+        data = self.data
+        seqs = data.seqs.get(origin, [])
+        held = seqs[bisect.bisect_left(seqs, first) : bisect.bisect_right(seqs, last)]
+        return [data.log[lsn - 1][5] for seq in held for lsn in data.lsns[origin, seq]]
 
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         was, self.data.taken = self.data.taken, runs
@@ -174,7 +199,7 @@ class MemoryStore(MergingStore):
         was, self.data.lost = self.data.lost, lost
         self._note(functools.partial(setattr, self.data, "lost", was))
 
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         """No snapshot to save: opening replays the whole log."""
 
     def _restamped(self) -> None:
@@ -182,20 +207,20 @@ class MemoryStore(MergingStore):
 
     def _own_ahead(self, stamp: int) -> list[tuple[int, bytes]]:
         data, me = self.data, self.node_id
-        lsns = [data.lsns[me, seq] for seq in data.seqs.get(me, ())]
+        lsns = [lsn for seq in data.seqs.get(me, ()) for lsn in data.lsns[me, seq]]
         return [(lsn, data.log[lsn - 1][4]) for lsn in lsns if data.log[lsn - 1][3] > stamp]
 
     def _last_stamp_but_own_ahead(self, stamp: int) -> int:
         me = self.node_id
         return max(
-            (s for _, origin, _, s, _ in self.data.log if not (origin == me and s > stamp)),
+            (s for _, origin, _, s, *_ in self.data.log if not (origin == me and s > stamp)),
             default=0,
         )
 
-    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int) -> None:
+    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int, digest: int) -> None:
         log = self.data.log
         was = log[lsn - 1]
-        log[lsn - 1] = (lsn, was[1], was[2], stamp, blob)
+        log[lsn - 1] = (lsn, was[1], was[2], stamp, blob, digest)
         self._note(functools.partial(log.__setitem__, lsn - 1, was))
 
     def _whole_log(self) -> Iterable[bytes]:
@@ -233,7 +258,11 @@ class MemoryStore(MergingStore):
         seqs = data.seqs.get(origin, [])
         held = (seqs[i] for i in range(bisect.bisect_left(seqs, first), len(seqs)))
         return page(
-            ((seq, data.log[data.lsns[origin, seq] - 1][4]) for seq in held if seq <= last),
+            (
+                (seq, data.log[lsn - 1][4])
+                for seq in itertools.takewhile(lambda seq: seq <= last, held)
+                for lsn in data.lsns[origin, seq]
+            ),
             max_bytes,
         )
 

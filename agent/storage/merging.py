@@ -15,7 +15,6 @@ every store then reads back exactly what it was given, and equal records digest 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,8 +33,15 @@ from blazemesh.protocol.codec import (
     encode_meta,
 )
 from blazemesh.protocol.crdt import RecordKey, RecordState, apply_change
-from blazemesh.protocol.errors import OwnOriginError, ProtocolError, ValidationError
+from blazemesh.protocol.errors import (
+    OwnOriginError,
+    ProtocolError,
+    ValidationError,
+    VersionLimitError,
+)
+from blazemesh.protocol.fingerprints import change_digest
 from blazemesh.protocol.hlc import COUNTER_BITS, HybridClock
+from blazemesh.protocol.ids import node_id_short
 from blazemesh.protocol.model import (
     MAX_CHANGE_BYTES,
     MAX_SEQ,
@@ -49,12 +55,17 @@ from blazemesh.protocol.vv import VersionVector
 # A record as stored: (collection, key, encoded document or None while deleted, stamps).
 RecordRow = tuple[str, str, bytes | None, bytes]
 StoredRecord = tuple[str, bytes | None, bytes]  # a record of a known collection: key, doc, stamps
-# A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change).
-LogRow = tuple[int, bytes, int, int, bytes]
+# A log entry as stored: (lsn, origin, seq, the last HLC stamp of its ops, encoded change,
+# its digest). A dot has several entries when its origin issued it more than once, one per
+# version (docs/design.md, "Versions and fingerprints").
+LogRow = tuple[int, bytes, int, int, bytes, int]
 
 # How far a restored copy's own seqs jump (`MergingStore.mark_restored`): past every change
 # the node can have made after the copy (4 billion), with room for 2 billion restores.
 SEQ_EPOCH = 1 << 32
+# Versions of one dot kept (`_admit`): a seq issued by a node, by a restored copy of it
+# and by a clone or two; past that, further versions are refused.
+MAX_VERSIONS_PER_DOT = 4
 
 # What a failure of the storage says (`MergingStore._failing`).
 WRITE_FAILED = "write to {where} failed: {error}"
@@ -110,12 +121,13 @@ def replay(
 
 def page(rows: Iterable[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
     """The rows ``(number, encoded change)`` up to ``max_bytes`` of changes, or the first
-    alone if it is larger."""
+    alone if it is larger; never some of the rows of one number but not all (the
+    versions of one seq), so that the next page starts at the next number."""
     out: list[tuple[int, bytes]] = []
     size = 0
     for row in rows:
         size += len(row[1])
-        if out and size > max_bytes:
+        if out and size > max_bytes and row[0] != out[-1][0]:
             break
         out.append(row)
     return out
@@ -158,11 +170,13 @@ class MergingStore(ABC):
         vv: VersionVector,
         last_lsn: int,
         taken: Sequence[tuple[int, int]],
+        fingerprints: dict[bytes, int],
         lost: tuple[int, int] | None = None,
     ) -> None:
         """Start from what the subclass recovered: the clock and the vector of the
-        changes held, the last log position, the runs of this node's seqs taken, and
-        the seqs an earlier copy of this node may have issued (`mark_restored`)."""
+        changes held, the last log position, the runs of this node's seqs taken, the
+        fingerprint of each origin's changes held (`protocol.fingerprints`), and the
+        seqs an earlier copy of this node may have issued (`mark_restored`)."""
         self.node_id = node_id
         self.wall_ms = wall_ms  # the HLC's wall clock
         self.clock = clock
@@ -174,6 +188,10 @@ class MergingStore(ABC):
         self._taken = VersionVector.from_parts({}, {node_id: list(taken)})
         self._lost = lost
         self._next_seq = max(vv.max_seq(node_id), lost[1] if lost else 0) + 1
+        # Fingerprints as committed (the writer's) and as `finish` published them (the
+        # readers'): a batch may run in a worker thread while links read.
+        self._written_fps = fingerprints
+        self._fingerprints = dict(fingerprints)
         self.commits = 0  # transactions committed since opening: group commit shows here
 
     @property
@@ -207,6 +225,18 @@ class MergingStore(ABC):
         """Add log entries, in the transaction."""
 
     @abstractmethod
+    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
+        """Keep, in the transaction, these origins' new fingerprints."""
+
+    @abstractmethod
+    def _versions(self, origin: bytes, seq: int) -> set[int]:
+        """The digests of the versions of ``(origin, seq)`` the log holds."""
+
+    @abstractmethod
+    def _digests(self, origin: bytes, first: int, last: int) -> Iterable[int]:
+        """The digests of every version the log holds of ``origin`` in ``first..last``."""
+
+    @abstractmethod
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         """Keep, in the transaction, the runs of this node's seqs taken (`_take`)."""
 
@@ -224,15 +254,15 @@ class MergingStore(ABC):
         """The greatest last stamp of the log's changes but those of `_own_ahead`."""
 
     @abstractmethod
-    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int) -> None:
-        """Replace the change at ``lsn`` and its last stamp, in the transaction."""
+    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int, digest: int) -> None:
+        """Replace the change at ``lsn``, its last stamp and digest, in the transaction."""
 
     @abstractmethod
     def _whole_log(self) -> Iterable[bytes]:
         """Every encoded change of the log, by lsn."""
 
     @abstractmethod
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         """Called inside each batch's transaction once its rows are written, with the
         last lsn and the dots it adds (`SqliteStore` saves a snapshot there)."""
 
@@ -257,21 +287,34 @@ class MergingStore(ABC):
         try:
             with self._failing(WRITE_FAILED), self._transaction():
                 outcomes = self._write_batch(jobs, with_updates)
+                fps = self._fold_digests(outcomes)
+                self._save_fingerprints(fps)
         except BaseException:
             # Rolled back: the seqs and log positions it took were never written.
             self._next_seq, self._taken, self._last_lsn = before
             raise
+        self._written_fps.update(fps)
         self.commits += 1
         return outcomes
 
+    def _fold_digests(self, outcomes: Sequence[Outcome]) -> dict[bytes, int]:
+        """The new fingerprints of the origins of the changes applied."""
+        fps: dict[bytes, int] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, Applied):
+                origin = outcome.change.origin
+                fps[origin] = fps.get(origin, self._written_fps.get(origin, 0)) ^ outcome.digest
+        return fps
+
     def _write_batch(self, jobs: Sequence[Job], with_updates: bool) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(jobs)
-        admitted: list[tuple[int, Change, bytes]] = []
-        added: dict[bytes, set[int]] = {}
+        admitted: list[tuple[int, Change, bytes, int, bool]] = []
+        added: dict[bytes, dict[int, int]] = {}  # origin -> seq -> digest, new dots only
         admission = Admission(self.node_id, self.vv, own_lost=self._lost)
+        versions: dict[tuple[bytes, int], set[int]] = {}  # of dots held, as admitted
         for i, job in enumerate(jobs):
             try:
-                change, blob = self._admit(job, added, admission)
+                change, blob, another = self._admit(job, added, admission, versions)
             except OwnOriginError as exc:
                 outcomes[i] = exc
                 assert isinstance(job, Change)
@@ -281,17 +324,22 @@ class MergingStore(ABC):
                 outcomes[i] = exc
                 continue
             if change is not None:
-                admitted.append((i, change, blob))
-                added.setdefault(change.origin, set()).add(change.seq)
+                digest = change_digest(blob)
+                admitted.append((i, change, blob, digest, another))
+                if another:
+                    versions[change.dot].add(digest)
+                else:
+                    added.setdefault(change.origin, {})[change.seq] = digest
         if not admitted:
             return outcomes
         states = self._load_states(
-            {(op.collection, op.key) for _, c, _ in admitted for op in c.ops}
+            {(op.collection, op.key) for _, c, *_ in admitted for op in c.ops}
         )
         dirty: set[RecordKey] = set()
         log_rows: list[LogRow] = []
+        applied: list[tuple[int, tuple[RecordUpdate, ...]]] = []  # lsn, updates
         lsn = self._last_lsn
-        for i, change, blob in admitted:
+        for _, change, blob, digest, _ in admitted:
             touched = apply_change(change, states)
             dirty |= touched
             updates: tuple[RecordUpdate, ...] = ()
@@ -302,32 +350,37 @@ class MergingStore(ABC):
                     if (c, k) in touched
                 )
             lsn += 1
-            log_rows.append((lsn, change.origin, change.seq, last_stamp(change), blob))
+            log_rows.append((lsn, change.origin, change.seq, last_stamp(change), blob, digest))
+            applied.append((lsn, updates))
+        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
+        for (i, change, blob, digest, another), (at, updates) in zip(
+            admitted, applied, strict=True
+        ):
             outcomes[i] = Applied(
-                lsn=lsn,
+                lsn=at,
                 change=change,
                 updates=updates,
                 change_bytes=held_bytes(len(blob), change_objects(change)),
-                updates_bytes=0,  # known once every change of the batch is applied (below)
+                # A record that several changes of the batch touched counts as it ended,
+                # or as this change left it if a later one deleted it.
+                updates_bytes=sum(_document_bytes(u, doc_bytes) for u in updates),
+                digest=digest,
+                another_version=another,
             )
-        doc_bytes = self._save_states(states, dirty, sizes=with_updates)
-        if with_updates:
-            # A record that several changes of the batch touched counts as it ended, or
-            # as this change left it if a later one deleted it.
-            for i, *_ in admitted:
-                applied = outcomes[i]
-                assert isinstance(applied, Applied)
-                held = sum(_document_bytes(u, doc_bytes) for u in applied.updates)
-                outcomes[i] = dataclasses.replace(applied, updates_bytes=held)
         self._append_log(log_rows)
         self._written(lsn, added)
         self._last_lsn = lsn
         return outcomes
 
     def _admit(
-        self, job: Job, added: dict[bytes, set[int]], admission: Admission
-    ) -> tuple[Change | None, bytes]:
-        """Stamp a local write, or check a remote change; return it and its log encoding."""
+        self,
+        job: Job,
+        added: dict[bytes, dict[int, int]],
+        admission: Admission,
+        versions: dict[tuple[bytes, int], set[int]],
+    ) -> tuple[Change | None, bytes, bool]:
+        """Stamp a local write, or check a remote change; return it (None for a change
+        held), its log encoding, and whether it is another version of a dot held."""
         if isinstance(job, LocalWrite):
             seq = self._taken.next_gap(self.node_id, self._next_seq)
             if seq > MAX_SEQ:
@@ -344,12 +397,40 @@ class MergingStore(ABC):
                     f"the transaction is {len(blob)} bytes encoded; the limit is {MAX_CHANGE_BYTES}"
                 )
             self._next_seq = seq + 1
-            return change, blob
-        if job.dot in self.vv or job.seq in added.get(job.origin, ()):
-            return None, b""
+            return change, blob, False
+        blob = encode_change(job)
+        batch = added.get(job.origin, {})
+        if job.dot in self.vv or job.seq in batch:
+            return self._another_version(job, blob, versions, batch.get(job.seq)), blob, True
         admission.admit(job)
         self.clock.receive(last_stamp(job), self.wall_ms())
-        return job, encode_change(job)
+        return job, blob, False
+
+    def _another_version(
+        self,
+        change: Change,
+        blob: bytes,
+        versions: dict[tuple[bytes, int], set[int]],
+        in_batch: int | None,
+    ) -> Change | None:
+        """``change`` if it is a version of a held dot (``in_batch``: the digest of the
+        first version of a dot new in this batch) that neither the log nor the batch
+        holds, else None (docs/design.md, "Versions and fingerprints"): its ops merge
+        like any change's, so every replica that holds the same versions holds the same
+        records."""
+        dot = change.dot
+        held = versions.get(dot)
+        if held is None:
+            held = versions[dot] = self._versions(*dot) if in_batch is None else {in_batch}
+        if change_digest(blob) in held:
+            return None
+        if len(held) >= MAX_VERSIONS_PER_DOT:
+            raise VersionLimitError(
+                f"change {change.seq} of {node_id_short(change.origin)} has "
+                f"{MAX_VERSIONS_PER_DOT} versions here already, the limit"
+            )
+        self.clock.receive(last_stamp(change), self.wall_ms())
+        return change
 
     @property
     def lost(self) -> tuple[int, int] | None:
@@ -446,9 +527,26 @@ class MergingStore(ABC):
         Kept apart from `write_batch` so that, when a batch runs in a worker thread, the
         vector is only ever changed on the thread that reads it.
         """
+        fps = self._fingerprints
         for outcome in outcomes:
             if isinstance(outcome, Applied):
-                self.vv.add(outcome.change.origin, outcome.change.seq)
+                origin = outcome.change.origin
+                self.vv.add(origin, outcome.change.seq)
+                fps[origin] = fps.get(origin, 0) ^ outcome.digest
+
+    # -- fingerprints (`protocol.fingerprints.Holdings`) ----------------------------------
+
+    def fingerprint(self, origin: bytes) -> int:
+        """`Holdings.fingerprint`, as of the last `finish`."""
+        return self._fingerprints.get(origin, 0)
+
+    def range_fingerprint(self, origin: bytes, first: int, last: int) -> int:
+        """`Holdings.range_fingerprint`, as committed."""
+        fp = 0
+        with self._failing(READ_FAILED):
+            for digest in self._digests(origin, first, last):
+                fp ^= digest
+        return fp
 
     def restamp_ahead(self) -> int:
         """`Store.restamp_ahead`, for a node whose clock ran ahead and was set right.
@@ -470,6 +568,7 @@ class MergingStore(ABC):
                     last=self._last_stamp_but_own_ahead(ahead), max_skew_ms=old.max_skew_ms
                 )
                 keys: set[RecordKey] = set()
+                fp = self._written_fps.get(self.node_id, 0)
                 for lsn, blob in rows:
                     was = decode_change(blob)
                     change = Change(
@@ -478,8 +577,12 @@ class MergingStore(ABC):
                         hlc=clock.tick(now_ms, width=len(was.ops)),
                         ops=was.ops,
                     )
-                    self._rewrite_log(lsn, encode_change(change), last_stamp(change))
+                    new = encode_change(change)
+                    digest = change_digest(new)
+                    fp ^= change_digest(blob) ^ digest
+                    self._rewrite_log(lsn, new, last_stamp(change), digest)
                     keys.update((op.collection, op.key) for op in change.ops)
+                self._save_fingerprints({self.node_id: fp})
                 states: dict[RecordKey, RecordState] = {}
                 for blob in self._whole_log():
                     change = decode_change(blob)
@@ -488,6 +591,7 @@ class MergingStore(ABC):
                 self._save_states(states, keys, sizes=False)
                 self.clock = clock
                 self._restamped()  # a snapshot, with the new clock
+                self._written_fps[self.node_id] = self._fingerprints[self.node_id] = fp
         except ProtocolError as exc:  # a log entry that does not decode
             self.clock = old
             raise StorageError(RESTAMP_FAILED.format(where=self._where(), error=exc)) from exc

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable
 
 from blazemesh.agent.errors import StorageError
+from blazemesh.protocol.fingerprints import change_digest
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -30,7 +31,39 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX log_dot ON log (origin, seq)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+def signed(digest: int) -> int:
+    """A 64-bit digest as SQLite keeps it: a signed integer."""
+    return digest - (1 << 64) if digest >= 1 << 63 else digest
+
+
+def unsigned(value: int) -> int:
+    """A digest read back from SQLite (`signed`)."""
+    return value + (1 << 64) if value < 0 else value
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """Versions and fingerprints (docs/design.md): each log entry keeps its change's
+    digest, a dot may have several entries (one per version), and each origin the
+    fingerprint of its entries."""
+    db.execute("ALTER TABLE log ADD COLUMN digest INTEGER NOT NULL DEFAULT 0")
+    fingerprints: dict[bytes, int] = {}
+    rows = db.execute("SELECT lsn, origin, change FROM log").fetchall()
+    for lsn, origin, blob in rows:
+        digest = change_digest(blob)
+        fingerprints[origin] = fingerprints.get(origin, 0) ^ digest
+        db.execute("UPDATE log SET digest = ? WHERE lsn = ?", (signed(digest), lsn))
+    db.execute("DROP INDEX log_dot")
+    db.execute("CREATE UNIQUE INDEX log_version ON log (origin, seq, digest)")
+    db.execute(
+        "CREATE TABLE fingerprints (origin BLOB PRIMARY KEY, fp INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    db.executemany(
+        "INSERT INTO fingerprints VALUES (?, ?)",
+        [(origin, signed(fp)) for origin, fp in fingerprints.items()],
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -36,7 +36,7 @@ from blazemesh.agent.storage.merging import (
     record_digest,
     replay,
 )
-from blazemesh.agent.storage.schema import migrate
+from blazemesh.agent.storage.schema import migrate, signed, unsigned
 from blazemesh.agent.storage.store import LOG_PAGE_BYTES, Durability, Job, Outcome
 from blazemesh.protocol.codec import CODEC_VERSION
 from blazemesh.protocol.errors import ProtocolError
@@ -80,6 +80,10 @@ class SqliteStore(MergingStore):
                 vv, clock, last_lsn = self._recover()
                 taken = self._meta_runs("taken")
                 lost_runs = self._meta_runs("lost")
+                fingerprints = {
+                    origin: unsigned(fp)
+                    for origin, fp in self._writer.execute("SELECT origin, fp FROM fingerprints")
+                }
             except sqlite3.DatabaseError as exc:
                 raise StorageError(f"cannot open {path}: {exc}") from None
             except (
@@ -98,6 +102,7 @@ class SqliteStore(MergingStore):
             vv=vv,
             last_lsn=last_lsn,
             taken=taken,
+            fingerprints=fingerprints,
             lost=lost_runs[0] if lost_runs else None,
         )
         current = f"{_file_id(path)}:{self._meta('db_id', '')}"
@@ -237,7 +242,28 @@ class SqliteStore(MergingStore):
         self._writer.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", rows)
 
     def _append_log(self, rows: list[LogRow]) -> None:
-        self._writer.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        self._writer.executemany(
+            "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)", [(*r[:5], signed(r[5])) for r in rows]
+        )
+
+    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
+        self._writer.executemany(
+            "INSERT OR REPLACE INTO fingerprints VALUES (?, ?)",
+            [(origin, signed(fp)) for origin, fp in fingerprints.items()],
+        )
+
+    def _versions(self, origin: bytes, seq: int) -> set[int]:
+        rows = self._writer.execute(
+            "SELECT digest FROM log WHERE origin = ? AND seq = ?", (origin, seq)
+        )
+        return {unsigned(digest) for (digest,) in rows}
+
+    def _digests(self, origin: bytes, first: int, last: int) -> Iterable[int]:
+        cursor = self._reader.execute(
+            "SELECT digest FROM log WHERE origin = ? AND seq BETWEEN ? AND ?", (origin, first, last)
+        )
+        with contextlib.closing(cursor):
+            return [unsigned(digest) for (digest,) in cursor]
 
     def _save_taken(self, runs: list[tuple[int, int]]) -> None:
         self._set_meta("taken", msgpack.packb(runs))
@@ -245,7 +271,7 @@ class SqliteStore(MergingStore):
     def _save_lost(self, lost: tuple[int, int]) -> None:
         self._set_meta("lost", msgpack.packb([lost]))
 
-    def _written(self, lsn: int, added: dict[bytes, set[int]]) -> None:
+    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
             for origin, seqs in added.items():
@@ -268,9 +294,10 @@ class SqliteStore(MergingStore):
         )
         return int(rest)
 
-    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int) -> None:
+    def _rewrite_log(self, lsn: int, blob: bytes, stamp: int, digest: int) -> None:
         self._writer.execute(
-            "UPDATE log SET change = ?, last_stamp = ? WHERE lsn = ?", (blob, stamp, lsn)
+            "UPDATE log SET change = ?, last_stamp = ?, digest = ? WHERE lsn = ?",
+            (blob, stamp, signed(digest), lsn),
         )
 
     def _whole_log(self) -> Iterable[bytes]:
@@ -334,7 +361,8 @@ class SqliteStore(MergingStore):
         """`Store.changes_in`."""
         with self._failing(READ_FAILED):
             cursor = self._reader.execute(
-                "SELECT seq, change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                "SELECT seq, change FROM log WHERE origin = ? AND seq BETWEEN ? AND ? "
+                "ORDER BY seq, lsn",
                 (origin, first, last),
             )
             return _page(cursor, max_bytes)

@@ -65,6 +65,8 @@ class Applied:
     updates: tuple[RecordUpdate, ...]
     change_bytes: int
     updates_bytes: int  # 0 when ``updates`` is empty
+    digest: int = 0  # of the change (`protocol.fingerprints.change_digest`)
+    another_version: bool = False  # of a change held: the same dot, other contents
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,18 @@ class ChangeLog(Protocol):
     ) -> list[tuple[int, bytes]]:
         """``(seq, encoded change)`` of ``origin`` with seqs in ``first..last`` that the
         log holds, in order, of at most ``max_bytes`` encoded (or the first alone, if it
-        is larger): read on from the last seq for more."""
+        is larger): read on from the last seq for more. Every version of a seq held
+        comes (docs/design.md, "Versions and fingerprints"), all in one page."""
+        ...
+
+    def fingerprint(self, origin: bytes) -> int:
+        """`protocol.fingerprints.Holdings`: the XOR of the digests of every version of
+        ``origin``'s changes held, as of the last `finish` (0 for none)."""
+        ...
+
+    def range_fingerprint(self, origin: bytes, first: int, last: int) -> int:
+        """`protocol.fingerprints.Holdings`: the same, over seqs ``first..last``, as
+        committed."""
         ...
 
     def checkpoint(self, *, truncate: bool = False) -> None:

@@ -10,7 +10,7 @@ from blazemesh.protocol.codec.bounds import unpack
 from blazemesh.protocol.errors import DecodeError
 from blazemesh.protocol.ids import PUBLIC_KEY_BYTES
 
-PROTOCOL_VERSION = 3  # the wire protocol's version, stated in the handshake and the hello
+PROTOCOL_VERSION = 4  # the wire protocol's version, stated in the handshake and the hello
 MAX_IDENTITY_BYTES = 128  # an identity payload is about 104 bytes
 SIGNATURE_BYTES = 64  # Ed25519
 

@@ -22,6 +22,7 @@ import msgpack
 from blazemesh.protocol.codec.bounds import UNPACK_ERRORS, UNPACK_LIMITS, refuse_ext
 from blazemesh.protocol.codec.changes import MAX_BATCH_BYTES, ChangeDecoder, ChangeEncoder
 from blazemesh.protocol.errors import DecodeError, InvalidRemoteDataError
+from blazemesh.protocol.fingerprints import MAX_FINGERPRINT_ENTRIES, Entry
 from blazemesh.protocol.hlc import MAX_MS
 from blazemesh.protocol.ids import NODE_ID_BYTES
 from blazemesh.protocol.model import MAX_SEQ, Change, Value
@@ -38,7 +39,9 @@ MAX_META_BYTES = 4_096  # the hello's metadata map, encoded
 MAX_ARCS = 1_024  # arcs in one ARCS message (this implementation sends two)
 MAX_REFUSED_RANGES = 1_024  # ranges in one REFUSED message: enough to say what and how many
 MAX_REASON_BYTES = 32  # a refusal's reason is a short name
-REFUSAL_REASONS = ("clock", "own-origin", "gaps", "origins", "invalid")  # this version's
+REFUSAL_REASONS = (  # this version's
+    *("clock", "own-origin", "gaps", "origins", "invalid", "versions", "clone"),
+)
 
 
 class Kind(enum.IntEnum):
@@ -52,6 +55,7 @@ class Kind(enum.IntEnum):
     GRAFT = 7
     ARCS = 8
     REFUSED = 9
+    FINGERPRINTS = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,9 +86,11 @@ class Ack:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
-    """The sender's whole version vector, for anti-entropy."""
+    """The sender's whole version vector, for anti-entropy, and the fingerprint of what
+    it holds of each origin in it (`protocol.fingerprints`)."""
 
     vv: VersionVector
+    fingerprints: Mapping[bytes, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +137,15 @@ class Arcs:
     arcs: Sequence[Arc]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fingerprints:
+    """The sender's fingerprints of these ranges of seqs; ``answer``: compare them and
+    answer (`protocol.fingerprints.narrow`)."""
+
+    answer: bool
+    entries: Sequence[Entry]
+
+
 def _items(kind: Kind) -> int:
     """How many items a message of ``kind`` has, its type included."""
     match kind:
@@ -138,18 +153,22 @@ def _items(kind: Kind) -> int:
             return 6
         case Kind.CHANGES | Kind.PONG:
             return 3
-        case Kind.ACK | Kind.SUMMARY | Kind.PING | Kind.PRUNE | Kind.GRAFT | Kind.ARCS:
+        case Kind.ACK | Kind.PING | Kind.PRUNE | Kind.GRAFT | Kind.ARCS:
             return 2
+        case Kind.SUMMARY:
+            return 3
         case Kind.REFUSED:
             return 4
+        case Kind.FINGERPRINTS:
+            return 3
         case _:
             assert_never(kind)
 
 
 _KINDS = {(kind.value, _items(kind)): kind for kind in Kind}  # (type, items) -> kind
 
-Message = Hello | Changes | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused
-Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused  # not CHANGES
+Control = Hello | Ack | Summary | Ping | Pong | Prune | Graft | Arcs | Refused | Fingerprints
+Message = Control | Changes
 
 
 class MessageEncoder:
@@ -222,7 +241,9 @@ class MessageEncoder:
             case Ack():
                 body = [Kind.ACK.value, message.batch]
             case Summary():
-                body = [Kind.SUMMARY.value, _vv_items(message.vv)]
+                fps = message.fingerprints
+                origins = sorted(message.vv.origins())
+                body = [Kind.SUMMARY.value, _vv_items(message.vv), [fps[o] for o in origins]]
             case Ping():
                 body = [Kind.PING.value, message.token]
             case Pong():
@@ -238,6 +259,9 @@ class MessageEncoder:
                     x for origin, (first, last) in message.ranges for x in (origin, first, last)
                 ]
                 body = [Kind.REFUSED.value, message.reason, flat, message.clock_ms]
+            case Fingerprints():
+                flat = [x for entry in message.entries for x in entry]
+                body = [Kind.FINGERPRINTS.value, message.answer, flat]
             case _:
                 assert_never(message)
         data: bytes = self._packer.pack(body)
@@ -310,7 +334,7 @@ class MessageDecoder:
             case Kind.PONG:
                 return Pong(token=_token(item[1]), clock_ms=_clock(item[2]))
             case Kind.SUMMARY:
-                return Summary(vv=_vv(item[1]))
+                return _summary(item[1], item[2])
             case Kind.PRUNE:
                 return Prune(origins=_origins(item[1]))
             case Kind.GRAFT:
@@ -319,6 +343,8 @@ class MessageDecoder:
                 return Arcs(arcs=_arcs(item[1]))
             case Kind.REFUSED:
                 return _refused(item)
+            case Kind.FINGERPRINTS:
+                return _fingerprints(item[1], item[2])
             case Kind.HELLO:
                 return _hello(item)
             case None:
@@ -375,16 +401,57 @@ def _refused(item: list[object]) -> Refused:
     ranges = []
     for i in range(0, len(flat), 3):
         origin, first, last = flat[i], flat[i + 1], flat[i + 2]
-        if (
-            type(origin) is not bytes
-            or len(origin) != NODE_ID_BYTES
-            or type(first) is not int
-            or type(last) is not int
-            or not 1 <= first <= last <= MAX_SEQ
-        ):
+        if not _is_range(origin, first, last):
             raise DecodeError("a refused range is a 16-byte origin and 1 <= first <= last")
         ranges.append((origin, (first, last)))
     return Refused(reason=reason, ranges=ranges, clock_ms=_clock(clock))
+
+
+def _is_range(origin: object, first: object, last: object) -> bool:
+    """Whether these are an origin and a range of its seqs."""
+    return (
+        type(origin) is bytes
+        and len(origin) == NODE_ID_BYTES
+        and type(first) is int
+        and type(last) is int
+        and 1 <= first <= last <= MAX_SEQ
+    )
+
+
+def _summary(items: object, fps: object) -> Summary:
+    vv = _vv(items)
+    if (
+        not isinstance(fps, list)
+        or len(fps) != vv.origin_count()
+        or any(type(fp) is not int or fp < 0 for fp in fps)  # msgpack ints end at 2**64
+    ):
+        raise DecodeError("a summary has one fingerprint, an int in [0, 2**64), per origin")
+    assert isinstance(items, list)
+    return Summary(vv=vv, fingerprints=dict(zip(items[::3], fps, strict=True)))
+
+
+def _fingerprints(answer: object, flat: object) -> Fingerprints:
+    if type(answer) is not bool:
+        raise DecodeError("a fingerprints message says whether to answer: true or false")
+    if not isinstance(flat, list) or len(flat) % 4 or len(flat) > 4 * MAX_FINGERPRINT_ENTRIES:
+        raise DecodeError(
+            "fingerprints are [origin, first, last, fingerprint] * n, "
+            f"at most {MAX_FINGERPRINT_ENTRIES}"
+        )
+    entries: list[Entry] = []
+    for i in range(0, len(flat), 4):
+        origin, first, last, fp = flat[i : i + 4]
+        if not _is_range(origin, first, last) or type(fp) is not int or fp < 0:
+            raise DecodeError(
+                "a fingerprint entry is a 16-byte origin, 1 <= first <= last, and an int "
+                "in [0, 2**64)"
+            )
+        if entries and (origin, first) <= (entries[-1][0], entries[-1][2]):
+            # Sorted and apart, as narrowing makes them: comparing them then reads each
+            # change's digest once at most, whatever a peer sends (docs/security.md).
+            raise DecodeError("fingerprint entries are sorted by origin and seq, and apart")
+        entries.append((origin, first, last, fp))
+    return Fingerprints(answer=answer, entries=entries)
 
 
 def _hello(item: list[object]) -> Hello:

@@ -49,9 +49,16 @@ class Cluster:
         return [node.replica for node in self.nodes]
 
     def converged(self, nodes: Sequence[Node] | None = None) -> bool:
+        """Whether every replica (of ``nodes``) holds the same changes: the same dots,
+        and under them the same contents (their fingerprints agree)."""
         nodes = self.nodes if nodes is None else nodes
         first = nodes[0].replica.vv
-        return all(node.replica.vv == first for node in nodes[1:])
+        if not all(node.replica.vv == first for node in nodes[1:]):
+            return False
+        stores = [node.replica.store for node in nodes]
+        return all(
+            len({store.fingerprint(origin) for store in stores}) == 1 for origin in first.origins()
+        )
 
     async def until_converged(
         self, timeout_s: float = 120, nodes: Sequence[Node] | None = None

@@ -14,19 +14,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import reduce
+from operator import xor
 
 import pytest
 
 from blazemesh.agent.errors import StorageError
+from blazemesh.agent.storage.merging import MAX_VERSIONS_PER_DOT
 from blazemesh.agent.storage.store import Applied, Job, LocalWrite, Outcome, Store
 from blazemesh.protocol.admission import MAX_RUNS_HELD
-from blazemesh.protocol.codec import decode_change, decode_document
+from blazemesh.protocol.codec import decode_change, decode_document, encode_change
 from blazemesh.protocol.errors import (
     ClockSkewError,
     GapLimitError,
     OwnOriginError,
     ValidationError,
+    VersionLimitError,
 )
+from blazemesh.protocol.fingerprints import change_digest
 from blazemesh.protocol.hlc import COUNTER_BITS, DEFAULT_MAX_SKEW_MS, pack
 from blazemesh.protocol.model import MAX_VALUE_BYTES, Change, Delete, Put, Value
 
@@ -348,6 +353,7 @@ def changes_stamped_ahead_get_fresh_stamps(harness: Harness) -> None:
         (ahead, _) = write(store, put("c", "k", v="ahead"), put("c", "j", v="ahead"))
         clock.now_ms -= 3_600_000  # ... and is set right
         assert store.restamp_ahead() == 2
+        assert store.fingerprint(ME) == held_fingerprint(store, ME)
         assert store.clock.last < pack(clock.now_ms + 1, 0)
         restamped = [decode_change(blob) for _, blob in store.changes_in(ME, 1, 3)]
         assert [c.seq for c in restamped] == [1, 2, 3]
@@ -362,6 +368,63 @@ def changes_stamped_ahead_get_fresh_stamps(harness: Harness) -> None:
         stamp = store.clock.last
     with opened(harness, clock) as store:
         assert store.clock.last == stamp
+        assert store.fingerprint(ME) == held_fingerprint(store, ME)
+
+
+def held_fingerprint(store: Store, origin: bytes, first: int = 1, last: int = 2**63 - 1) -> int:
+    """The XOR of the digests of what `changes_in` reads: what the store's fingerprints
+    must say."""
+    blobs = (blob for _, blob in store.changes_in(origin, first, last))
+    return reduce(xor, map(change_digest, blobs), 0)
+
+
+def another_version_of_a_held_change_is_kept_and_merged(harness: Harness) -> None:
+    """Issue 19, section 1: a seq issued twice (a restore, a clone) has two versions;
+    every replica that holds both holds the same records (docs/design.md, "Versions")."""
+    clock = WallClock()
+    first = remote(OTHER, 1, pack(EPOCH_MS - 10, 0), Put(collection="c", key="k", fields={"a": 1}))
+    second = remote(OTHER, 1, pack(EPOCH_MS - 5, 0), Put(collection="c", key="j", fields={"b": 2}))
+    with opened(harness, clock) as store:
+        write(store, first)
+        assert store.fingerprint(OTHER) == held_fingerprint(store, OTHER) != 0
+        before = store.fingerprint(OTHER)
+        (outcome,) = write(store, second)
+        assert applied(outcome).another_version
+        assert applied(outcome).digest == change_digest(encode_change(second))
+        assert store.get("c", "k") == {"a": 1}  # both versions' ops merge
+        assert store.get("c", "j") == {"b": 2}
+        assert [decode_change(b) for _, b in store.changes_in(OTHER, 1, 1)] == [first, second]
+        assert store.fingerprint(OTHER) == before ^ applied(outcome).digest
+        assert store.fingerprint(OTHER) == held_fingerprint(store, OTHER)
+        assert store.range_fingerprint(OTHER, 1, 1) == store.fingerprint(OTHER)
+        assert store.range_fingerprint(OTHER, 2, 9) == 0
+        assert write(store, second, first) == [None, None]  # each version held: no-ops
+        assert store.vv.base(OTHER) == 1
+        more = [
+            remote(OTHER, 1, pack(EPOCH_MS - 5, n), Put(collection="c", key="j", fields={}))
+            for n in range(1, MAX_VERSIONS_PER_DOT)
+        ]
+        outcomes = write(store, *more)  # two held already: the limit refuses the last
+        assert [type(o) for o in outcomes] == [Applied] * (MAX_VERSIONS_PER_DOT - 2) + [
+            VersionLimitError
+        ]
+        fingerprint = store.fingerprint(OTHER)
+    with opened(harness, clock) as store:
+        assert store.fingerprint(OTHER) == fingerprint == held_fingerprint(store, OTHER)
+        assert len(store.changes_in(OTHER, 1, 1)) == MAX_VERSIONS_PER_DOT
+
+
+def pages_by_origin_never_split_the_versions_of_a_seq(harness: Harness) -> None:
+    with opened(harness, WallClock()) as store:
+        big = "x" * KIB
+        versions = [
+            remote(OTHER, seq, pack(EPOCH_MS - 9, n), Put(collection="c", key=big, fields={}))
+            for seq in (1, 2)
+            for n in range(3)
+        ]
+        write(store, *versions)
+        page = store.changes_in(OTHER, 1, 2, max_bytes=KIB)  # one change's worth
+        assert [seq for seq, _ in page] == [1, 1, 1]
 
 
 CONTRACT: Sequence[Callable[[Harness], None]] = [
@@ -382,4 +445,6 @@ CONTRACT: Sequence[Callable[[Harness], None]] = [
     a_reopened_store_holds_what_committed,
     a_store_of_another_node_is_refused,
     changes_stamped_ahead_get_fresh_stamps,
+    another_version_of_a_held_change_is_kept_and_merged,
+    pages_by_origin_never_split_the_versions_of_a_seq,
 ]

@@ -184,3 +184,12 @@ def test_a_replica_whose_clock_ran_ahead_refuses_writes_until_repaired(
     code, out, _ = run(capsys, "get", "c", "k")
     assert json.loads(out) == {"v": 2}
     assert "clock      ok" in run(capsys, "info")[1]
+
+
+def test_peers_says_when_a_link_found_other_contents_under_the_same_seqs() -> None:
+    from blazemesh.agent.cli.node import _notes
+
+    link = {"differ": 2, "clock_offset_ms": None, "refused_in": None, "refused_out": None}
+    (note,) = _notes(link)
+    assert "other contents than this node under the same seqs of 2 origin(s)" in note
+    assert _notes({**link, "differ": 0}) == []

@@ -13,6 +13,7 @@ from blazemesh.agent.links.link import Link
 from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
+from blazemesh.protocol.fingerprints import FingerprintIndex
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put, change_objects, held_bytes
 from blazemesh.protocol.sync import SyncLink
@@ -44,12 +45,17 @@ def scripted_link(stream: trio.abc.Stream, replica: RecordingReplica) -> Link:
     return Link(
         stream=stream,
         sync=SyncLink(
-            node_id=B, have=VersionVector(), now=trio.current_time(), wall_ms=lambda: 1_000
+            node_id=B,
+            have=VersionVector(),
+            holdings=FingerprintIndex(),
+            now=trio.current_time(),
+            wall_ms=lambda: 1_000,
         ),
         replica=replica,  # type: ignore[arg-type]
         fetch=lambda ranges: [],
         on_hello=lambda link: None,
         on_applied=lambda link, changes, outcomes: None,
+        on_cloned=lambda link: None,
         address=("peer", 1),
         initiated=False,
     )
@@ -141,3 +147,10 @@ async def test_the_reader_stops_once_received_changes_hold_their_bound(
             await replica.all_in.wait()
         link.end("done")
     assert [c for batch in replica.applied for c in batch] == big
+
+
+def test_every_refusal_reason_this_version_sends_has_its_text() -> None:
+    from blazemesh.agent.links.link import REFUSAL_TEXT
+    from blazemesh.protocol.codec.messages import REFUSAL_REASONS
+
+    assert set(REFUSAL_TEXT) == set(REFUSAL_REASONS)

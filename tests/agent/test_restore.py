@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from blazemesh.agent.api.operations import Operations
 from blazemesh.agent.storage.paths import DB_FILE
 from blazemesh.agent.storage.replica import open_replica
 from blazemesh.agent.storage.sqlite import mark_restored
@@ -98,3 +99,45 @@ async def test_a_copy_nothing_reveals_at_open_learns_it_from_its_peers(
         assert ra.digest() == rb.digest()
         assert await ra.get("c", "k3") == {"v": 3}
         assert await rb.get("c", "k4") == {"v": 4}
+
+
+async def test_writes_a_snapshot_made_before_any_peer_told_it_are_kept_and_converge(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19, section 1, as reported: a disk snapshot put back (nothing tells the node
+    at open) and two writes made before any peer is reached reuse the seqs of the two it
+    lost. Equal version vectors, other contents: the link's fingerprints find it, and
+    both sides end with every write, the lost ones and the new ones."""
+    a = tmp_path / "n0"
+    await write(tmp_path, 0, {"k1": 1})
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(a, snapshot)
+    await write(tmp_path, 0, {"k2": 2, "k3": 3})  # made after the snapshot: B holds them
+    for name in (DB_FILE, DB_FILE + ".id"):
+        shutil.copyfile(snapshot / name, a / name)
+    for name in (DB_FILE + "-wal", DB_FILE + "-shm"):
+        (a / name).unlink(missing_ok=True)
+    async with open_replica(a) as replica:  # no peer reachable: nothing says it is a copy
+        await replica.put("c", "k4", {"v": 4})
+        await replica.put("c", "k1", {"v": 100})
+    async with cluster(tmp_path, 2, PAIR) as c:
+        ra, rb = c.replicas
+        assert ra.vv == rb.vv  # the same seqs ...
+        assert ra.digest() != rb.digest()  # ... over other contents
+        await c.until_converged()
+        assert ra.digest() == rb.digest()
+        for replica in (ra, rb):
+            assert await replica.get("c", "k1") == {"v": 100}
+            assert await replica.get("c", "k2") == {"v": 2}
+            assert await replica.get("c", "k3") == {"v": 3}
+            assert await replica.get("c", "k4") == {"v": 4}
+        assert "but other contents" in caplog.text
+        await trio.sleep(12)  # virtual: two SUMMARY periods, compared on both sides
+        (peer,) = c.nodes[0].peers()
+        assert peer.sync.in_sync
+        assert peer.sync.verified
+        shown = await Operations(ra, node=c.nodes[0]).peers({})
+        assert isinstance(shown, list)
+        assert [(s["state"], s["contents"], s["differ"]) for s in shown] == [
+            ("in sync", "verified", 0)
+        ]

@@ -270,3 +270,35 @@ async def test_a_repair_of_the_clock_that_fails_leaves_the_clock_as_it_was(
         with pytest.raises(StorageError, match="malformed"):
             await replica.repair_clock()
         assert replica.read_clock().stamp == ahead
+
+
+async def test_a_version_1_database_gains_digests_and_fingerprints(tmp_path: Path) -> None:
+    """Schema 2 (issue 19, section 1): the log of a database written by schema 1 is
+    fingerprinted on upgrade, and takes versions of its changes from then on."""
+    async with open_replica(tmp_path, create=True) as replica:
+        for i in range(3):
+            await replica.put("c", f"k{i}", {"n": i})
+        me = replica.node_id
+        fingerprint = replica.store.fingerprint(me)
+    db = sqlite3.connect(tmp_path / DB_FILE, isolation_level=None)
+    # Back to schema 1 as it was: no digests, one entry per dot, no fingerprints.
+    db.execute("DROP TABLE fingerprints")
+    db.execute("DROP INDEX log_version")
+    db.execute("ALTER TABLE log DROP COLUMN digest")
+    db.execute("CREATE UNIQUE INDEX log_dot ON log (origin, seq)")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    async with open_replica(tmp_path) as replica:
+        store = replica.store
+        assert store.fingerprint(me) == fingerprint != 0
+        assert store.range_fingerprint(me, 1, 3) == fingerprint
+        again = Change(
+            origin=me, seq=2, hlc=pack(1_000, 0), ops=(Put(collection="c", key="x", fields={}),)
+        )
+        (outcome,) = await replica.apply_remote([again])
+        assert outcome is not None
+        assert replica.store.fingerprint(me) != fingerprint
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("SELECT count(*) FROM log WHERE seq = 2").fetchone() == (2,)
+    db.close()

@@ -118,6 +118,8 @@ def everything(store: Store) -> tuple[object, ...]:
         store.last_lsn,
         store.log_since(0, 1_000),
         [store.changes_in(origin, 1, 10) for origin in ORIGINS],
+        [store.fingerprint(origin) for origin in ORIGINS],
+        [store.range_fingerprint(origin, 2, 5) for origin in ORIGINS],
         store.digest(),
         store.counts(),
         scans,

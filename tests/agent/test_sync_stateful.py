@@ -1,6 +1,8 @@
-"""Hypothesis drives a mesh of 3 to 5 real nodes through writes, partitions, heals, crashes
-and restarts; after the final heal every replica must hold the same state and every write
-whose call returned.
+"""Hypothesis drives a mesh of 3 to 5 real nodes through writes, partitions, heals, crashes,
+restarts and disk snapshots put back in place; after the final heal every replica must hold
+the same changes (the same dots, and under them the same contents) and the same state, and
+every write whose call returned (but those a snapshot put back took from the only node that
+held them).
 
 The nodes run in one trio loop on the autojump clock, in a thread of its own for the whole
 example; each rule calls into it with `trio.from_thread.run`.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import random
+import shutil
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -25,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from blazemesh.agent.assemble import run_node
 from blazemesh.agent.links.network import Address, Handler, MemoryNetwork
 from blazemesh.agent.links.node import NodeConfig
+from blazemesh.agent.storage.paths import DB_FILE
 from blazemesh.agent.storage.replica import Replica, open_replica
 from blazemesh.agent.trust.membership import Mesh, new_mesh
 from tests.agent.cluster import TEST_SYNC
@@ -123,7 +127,9 @@ class MeshMachine(RuleBasedStateMachine):
         self.scopes: dict[int, trio.CancelScope] = {}
         self.stopped: dict[int, trio.Event] = {}
         self.replicas: dict[int, Replica] = {}
-        self.acknowledged: list[tuple[bytes, int]] = []
+        self.acknowledged: set[tuple[bytes, int]] = set()
+        self.since_snapshot: dict[int, list[tuple[bytes, int]]] = {}  # a node's writes since
+        # its snapshot: a snapshot put back may take them from the only node that held them
         self.n = 0
 
     @initialize(n=st.integers(3, 5))
@@ -172,14 +178,19 @@ class MeshMachine(RuleBasedStateMachine):
     def write(self, data: st.DataObject, key: int, value: int) -> None:
         i = data.draw(st.sampled_from(self._running()))
         change = self.loop.call(self.replicas[i].put, "c", f"k{key}", {"v": value, "by": i})
-        self.acknowledged.append(change.dot)
+        self._acknowledged(i, change.dot)
+
+    def _acknowledged(self, i: int, dot: tuple[bytes, int]) -> None:
+        self.acknowledged.add(dot)
+        if i in self.since_snapshot:
+            self.since_snapshot[i].append(dot)
 
     @precondition(lambda self: self.replicas)
     @rule(data=st.data(), key=st.integers(0, 7))
     def delete(self, data: st.DataObject, key: int) -> None:
         i = data.draw(st.sampled_from(self._running()))
         change = self.loop.call(self.replicas[i].delete, "c", f"k{key}")
-        self.acknowledged.append(change.dot)
+        self._acknowledged(i, change.dot)
 
     @rule(data=st.data())
     def partition(self, data: st.DataObject) -> None:
@@ -212,6 +223,39 @@ class MeshMachine(RuleBasedStateMachine):
         i = data.draw(st.sampled_from([j for j in range(self.n) if j not in self.replicas]))
         self.loop.call(self._start_node, i)
 
+    @precondition(lambda self: self.replicas)
+    @rule(data=st.data())
+    def snapshot(self, data: st.DataObject) -> None:
+        """Stop a node, copy its data directory aside (a disk snapshot), start it again."""
+        i = data.draw(st.sampled_from(self._running()))
+        self.loop.call(self._stop_node, i)
+        shutil.rmtree(self.tmp / f"snap{i}", ignore_errors=True)
+        shutil.copytree(self.tmp / f"n{i}", self.tmp / f"snap{i}")
+        self.since_snapshot[i] = []
+        self.loop.call(self._start_node, i)
+
+    @precondition(lambda self: self.since_snapshot)
+    @rule(data=st.data())
+    def put_back(self, data: st.DataObject) -> None:
+        """Put a node's snapshot back in place (the same files, their old bytes): nothing
+        tells it at open that it lost what it wrote since; it writes on, and may reuse
+        seqs its peers hold under other contents."""
+        i = data.draw(st.sampled_from(sorted(self.since_snapshot)))
+        if i in self.replicas:
+            self.loop.call(self._stop_node, i)
+        node_dir, snap = self.tmp / f"n{i}", self.tmp / f"snap{i}"
+        for name in (DB_FILE, DB_FILE + ".id"):
+            shutil.copyfile(snap / name, node_dir / name)
+        for name in (DB_FILE + "-wal", DB_FILE + "-shm"):
+            (node_dir / name).unlink(missing_ok=True)
+        # Its writes since the snapshot are lost if no peer took them before: not owed.
+        self.acknowledged.difference_update(self.since_snapshot[i])
+        self.loop.call(self._start_node, i)
+        for key in (data.draw(st.integers(0, 7)), data.draw(st.integers(0, 7))):
+            # At once, before any link is up: the seqs a peer may hold under other contents.
+            change = self.loop.call(self.replicas[i].put, "c", f"k{key}", {"back": i})
+            self._acknowledged(i, change.dot)
+
     @rule(seconds=st.sampled_from([0.1, 1.0, 10.0]))
     def wait(self, seconds: float) -> None:
         self.loop.call(trio.sleep, seconds)
@@ -242,7 +286,10 @@ class MeshMachine(RuleBasedStateMachine):
 
         def check(_: object) -> None:
             vvs = [self.replicas[i].vv for i in range(self.n)]
-            if all(vv == vvs[0] for vv in vvs):
+            stores = [self.replicas[i].store for i in range(self.n)]
+            if all(vv == vvs[0] for vv in vvs) and all(
+                len({store.fingerprint(o) for store in stores}) == 1 for o in vvs[0].origins()
+            ):
                 done.set()
 
         removers = [self.replicas[i].on_commit(check) for i in range(self.n)]

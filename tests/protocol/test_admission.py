@@ -55,8 +55,9 @@ def test_gaps_past_the_bound_are_refused_and_taken_once_they_close() -> None:
     assert all(isinstance(o, GapLimitError) for o in outcomes[MAX_RUNS_HELD:])
     assert len(vv.runs(PEER)) == MAX_RUNS_HELD
     decoder = MessageDecoder()  # what this node says of itself, every peer can read
-    decoder.feed(MessageEncoder().encode(Summary(vv=vv)))
-    assert next(decoder) == Summary(vv=vv)
+    summary = Summary(vv=vv, fingerprints={PEER: 0})
+    decoder.feed(MessageEncoder().encode(summary))
+    assert next(decoder) == summary
     # Changes next to a run or to the prefix open no gap: they are taken, and once the
     # gaps close the refused ones are taken too.
     assert take(vv, [change(PEER, s) for s in range(1, 2 * MAX_RUNS_HELD + 2, 2)]) == [None] * (

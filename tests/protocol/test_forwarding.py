@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.fingerprints import FingerprintIndex
 from blazemesh.protocol.forwarding import (
     Arrival,
     AskFor,
@@ -183,6 +184,9 @@ def test_events_out_of_turn_are_the_callers_mistake() -> None:
 TIMERS = SyncConfig(dead_after_s=1e9, stall_after_s=1e9, summary_every_s=5.0, graft_after_s=1.0)
 
 
+NO_VERSIONS = FingerprintIndex()
+
+
 class Member:
     """A node reduced to what forwarding needs: what it holds, its forwarding tree, and a
     `SyncLink` per link, carrying out the tree's commands as `agent.links.node` does."""
@@ -262,7 +266,12 @@ class Network:
         for x, y in ((a, b), (b, a)):
             me, peer = self.members[x], self.members[y]
             me.links[peer.id] = SyncLink(
-                node_id=me.id, have=me.vv, now=self.now, wall_ms=lambda: 1_000, config=TIMERS
+                node_id=me.id,
+                have=me.vv,
+                holdings=NO_VERSIONS,  # one version per dot here: fingerprints play no part
+                now=self.now,
+                wall_ms=lambda: 1_000,
+                config=TIMERS,
             )
             self.wires[x, y] = deque()
 

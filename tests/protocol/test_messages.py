@@ -15,6 +15,7 @@ from blazemesh.protocol.codec.messages import (
     REFUSAL_REASONS,
     Ack,
     Arcs,
+    Fingerprints,
     Graft,
     Hello,
     Kind,
@@ -53,7 +54,12 @@ def test_prune_and_graft_round_trip(origins: list[bytes], prune: bool) -> None:
         Ack(batch=7),
         Ping(token=3),
         Pong(token=3, clock_ms=1_700_000_000_000),
-        Summary(vv=VersionVector.from_parts({b"\x01" * 16: 4}, {b"\x01" * 16: [(9, 9)]})),
+        Summary(
+            vv=VersionVector.from_parts({b"\x01" * 16: 4}, {b"\x01" * 16: [(9, 9)]}),
+            fingerprints={b"\x01" * 16: 2**64 - 1},
+        ),
+        Fingerprints(answer=True, entries=[(b"\x01" * 16, 1, 2**63 - 1, 7)]),
+        Fingerprints(answer=False, entries=[]),
         Hello(version=1, node_id=b"\x02" * 16, vv=VersionVector(), clock_ms=5, meta={"k": 1}),
     ],
 )
@@ -138,7 +144,7 @@ ORIGIN = b"\x01" * 16
 @given(st.sets(st.integers(1, 200), max_size=60), st.integers(0, 5))
 def test_version_vectors_travel_as_runs(seqs: set[int], base: int) -> None:
     vv = VersionVector.from_parts({ORIGIN: base}, {ORIGIN: [(s, s) for s in seqs]})
-    decoded = decode_one(MessageEncoder().encode(Summary(vv=vv)))
+    decoded = decode_one(MessageEncoder().encode(Summary(vv=vv, fingerprints={ORIGIN: 0})))
     assert isinstance(decoded, Summary)
     assert decoded.vv == vv
 
@@ -147,7 +153,7 @@ def test_many_early_seqs_in_a_few_runs_encode_within_the_decoders_bounds() -> No
     """Issue 17, item 6: 4,097 early seqs were sent one by one and no decoder accepted
     the vector that held them, which cut every link for good. In runs they are one."""
     vv = VersionVector.from_parts({ORIGIN: 1}, {ORIGIN: [(3, 3 + MAX_VV_RUNS)]})
-    message = Summary(vv=vv)
+    message = Summary(vv=vv, fingerprints={ORIGIN: 5})
     assert decode_one(MessageEncoder().encode(message)) == message
 
 
@@ -169,13 +175,13 @@ def test_many_early_seqs_in_a_few_runs_encode_within_the_decoders_bounds() -> No
 )
 def test_hostile_version_vector_runs_are_refused(runs: object) -> None:
     with pytest.raises(DecodeError, match="runs"):
-        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, runs]]))
+        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, runs], [0]]))
 
 
 def test_more_runs_than_the_limit_are_refused() -> None:
     flat = [s for k in range(MAX_VV_RUNS + 1) for s in (10 + 3 * k, 10 + 3 * k)]
     with pytest.raises(DecodeError, match="runs"):
-        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, flat]]))
+        decode_one(msgpack.packb([Kind.SUMMARY.value, [ORIGIN, 2, flat], [0]]))
 
 
 @given(
@@ -262,4 +268,29 @@ def test_a_message_of_no_known_type_and_length_is_refused(item: list[object]) ->
 )
 def test_a_known_type_with_the_wrong_body_is_refused(item: list[object], error: str) -> None:
     with pytest.raises(DecodeError, match=error):
+        decode_one(msgpack.packb(item))
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], []], "one fingerprint"),  # one short
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [1, 2]], "one fingerprint"),  # one over
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [-1]], "one fingerprint"),
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], [1.5]], "one fingerprint"),
+        ([Kind.SUMMARY.value, [ORIGIN, 2, None], None], "one fingerprint"),
+        ([Kind.FINGERPRINTS.value, 1, []], "true or false"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2]], "fingerprint"),  # three of four
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 0, 2, 5]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 3, 2, 5]], "fingerprint entry"),  # backwards
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN[:15], 1, 2, 5]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, "5"]], "fingerprint entry"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 2, 5] * 1_025], "at most"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 1, 9, 5, ORIGIN, 9, 12, 5]], "apart"),
+        ([Kind.FINGERPRINTS.value, True, [ORIGIN, 5, 9, 5, ORIGIN, 1, 2, 5]], "sorted"),
+        ([Kind.FINGERPRINTS.value, True, [b"\x02" * 16, 1, 2, 5, ORIGIN, 1, 2, 5]], "sorted"),
+    ],
+)
+def test_hostile_fingerprints_are_refused(item: list[object], match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
         decode_one(msgpack.packb(item))

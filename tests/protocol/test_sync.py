@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blazemesh.protocol.codec import encode_change
 from blazemesh.protocol.codec.messages import (
     MAX_VV_TOTAL_RUNS,
     MessageDecoder,
@@ -14,6 +15,7 @@ from blazemesh.protocol.codec.messages import (
     Summary,
 )
 from blazemesh.protocol.errors import LocalProtocolError
+from blazemesh.protocol.fingerprints import FingerprintIndex, change_digest
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put
 from blazemesh.protocol.ring import WHOLE_RING, place
@@ -36,7 +38,8 @@ class FakeNode:
     def __init__(self, name: str) -> None:
         self.id = name.encode().ljust(16, b"\0")
         self.vv = VersionVector()
-        self.changes: dict[tuple[bytes, int], Change] = {}
+        self.changes: dict[tuple[bytes, int], list[Change]] = {}  # every version held
+        self.holdings = FingerprintIndex()
         self.seq = 0
         self.wall_ms = 1_000  # this node's wall clock, as its links read it
 
@@ -48,17 +51,21 @@ class FakeNode:
             self.apply([Change(origin=self.id, seq=self.seq, hlc=pack(1000, self.seq), ops=(op,))])
 
     def apply(self, changes: list[Change]) -> None:
+        """Hold each change, or each version of a dot held that is not (as a store does)."""
         for change in changes:
-            if self.vv.add(change.origin, change.seq):
-                self.changes[change.dot] = change
+            self.vv.add(change.origin, change.seq)
+            if self.holdings.add(change.origin, change.seq, change_digest(encode_change(change))):
+                self.changes.setdefault(change.dot, []).append(change)
 
     def fetch(self, ranges: list[tuple[bytes, tuple[int, int]]]) -> list[Change]:
-        return [self.changes[o, s] for o, (a, b) in ranges for s in range(a, b + 1)]
+        held = self.changes
+        return [c for o, (a, b) in ranges for s in range(a, b + 1) for c in held.get((o, s), [])]
 
     def link(self, peer: FakeNode | None = None, **config: float) -> SyncLink:
         return SyncLink(
             node_id=self.id,
             have=self.vv,
+            holdings=self.holdings,
             now=0.0,
             wall_ms=lambda: self.wall_ms,
             config=SyncConfig(**config) if config else None,  # type: ignore[arg-type]
@@ -327,7 +334,7 @@ def test_a_side_behind_on_a_lazy_origin_grafts_it_back_by_itself(lazy_by: str) -
 def test_arcs_choose_the_origins_pushed_and_cancel_prunes() -> None:
     a, b, c = FakeNode("a"), FakeNode("b"), FakeNode("c")
     c.write(2)
-    a.apply(list(c.changes.values()))
+    a.apply([change for versions in c.changes.values() for change in versions])
     a.write(3)
     la, lb = a.link(b, dead_after_s=60), b.link(a, dead_after_s=60)
     lb.ask_for([(place(c.id), place(c.id))])  # only c's changes, from a
@@ -446,7 +453,7 @@ def test_protocol_violations() -> None:
     a, b = FakeNode("a"), FakeNode("b")
     enc = MessageEncoder()
     link = b.link(a)
-    link.receive_data(enc.encode(Summary(vv=VersionVector())), 0.0)
+    link.receive_data(enc.encode(Summary(vv=VersionVector(), fingerprints={})), 0.0)
     with pytest.raises(SyncError, match="expected a hello"):
         link.next_event()
     link = b.link(FakeNode("z"))
@@ -465,7 +472,9 @@ def test_batches_out_of_order_are_refused() -> None:
     lb = b.link(a)
     lb.receive_data(a.link().data_to_send(), 0.0)
     assert isinstance(lb.next_event(), PeerHello)
-    ((_, skipping_one),) = MessageEncoder().encode_changes(2, list(a.changes.values()))
+    ((_, skipping_one),) = MessageEncoder().encode_changes(
+        2, [c for v in a.changes.values() for c in v]
+    )
     lb.receive_data(skipping_one, 0.0)
     with pytest.raises(SyncError, match="batch 2 arrived after 0"):
         lb.next_event()
