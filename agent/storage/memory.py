@@ -47,7 +47,6 @@ class MemoryData:
     seqs: dict[bytes, list[int]] = field(default_factory=dict)  # origin -> its seqs, sorted
     lsns: dict[tuple[bytes, int], list[int]] = field(default_factory=dict)  # dot -> its
     # lsns, one per version
-    fingerprints: dict[bytes, int] = field(default_factory=dict)  # origin -> fingerprint
     taken: list[tuple[int, int]] = field(default_factory=list)  # `MergingStore._take`
     lost: tuple[int, int] | None = None  # `MergingStore.mark_restored`
 
@@ -91,7 +90,11 @@ class MemoryStore(MergingStore):
         elif data.owner != node_id:
             raise StorageError(f"{WHERE} belongs to another node identity")
         vv = VersionVector()
-        last_lsn, clock = replay(vv, (row[:4] for row in data.log))
+        fingerprints: dict[bytes, int] = {}
+        rows = (
+            (lsn, origin, seq, stamp, digest) for lsn, origin, seq, stamp, _, digest in data.log
+        )
+        last_lsn, clock = replay(vv, fingerprints, rows)
         super().__init__(
             node_id=node_id,
             wall_ms=wall_ms,
@@ -99,7 +102,7 @@ class MemoryStore(MergingStore):
             vv=vv,
             last_lsn=last_lsn,
             taken=data.taken,
-            fingerprints=dict(data.fingerprints),
+            fingerprints=fingerprints,
             lost=data.lost,
         )
         self._undo: list[Callable[[], object]] | None = None  # while a transaction runs
@@ -175,12 +178,6 @@ class MemoryStore(MergingStore):
             data.seqs[origin].remove(seq)
             del data.lsns[origin, seq]
 
-    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
-        fps = self.data.fingerprints
-        was = dict(fps)
-        fps.update(fingerprints)
-        self._note(functools.partial(setattr, self.data, "fingerprints", was))
-
     def _versions(self, origin: bytes, seq: int) -> set[int]:
         data = self.data
         return {data.log[lsn - 1][5] for lsn in data.lsns.get((origin, seq), ())}
@@ -199,7 +196,9 @@ class MemoryStore(MergingStore):
         was, self.data.lost = self.data.lost, lost
         self._note(functools.partial(setattr, self.data, "lost", was))
 
-    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
+    def _written(
+        self, lsn: int, added: dict[bytes, dict[int, int]], fingerprints: dict[bytes, int]
+    ) -> None:
         """No snapshot to save: opening replays the whole log."""
 
     def _restamped(self) -> None:

@@ -106,14 +106,17 @@ def last_stamp(change: Change) -> int:
 
 def replay(
     vv: VersionVector,
-    rows: Iterable[tuple[int, bytes, int, int]],
+    fingerprints: dict[bytes, int],
+    rows: Iterable[tuple[int, bytes, int, int, int]],
     lsn: int = 0,
     stamp: int = 0,
 ) -> tuple[int, int]:
-    """Add the dots of log entries ``(lsn, origin, seq, last stamp)`` to ``vv``, as on
-    opening; return the last lsn and the greatest stamp, starting from ``lsn``, ``stamp``."""
-    for row_lsn, origin, seq, last in rows:
+    """Add the dots of log entries ``(lsn, origin, seq, last stamp, digest)`` to ``vv``
+    and their digests to ``fingerprints``, as on opening; return the last lsn and the
+    greatest stamp, starting from ``lsn``, ``stamp``."""
+    for row_lsn, origin, seq, last, digest in rows:
         vv.add(origin, seq)
+        fingerprints[origin] = fingerprints.get(origin, 0) ^ digest
         stamp = max(stamp, last)
         lsn = row_lsn
     return lsn, stamp
@@ -225,10 +228,6 @@ class MergingStore(ABC):
         """Add log entries, in the transaction."""
 
     @abstractmethod
-    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
-        """Keep, in the transaction, these origins' new fingerprints."""
-
-    @abstractmethod
     def _versions(self, origin: bytes, seq: int) -> set[int]:
         """The digests of the versions of ``(origin, seq)`` the log holds."""
 
@@ -262,9 +261,12 @@ class MergingStore(ABC):
         """Every encoded change of the log, by lsn."""
 
     @abstractmethod
-    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
+    def _written(
+        self, lsn: int, added: dict[bytes, dict[int, int]], fingerprints: dict[bytes, int]
+    ) -> None:
         """Called inside each batch's transaction once its rows are written, with the
-        last lsn and the dots it adds (`SqliteStore` saves a snapshot there)."""
+        last lsn, the dots it adds and the new fingerprints of their origins
+        (`SqliteStore` saves a snapshot there)."""
 
     @abstractmethod
     def _restamped(self) -> None:
@@ -286,9 +288,7 @@ class MergingStore(ABC):
         before = self._next_seq, self._taken, self._last_lsn
         try:
             with self._failing(WRITE_FAILED), self._transaction():
-                outcomes = self._write_batch(jobs, with_updates)
-                fps = self._fold_digests(outcomes)
-                self._save_fingerprints(fps)
+                outcomes, fps = self._write_batch(jobs, with_updates)
         except BaseException:
             # Rolled back: the seqs and log positions it took were never written.
             self._next_seq, self._taken, self._last_lsn = before
@@ -297,16 +297,11 @@ class MergingStore(ABC):
         self.commits += 1
         return outcomes
 
-    def _fold_digests(self, outcomes: Sequence[Outcome]) -> dict[bytes, int]:
-        """The new fingerprints of the origins of the changes applied."""
-        fps: dict[bytes, int] = {}
-        for outcome in outcomes:
-            if isinstance(outcome, Applied):
-                origin = outcome.change.origin
-                fps[origin] = fps.get(origin, self._written_fps.get(origin, 0)) ^ outcome.digest
-        return fps
-
-    def _write_batch(self, jobs: Sequence[Job], with_updates: bool) -> list[Outcome]:
+    def _write_batch(
+        self, jobs: Sequence[Job], with_updates: bool
+    ) -> tuple[list[Outcome], dict[bytes, int]]:
+        """Write the batch's rows; return the outcomes and the new fingerprints of the
+        origins the batch adds to."""
         outcomes: list[Outcome] = [None] * len(jobs)
         admitted: list[tuple[int, Change, bytes, int, bool]] = []
         added: dict[bytes, dict[int, int]] = {}  # origin -> seq -> digest, new dots only
@@ -331,7 +326,7 @@ class MergingStore(ABC):
                 else:
                     added.setdefault(change.origin, {})[change.seq] = digest
         if not admitted:
-            return outcomes
+            return outcomes, {}
         states = self._load_states(
             {(op.collection, op.key) for _, c, *_ in admitted for op in c.ops}
         )
@@ -367,10 +362,14 @@ class MergingStore(ABC):
                 digest=digest,
                 another_version=another,
             )
+        fps: dict[bytes, int] = {}
+        for _, change, _, digest, _ in admitted:
+            origin = change.origin
+            fps[origin] = fps.get(origin, self._written_fps.get(origin, 0)) ^ digest
         self._append_log(log_rows)
-        self._written(lsn, added)
+        self._written(lsn, added, fps)
         self._last_lsn = lsn
-        return outcomes
+        return outcomes, fps
 
     def _admit(
         self,
@@ -559,7 +558,7 @@ class MergingStore(ABC):
         changes, the clock included.
         """
         now_ms = self.wall_ms()
-        old = self.clock
+        old, old_fp = self.clock, self._written_fps.get(self.node_id, 0)
         ahead = ((now_ms + old.max_skew_ms + 1) << COUNTER_BITS) - 1  # stamps past this
         try:
             with self._failing(RESTAMP_FAILED), self._transaction():
@@ -568,7 +567,7 @@ class MergingStore(ABC):
                     last=self._last_stamp_but_own_ahead(ahead), max_skew_ms=old.max_skew_ms
                 )
                 keys: set[RecordKey] = set()
-                fp = self._written_fps.get(self.node_id, 0)
+                fp = old_fp
                 for lsn, blob in rows:
                     was = decode_change(blob)
                     change = Change(
@@ -582,7 +581,6 @@ class MergingStore(ABC):
                     fp ^= change_digest(blob) ^ digest
                     self._rewrite_log(lsn, new, last_stamp(change), digest)
                     keys.update((op.collection, op.key) for op in change.ops)
-                self._save_fingerprints({self.node_id: fp})
                 states: dict[RecordKey, RecordState] = {}
                 for blob in self._whole_log():
                     change = decode_change(blob)
@@ -590,14 +588,15 @@ class MergingStore(ABC):
                         apply_change(change, states)
                 self._save_states(states, keys, sizes=False)
                 self.clock = clock
-                self._restamped()  # a snapshot, with the new clock
-                self._written_fps[self.node_id] = self._fingerprints[self.node_id] = fp
+                self._written_fps[self.node_id] = fp
+                self._restamped()  # a snapshot, with the new clock and fingerprint
         except ProtocolError as exc:  # a log entry that does not decode
-            self.clock = old
+            self.clock, self._written_fps[self.node_id] = old, old_fp
             raise StorageError(RESTAMP_FAILED.format(where=self._where(), error=exc)) from exc
         except BaseException:
-            self.clock = old
+            self.clock, self._written_fps[self.node_id] = old, old_fp
             raise
+        self._fingerprints[self.node_id] = fp
         return len(rows)
 
     # -- reading --------------------------------------------------------------------------

@@ -43,24 +43,17 @@ def unsigned(value: int) -> int:
 
 def _v2(db: sqlite3.Connection) -> None:
     """Versions and fingerprints (docs/design.md): each log entry keeps its change's
-    digest, a dot may have several entries (one per version), and each origin the
-    fingerprint of its entries."""
+    digest, and a dot may have several entries, one per version. (Each origin's
+    fingerprint is kept with the snapshot of the version vector; opening folds in the
+    digests of the entries after it.)"""
     db.execute("ALTER TABLE log ADD COLUMN digest INTEGER NOT NULL DEFAULT 0")
-    fingerprints: dict[bytes, int] = {}
-    rows = db.execute("SELECT lsn, origin, change FROM log").fetchall()
-    for lsn, origin, blob in rows:
-        digest = change_digest(blob)
-        fingerprints[origin] = fingerprints.get(origin, 0) ^ digest
-        db.execute("UPDATE log SET digest = ? WHERE lsn = ?", (signed(digest), lsn))
+    rows = db.execute("SELECT lsn, change FROM log").fetchall()
+    db.executemany(
+        "UPDATE log SET digest = ? WHERE lsn = ?",
+        [(signed(change_digest(blob)), lsn) for lsn, blob in rows],
+    )
     db.execute("DROP INDEX log_dot")
     db.execute("CREATE UNIQUE INDEX log_version ON log (origin, seq, digest)")
-    db.execute(
-        "CREATE TABLE fingerprints (origin BLOB PRIMARY KEY, fp INTEGER NOT NULL) WITHOUT ROWID"
-    )
-    db.executemany(
-        "INSERT INTO fingerprints VALUES (?, ?)",
-        [(origin, signed(fp)) for origin, fp in fingerprints.items()],
-    )
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]

@@ -77,13 +77,9 @@ class SqliteStore(MergingStore):
                 undo.callback(self._reader.close)
                 migrate(self._writer)
                 self._check_owner(node_id)
-                vv, clock, last_lsn = self._recover()
+                vv, fingerprints, clock, last_lsn = self._recover()
                 taken = self._meta_runs("taken")
                 lost_runs = self._meta_runs("lost")
-                fingerprints = {
-                    origin: unsigned(fp)
-                    for origin, fp in self._writer.execute("SELECT origin, fp FROM fingerprints")
-                }
             except sqlite3.DatabaseError as exc:
                 raise StorageError(f"cannot open {path}: {exc}") from None
             except (
@@ -166,25 +162,35 @@ class SqliteStore(MergingStore):
         elif owner != node_id:
             raise StorageError(f"{self.path} belongs to another node identity")
 
-    def _recover(self) -> tuple[VersionVector, int, int]:
-        """Load the last snapshot of vector and clock, then replay the log after it;
-        return the vector, the clock's last stamp and the last log position."""
+    def _recover(self) -> tuple[VersionVector, dict[bytes, int], int, int]:
+        """Load the last snapshot of vector, fingerprints and clock, then replay the log
+        after it; return the vector, the fingerprints, the clock's last stamp and the
+        last log position."""
         snapshot = self._meta("snapshot", None)
         lsn = clock = 0
-        entries = []
+        entries: list[Any] = []
+        fingerprints: dict[bytes, int] = {}
         if snapshot is not None:
             assert isinstance(snapshot, bytes)
-            lsn, clock, entries = msgpack.unpackb(snapshot)
+            lsn, clock, entries, *rest = msgpack.unpackb(snapshot)
+            if rest:
+                fingerprints = dict(rest[0])
+            else:  # a snapshot of schema 1, which had none: from the log it covers
+                for origin, digest in self._writer.execute(
+                    "SELECT origin, digest FROM log WHERE lsn <= ?", (lsn,)
+                ):
+                    fingerprints[origin] = fingerprints.get(origin, 0) ^ unsigned(digest)
         vv = VersionVector.from_parts(
             {origin: base for origin, base, _ in entries},
             {origin: _snapshot_runs(runs) for origin, _, runs in entries},
         )
         self._snapshot_lsn = lsn
         rows = self._writer.execute(
-            "SELECT lsn, origin, seq, last_stamp FROM log WHERE lsn > ? ORDER BY lsn", (lsn,)
+            "SELECT lsn, origin, seq, last_stamp, digest FROM log WHERE lsn > ? ORDER BY lsn",
+            (lsn,),
         )
-        lsn, clock = replay(vv, rows, lsn, clock)
-        return vv, clock, lsn
+        lsn, clock = replay(vv, fingerprints, _unsigned_digests(rows), lsn, clock)
+        return vv, fingerprints, clock, lsn
 
     def close(self) -> None:
         """Save a snapshot if the log has grown past the last one, and close. Never
@@ -246,12 +252,6 @@ class SqliteStore(MergingStore):
             "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)", [(*r[:5], signed(r[5])) for r in rows]
         )
 
-    def _save_fingerprints(self, fingerprints: dict[bytes, int]) -> None:
-        self._writer.executemany(
-            "INSERT OR REPLACE INTO fingerprints VALUES (?, ?)",
-            [(origin, signed(fp)) for origin, fp in fingerprints.items()],
-        )
-
     def _versions(self, origin: bytes, seq: int) -> set[int]:
         rows = self._writer.execute(
             "SELECT digest FROM log WHERE origin = ? AND seq = ?", (origin, seq)
@@ -271,13 +271,15 @@ class SqliteStore(MergingStore):
     def _save_lost(self, lost: tuple[int, int]) -> None:
         self._set_meta("lost", msgpack.packb([lost]))
 
-    def _written(self, lsn: int, added: dict[bytes, dict[int, int]]) -> None:
+    def _written(
+        self, lsn: int, added: dict[bytes, dict[int, int]], fingerprints: dict[bytes, int]
+    ) -> None:
         if lsn - self._snapshot_lsn >= SNAPSHOT_EVERY_CHANGES:
             vv = self.vv.copy()
             for origin, seqs in added.items():
                 for seq in seqs:
                     vv.add(origin, seq)
-            self._save_snapshot(vv, lsn)
+            self._save_snapshot(vv, lsn, {**self._written_fps, **fingerprints})
 
     def _own_ahead(self, stamp: int) -> list[tuple[int, bytes]]:
         return self._writer.execute(
@@ -307,10 +309,18 @@ class SqliteStore(MergingStore):
     def _restamped(self) -> None:
         self._save_snapshot(self.vv)
 
-    def _save_snapshot(self, vv: VersionVector, lsn: int | None = None) -> None:
+    def _save_snapshot(
+        self,
+        vv: VersionVector,
+        lsn: int | None = None,
+        fingerprints: dict[bytes, int] | None = None,
+    ) -> None:
+        """Save the vector, the clock and the fingerprints (as written, unless given) as
+        of ``lsn`` (the last, unless given)."""
         entries = [(origin, vv.base(origin), vv.runs(origin)) for origin in vv.origins()]
         lsn = self._last_lsn if lsn is None else lsn
-        self._set_meta("snapshot", msgpack.packb((lsn, self.clock.last, entries)))
+        fps = list((self._written_fps if fingerprints is None else fingerprints).items())
+        self._set_meta("snapshot", msgpack.packb((lsn, self.clock.last, entries, fps)))
         self._snapshot_lsn = lsn
 
     def checkpoint(self, *, truncate: bool = False) -> None:
@@ -445,6 +455,13 @@ def mark_restored(path: Path) -> None:
     """Record that the database at ``path`` was put there from a backup: the next open
     treats it as a restored copy (`MergingStore.mark_restored`)."""
     _record_file(path, RESTORED)
+
+
+def _unsigned_digests(
+    rows: Iterable[tuple[int, bytes, int, int, int]],
+) -> Iterator[tuple[int, bytes, int, int, int]]:
+    for lsn, origin, seq, stamp, digest in rows:
+        yield lsn, origin, seq, stamp, unsigned(digest)
 
 
 def _snapshot_runs(items: list[Any]) -> list[tuple[int, int]]:
