@@ -63,6 +63,10 @@ LogRow = tuple[int, bytes, int, int, bytes, int]
 # How far a restored copy's own seqs jump (`MergingStore.mark_restored`): past every change
 # the node can have made after the copy (4 billion), with room for 2 billion restores.
 SEQ_EPOCH = 1 << 32
+# How far past the last of its own seqs a node holds it believes a peer that holds more:
+# a copy restored k times may have written k windows further on; 256 restores' worth. A
+# member's forged claim makes a node skip no more seqs than this (of 2^63).
+MAX_TAKE_BACK_SEQS = 256 * SEQ_EPOCH
 # Versions of one dot kept (`_admit`): a seq issued by a node, by a restored copy of it
 # and by a clone or two; past that, further versions are refused.
 MAX_VERSIONS_PER_DOT = 4
@@ -437,15 +441,16 @@ class MergingStore(ABC):
         after the copy was made: taken back from peers, never issued again."""
         return self._lost
 
-    def mark_restored(self) -> tuple[int, int]:
+    def mark_restored(self, through: int = 0) -> tuple[int, int]:
         """This store holds an earlier copy of the node's data (restored from a backup,
         copied to a new device, recreated empty): changes the node made after the copy
-        may be on its peers, under the seqs that follow the last it holds. From now on
-        its own writes take seqs `SEQ_EPOCH` further on, and remote changes under its id
+        may be on its peers, under the seqs that follow the last it holds (through
+        ``through`` at least, which a peer showed). From now on its own writes take seqs
+        `SEQ_EPOCH` further on (or past ``through``), and remote changes under its id
         with seqs in between are taken back as its own (docs/design.md, "Restores").
         Return the window of such seqs."""
         first = self.vv.max_seq(self.node_id) + 1
-        lost = (first, first + SEQ_EPOCH - 1)
+        lost = (first, max(first + SEQ_EPOCH - 1, through))
         if self._lost is not None:
             lost = (min(self._lost[0], first), max(self._lost[1], lost[1]))
         with self._failing(WRITE_FAILED), self._transaction():
@@ -459,15 +464,15 @@ class MergingStore(ABC):
         this store holds: it is an earlier copy that nothing at open revealed (a disk
         snapshot put back, a device imaged from another). Mark it restored and return
         the window of seqs taken back; None if ``claimed`` needs nothing (already held
-        or taken back) or is more than any copy of this node can have made
-        (`SEQ_EPOCH` past what it holds: a claim to ignore)."""
+        or taken back) or is further than a copy of this node is believed to have
+        written (`MAX_TAKE_BACK_SEQS` past what it holds: a claim to ignore)."""
         held = self.vv.max_seq(self.node_id)
         lost = self._lost
         if claimed <= held or (lost is not None and claimed <= lost[1]):
             return None
-        if claimed - held >= SEQ_EPOCH:
+        if claimed - held > MAX_TAKE_BACK_SEQS:
             return None
-        return self.mark_restored()
+        return self.mark_restored(through=claimed)
 
     def _take(self, seq: int) -> None:
         """Remember, in this batch's transaction, that peers hold a change under this

@@ -120,7 +120,8 @@ class ChangeLog(Protocol):
         """``(seq, encoded change)`` of ``origin`` with seqs in ``first..last`` that the
         log holds, in order, of at most ``max_bytes`` encoded (or the first alone, if it
         is larger): read on from the last seq for more. Every version of a seq held
-        comes (docs/design.md, "Versions and fingerprints"), all in one page."""
+        comes (docs/design.md, "Versions and fingerprints"), all in one page, in an
+        order of the store's choosing."""
         ...
 
     def fingerprint(self, origin: bytes) -> int:
