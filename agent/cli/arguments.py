@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
+
+# What each command module's ``register`` takes: the sub-command table, and how to find
+# the data directory from the parsed arguments.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+DataDir: TypeAlias = Callable[[argparse.Namespace], Path]
 
 
 def path(text: str) -> Path:

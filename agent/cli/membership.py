@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from blazemesh.agent.api.client import no_agent_holds, reach_agent
+from blazemesh.agent.cli.arguments import DataDir, Subcommands
 from blazemesh.agent.cli.ids import resolve_node_ids
 from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import ConfigError
@@ -28,11 +29,9 @@ from blazemesh.protocol.ids import node_id_short, node_id_text
 if TYPE_CHECKING:
     from blazemesh.agent.trust.identity import Identity
 
-DataDir = Callable[[argparse.Namespace], Path]
-
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     data_dir: DataDir,
 ) -> None:

@@ -11,7 +11,6 @@ import argparse
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import trio
 
 from blazemesh.agent.api.client import open_session
 from blazemesh.agent.cli import jsonio
+from blazemesh.agent.cli.arguments import DataDir, Subcommands
 from blazemesh.agent.cli.ids import resolve_node_ids
 from blazemesh.agent.cli.lines import hide_log_warnings
 from blazemesh.agent.discovery.adverts import DEFAULT_MAX_PEERS
@@ -29,13 +29,12 @@ from blazemesh.protocol.ids import node_id_text
 
 log = logging.getLogger(__name__)
 
-DataDir = Callable[[argparse.Namespace], Path]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 CLOCK_NOTE_MS = 1_000  # `peers` mentions a peer's clock when it is this far off
 
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     writes: argparse.ArgumentParser,
     data_dir: DataDir,

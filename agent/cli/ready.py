@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from blazemesh.agent.api.client import wait_ready
-from blazemesh.agent.cli.arguments import finite
+from blazemesh.agent.cli.arguments import DataDir, Subcommands, finite
 from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import ConfigError
 
-DataDir = Callable[[argparse.Namespace], Path]
 DEFAULT_TIMEOUT_S = 30.0  # a service manager's start-up timeout is of this order
 
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     data_dir: DataDir,
 ) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ import trio
 
 from blazemesh.agent.api.client import Session, open_session
 from blazemesh.agent.cli import jsonio
-from blazemesh.agent.cli.arguments import path
+from blazemesh.agent.cli.arguments import DataDir, Subcommands, path
 from blazemesh.agent.cli.lines import count
 from blazemesh.agent.errors import AgentError, ConfigError
 from blazemesh.agent.storage.store import Durability
@@ -30,7 +30,6 @@ from blazemesh.protocol.errors import ProtocolError
 from blazemesh.protocol.model import MAX_CHANGE_BYTES, Put, encoded_size, validate_op
 from blazemesh.protocol.topology import SETTINGS_COLLECTION
 
-DataDir = Callable[[argparse.Namespace], Path]
 LINE_KEYS = {"collection", "key", "fields"}
 # A change holds at most MAX_CHANGE_BYTES: a quarter leaves room for the keys and the
 # encoding around the values, and keeps each commit short.
@@ -40,7 +39,7 @@ MAX_LINE_CHARS = jsonio.MAX_INPUT_BYTES  # a record cannot be longer than a chan
 
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     writes: argparse.ArgumentParser,
     data_dir: DataDir,
