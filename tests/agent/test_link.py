@@ -13,11 +13,11 @@ from blazemesh.agent.links.link import Link
 from blazemesh.agent.storage.store import Outcome
 from blazemesh.protocol.codec import PROTOCOL_VERSION
 from blazemesh.protocol.codec.messages import Ack, Hello, MessageDecoder, MessageEncoder
-from blazemesh.protocol.fingerprints import FingerprintIndex
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put, change_objects, held_bytes
 from blazemesh.protocol.sync import SyncLink
 from blazemesh.protocol.vv import VersionVector
+from tests.protocol.holdings import FingerprintIndex
 
 A, B = b"a" * 16, b"b" * 16
 

@@ -17,7 +17,6 @@ from blazemesh.protocol.fingerprints import (
     MAX_FINGERPRINT_ENTRIES,
     MAX_NARROWINGS_PER_PERIOD,
     Entry,
-    FingerprintIndex,
     apart,
     change_digest,
     narrow,
@@ -26,6 +25,7 @@ from blazemesh.protocol.fingerprints import (
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put
 from blazemesh.protocol.sync import Compared, SyncConfig
+from tests.protocol.holdings import FingerprintIndex
 
 from .test_sync import FakeNode, deliver, push
 

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from blazemesh.protocol.errors import LocalProtocolError
-from blazemesh.protocol.fingerprints import FingerprintIndex
 from blazemesh.protocol.forwarding import (
     Arrival,
     AskFor,
@@ -33,6 +32,7 @@ from blazemesh.protocol.model import Change, Put
 from blazemesh.protocol.ring import WHOLE_RING, feed_arcs
 from blazemesh.protocol.sync import Incoming, PeerHello, SyncConfig, SyncLink
 from blazemesh.protocol.vv import VersionVector
+from tests.protocol.holdings import FingerprintIndex
 
 ME, A, B, C = (bytes([i]) * 16 for i in (9, 1, 2, 3))
 ids = st.binary(min_size=16, max_size=16)

@@ -15,7 +15,7 @@ from blazemesh.protocol.codec.messages import (
     Summary,
 )
 from blazemesh.protocol.errors import LocalProtocolError
-from blazemesh.protocol.fingerprints import FingerprintIndex, change_digest
+from blazemesh.protocol.fingerprints import change_digest
 from blazemesh.protocol.hlc import pack
 from blazemesh.protocol.model import Change, Put
 from blazemesh.protocol.ring import WHOLE_RING, place
@@ -30,6 +30,7 @@ from blazemesh.protocol.sync import (
     SyncLink,
 )
 from blazemesh.protocol.vv import VersionVector
+from tests.protocol.holdings import FingerprintIndex
 
 
 class FakeNode:
