@@ -92,7 +92,7 @@ async def test_a_copy_nothing_reveals_at_open_learns_it_from_its_peers(
         (a / name).unlink(missing_ok=True)
     async with cluster(tmp_path, 2, PAIR) as c:
         ra, rb = c.replicas
-        await trio.sleep(1)  # virtual: the link comes up, B's hello tells A
+        await c.until_converged()  # A takes back from B the seqs it lost: B's hello told it
         assert "its data directory is an earlier copy" in caplog.text
         await ra.put("c", "k4", {"v": 4})
         await c.until_converged()
@@ -168,7 +168,7 @@ async def test_a_snapshot_put_back_twice_takes_back_what_the_first_restore_wrote
     second = snapshot("second")
     put_back(first)
     async with cluster(tmp_path, 2, PAIR) as c:
-        await trio.sleep(1)  # virtual: B's hello tells A it is a copy
+        await c.until_converged()  # A took back seq 2 from B: it knows it is a copy
         change = await c.replicas[0].put("c", "k3", {"v": 3})
         assert change.seq > 1 << 32
         await c.until_converged()
