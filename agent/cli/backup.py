@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from blazemesh.agent.api.client import Session, open_session
-from blazemesh.agent.cli.arguments import path
-
-DataDir = Callable[[argparse.Namespace], Path]
+from blazemesh.agent.cli.arguments import DataDir, Subcommands, path
+from blazemesh.agent.errors import DataDirLockedError
 
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     data_dir: DataDir,
 ) -> None:
@@ -53,7 +51,12 @@ def cmd_backup(data_dir: Path, to: Path) -> int:
 def cmd_restore(data_dir: Path, source: Path) -> int:
     from blazemesh.agent.storage.backup import restore
 
-    restored = restore(source.expanduser(), data_dir)
+    try:
+        restored = restore(source.expanduser(), data_dir)
+    except DataDirLockedError as exc:
+        raise DataDirLockedError(
+            f"{exc}: stop its agent first (a restore replaces the database under it)"
+        ) from None
     print(
         f"restored {', '.join(restored)} into {data_dir}; when its agent starts, it takes back "
         "from its peers the changes this node made after the backup"

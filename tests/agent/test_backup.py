@@ -59,3 +59,14 @@ async def test_a_backup_is_restored_only_onto_its_own_node(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="not a blazemesh backup"):
         restore(tmp_path / "nothing", tmp_path / "c")
     assert restore(tmp_path / "backup", tmp_path / "a") == [DB_FILE]
+
+
+async def test_a_restore_onto_a_running_node_says_to_stop_its_agent(tmp_path: Path) -> None:
+    from blazemesh.agent.cli.backup import cmd_restore
+    from blazemesh.agent.errors import DataDirLockedError
+
+    node, copy = tmp_path / "node", tmp_path / "copy"
+    async with open_replica(node, create=True):
+        backup(node, copy)
+        with pytest.raises(DataDirLockedError, match="stop its agent first"):
+            cmd_restore(node, copy)  # the replica holds the directory, as an agent does
